@@ -1,0 +1,36 @@
+"""The data layer: source → interactions → vocabulary → split → tf.data pipeline.
+
+    from tfrec_p5 import data
+    table = data.load("movielens:../shared/data/ml-100k")
+    split = data.random_split(table, 0.8, seed=42)
+    vocabs = data.Vocabularies.build(split.train)
+    train_ds = data.pointwise_dataset(split.train, vocabs, batch_size=8192, shuffle=True)
+"""
+
+from tfrec_p5.data.errors import DataError
+from tfrec_p5.data.interactions import Interactions
+from tfrec_p5.data.pipeline import (
+    Vocabularies,
+    batched_dataset,
+    history_dataset,
+    pointwise_dataset,
+    retrieval_dataset,
+    user_histories,
+)
+from tfrec_p5.data.sources import load, parse_spec, register, synthetic
+from tfrec_p5.data.splits import (
+    Split,
+    leave_one_out,
+    parse_split,
+    random_split,
+    temporal_split,
+    tfrs_split,
+)
+from tfrec_p5.data.vocabulary import OOV_INDEX, Vocabulary
+
+__all__ = [
+    "OOV_INDEX", "DataError", "Interactions", "Split", "Vocabularies", "Vocabulary",
+    "batched_dataset", "history_dataset", "leave_one_out", "load", "parse_spec",
+    "parse_split", "pointwise_dataset", "random_split", "register", "retrieval_dataset",
+    "synthetic", "temporal_split", "tfrs_split", "user_histories",
+]

@@ -1,0 +1,144 @@
+"""The in-memory interactions table every source returns and every later step reads.
+
+Why one table: sources differ (MovieLens files, TFDS, Amazon sequences, CSV, synthetic),
+but vocabularies, splits and tf.data pipelines should not care where rows came from.
+Each row is one user-item event; side features ride along as extra columns, named as the
+source names them (MovieLens uses the TFDS feature names).
+
+    table = Interactions.from_columns({"user_id": ["u1", "u2"], "item_id": ["i9", "i9"],
+                                       "rating": [4.0, 2.0]})
+    train = table.take(np.array([0]))
+
+Column conventions:
+
+* ``user_id``, ``item_id``: numpy unicode arrays (always present).
+* ``rating``: float32 (optional, explicit feedback); ``timestamp``: int64 (optional).
+* Side features: any numpy array with one row per interaction. Multi-valued features
+  (e.g. ``movie_genres``) are int64 ``[n, k]`` arrays padded with ``-1``.
+* ``user_features`` / ``item_features`` say which side columns describe the user / the
+  item (constant per ID), so towers can look them up by ID.
+* ``feature_kinds`` says how a tower should read each side column: ``"categorical"``
+  (one value, embedded), ``"multi_categorical"`` (padded int list, mean of embeddings),
+  ``"text"`` (string, tokenized on whitespace) or ``"numeric"`` (normalized float).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tfrec_p5.data.errors import DataError
+
+USER = "user_id"
+ITEM = "item_id"
+RATING = "rating"
+TIMESTAMP = "timestamp"
+CORE_COLUMNS = (USER, ITEM, RATING, TIMESTAMP)
+FEATURE_KINDS = ("categorical", "multi_categorical", "text", "numeric")
+
+
+@dataclass(frozen=True)
+class Interactions:
+    """Columns of equal length, one row per interaction."""
+
+    columns: Mapping[str, np.ndarray]
+    source: str = ""
+    user_features: tuple[str, ...] = ()
+    item_features: tuple[str, ...] = ()
+    rating_range: tuple[float, float] | None = None
+    tfds_names: Mapping[str, str] = field(default_factory=dict)
+    feature_kinds: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in (USER, ITEM):
+            if name not in self.columns:
+                raise DataError(f"missing required column '{name}'", path=self.source or None,
+                                field=name)
+        n = len(self.columns[USER])
+        for name, col in self.columns.items():
+            if len(col) != n:
+                raise DataError(
+                    f"column '{name}' has {len(col)} rows, expected {n}",
+                    path=self.source or None, field=name)
+        for name in (*self.user_features, *self.item_features):
+            if name not in self.columns:
+                raise DataError(f"declared side feature '{name}' is not a column",
+                                path=self.source or None, field=name)
+            kind = self.feature_kinds.get(name)
+            if kind not in FEATURE_KINDS:
+                raise DataError(f"side feature '{name}' has kind {kind!r}; expected one of "
+                                f"{FEATURE_KINDS}", path=self.source or None, field=name)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_columns(cls, columns: Mapping[str, Iterable], **kwargs) -> Interactions:
+        """Build a table, normalising dtypes of the core columns."""
+        cols: dict[str, np.ndarray] = {}
+        for name, values in columns.items():
+            arr = np.asarray(values)
+            if name in (USER, ITEM):
+                arr = arr.astype(str)
+            elif name == RATING:
+                arr = arr.astype(np.float32)
+            elif name == TIMESTAMP:
+                arr = arr.astype(np.int64)
+            cols[name] = arr
+        return cls(columns=cols, **kwargs)
+
+    # ------------------------------------------------------------------ accessors
+    def __len__(self) -> int:
+        return len(self.columns[USER])
+
+    @property
+    def user_id(self) -> np.ndarray:
+        return self.columns[USER]
+
+    @property
+    def item_id(self) -> np.ndarray:
+        return self.columns[ITEM]
+
+    @property
+    def rating(self) -> np.ndarray | None:
+        return self.columns.get(RATING)
+
+    @property
+    def timestamp(self) -> np.ndarray | None:
+        return self.columns.get(TIMESTAMP)
+
+    @property
+    def has_ratings(self) -> bool:
+        return RATING in self.columns
+
+    @property
+    def num_users(self) -> int:
+        return len(np.unique(self.user_id))
+
+    @property
+    def num_items(self) -> int:
+        return len(np.unique(self.item_id))
+
+    def take(self, indices: np.ndarray) -> Interactions:
+        """Rows at ``indices`` (a split), keeping all metadata."""
+        indices = np.asarray(indices)
+        return Interactions(
+            columns={k: v[indices] for k, v in self.columns.items()},
+            source=self.source,
+            user_features=self.user_features,
+            item_features=self.item_features,
+            rating_range=self.rating_range,
+            tfds_names=self.tfds_names,
+            feature_kinds=self.feature_kinds,
+        )
+
+    def with_columns(self, **columns: np.ndarray) -> Interactions:
+        """A copy with columns added or replaced."""
+        cols = dict(self.columns)
+        cols.update({k: np.asarray(v) for k, v in columns.items()})
+        return Interactions(cols, self.source, self.user_features, self.item_features,
+                            self.rating_range, self.tfds_names, self.feature_kinds)
+
+    def __repr__(self) -> str:
+        return (f"Interactions({len(self)} rows, {self.num_users} users, {self.num_items} "
+                f"items, columns={list(self.columns)}, source={self.source!r})")

@@ -1,0 +1,179 @@
+"""Train / validation / test splits the way the field evaluates.
+
+Why here, before the pipeline: vocabularies are built from the training split only, and
+evaluation must never see a training pair. Every split here is deterministic for a seed and
+keeps each (user, item) pair on one side only: repeated events of one pair go together.
+
+    split = random_split(table, 0.8, seed=42)           # TFRS-tutorial style 80/20
+    split = temporal_split(table, 0.8)                  # global time cut
+    split = leave_one_out(table)                        # P5 / SASRec: last -> test
+    train, test = split.train, split.test
+
+``tfrs_split(table, path)`` reproduces the exact TFRS tutorial split of MovieLens-100K from
+``tfrs_split_seed42.tsv``, so our numbers compare with the tutorials'.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from tfrec_p5.data.errors import DataError
+from tfrec_p5.data.interactions import Interactions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Split:
+    """The parts of one split. ``validation`` is ``None`` when the method makes none."""
+
+    train: Interactions
+    test: Interactions
+    validation: Interactions | None = None
+    method: str = ""
+
+    def parts(self) -> dict[str, Interactions]:
+        out = {"train": self.train, "test": self.test}
+        if self.validation is not None:
+            out["validation"] = self.validation
+        return out
+
+
+def _pair_codes(table: Interactions) -> np.ndarray:
+    """One integer per distinct (user, item) pair, in first-appearance-free order."""
+    keys = np.char.add(np.char.add(table.user_id.astype(str), "\x1f"), table.item_id.astype(str))
+    return np.unique(keys, return_inverse=True)[1].reshape(-1)
+
+
+def random_split(table: Interactions, fraction: float = 0.8, seed: int = 42,
+                 validation_fraction: float = 0.0) -> Split:
+    """Shuffle distinct (user, item) pairs with ``seed``; ``fraction`` of them → train.
+
+    ``validation_fraction`` (of all pairs) is carved from the non-test part.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"split fraction must be in (0, 1), got {fraction}", field="split")
+    codes = _pair_codes(table)
+    n_pairs = int(codes.max()) + 1 if len(codes) else 0
+    perm = np.random.default_rng(seed).permutation(n_pairs)
+    rank = np.empty(n_pairs, dtype=np.int64)
+    rank[perm] = np.arange(n_pairs)
+    r = rank[codes]
+    n_train = int(round(fraction * n_pairs))
+    n_val = int(round(validation_fraction * n_pairs))
+    train_idx = np.flatnonzero(r < n_train - n_val)
+    val_idx = np.flatnonzero((r >= n_train - n_val) & (r < n_train))
+    test_idx = np.flatnonzero(r >= n_train)
+    return Split(table.take(train_idx), table.take(test_idx),
+                 table.take(val_idx) if n_val else None, method=f"random:{fraction}")
+
+
+def temporal_split(table: Interactions, fraction: float = 0.8,
+                   validation_fraction: float = 0.0) -> Split:
+    """Global time cut: the earliest ``fraction`` of events → train, the rest → test.
+
+    A pair is placed by its first event, so a later repeat stays with it.
+    """
+    if table.timestamp is None:
+        raise DataError("temporal split needs a 'timestamp' column", path=table.source or None,
+                        field="timestamp")
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"split fraction must be in (0, 1), got {fraction}", field="split")
+    codes = _pair_codes(table)
+    first = np.full(codes.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, codes, table.timestamp)
+    t = first[codes]
+    order = np.argsort(t, kind="stable")
+    n = len(table)
+    cut = int(round(fraction * n))
+    vcut = int(round((fraction - validation_fraction) * n))
+    t_cut = t[order[cut - 1]] if cut > 0 else t.min() - 1
+    t_vcut = t[order[vcut - 1]] if vcut > 0 else t.min() - 1
+    train_idx = np.flatnonzero(t <= (t_vcut if validation_fraction else t_cut))
+    val_idx = np.flatnonzero((t > t_vcut) & (t <= t_cut)) if validation_fraction else None
+    test_idx = np.flatnonzero(t > t_cut)
+    return Split(table.take(train_idx), table.take(test_idx),
+                 table.take(val_idx) if val_idx is not None else None,
+                 method=f"temporal:{fraction}")
+
+
+def leave_one_out(table: Interactions) -> Split:
+    """Per user, in time order: last event → test, second last → validation, rest → train.
+
+    The P5 / SASRec protocol. Users with fewer than 3 events stay wholly in train.
+    Repeats of a (user, item) pair are collapsed to their first event (and counted in a
+    log line) so that no pair can be both a training and a held-out item.
+    """
+    n = len(table)
+    ts = table.timestamp if table.timestamp is not None else np.arange(n)
+    codes = _pair_codes(table)
+    # Stable sort by (user, time, original row) and drop later repeats of a pair.
+    order = np.lexsort((np.arange(n), ts, table.user_id))
+    _, first_pos = np.unique(codes[order], return_index=True)
+    keep = np.sort(first_pos)
+    dropped = n - len(keep)
+    if dropped:
+        log.info("leave_one_out: collapsed %d repeated (user, item) events", dropped)
+    order = order[keep]
+    users = table.user_id[order]
+    # Position from the end within each user's run.
+    starts = np.r_[0, np.flatnonzero(users[1:] != users[:-1]) + 1]
+    lengths = np.diff(np.r_[starts, len(users)])
+    run_end = np.repeat(starts + lengths, lengths)
+    from_end = run_end - np.arange(len(users))  # 1 = last event
+    long_enough = np.repeat(lengths >= 3, lengths)
+    test = order[long_enough & (from_end == 1)]
+    val = order[long_enough & (from_end == 2)]
+    train = order[~long_enough | (from_end > 2)]
+    return Split(table.take(train), table.take(test), table.take(val), method="leave-one-out")
+
+
+def tfrs_split(table: Interactions, path: str | os.PathLike) -> Split:
+    """The exact TFRS-tutorial 80/20 split of MovieLens-100K, from ``tfrs_split_seed42.tsv``.
+
+    ``table`` must be the MovieLens-100K table in ``u.data`` row order (as
+    ``load("movielens:...")`` returns it); the file's ``udata_row`` column indexes it.
+    """
+    rows: dict[str, list[int]] = {"train": [], "test": []}
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split("\t")
+        if header[:2] != ["split", "udata_row"]:
+            raise DataError(f"unexpected header {header}", path=str(path), line=1)
+        for lineno, line in enumerate(f, start=2):
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 4 or parts[0] not in rows:
+                raise DataError(f"malformed split line {line!r}", path=str(path), line=lineno)
+            row = int(parts[1])
+            if row >= len(table) or table.user_id[row] != parts[2] or \
+                    table.item_id[row] != parts[3]:
+                raise DataError("split row does not match the table (is it ML-100K in u.data "
+                                "order?)", path=str(path), line=lineno)
+            rows[parts[0]].append(row)
+    return Split(table.take(np.array(rows["train"])), table.take(np.array(rows["test"])),
+                 method="tfrs-seed42")
+
+
+def parse_split(spec: str, table: Interactions, seed: int = 42) -> Split | None:
+    """``random:0.8`` | ``temporal:0.8`` | ``leave-one-out`` | ``tfrs:PATH`` | ``none``."""
+    kind, _, arg = spec.partition(":")
+    try:
+        if kind == "none":
+            return None
+        if kind == "random":
+            return random_split(table, float(arg or 0.8), seed=seed)
+        if kind == "temporal":
+            return temporal_split(table, float(arg or 0.8))
+        if kind in ("leave-one-out", "leave_one_out", "loo"):
+            return leave_one_out(table)
+        if kind == "tfrs":
+            return tfrs_split(table, arg)
+    except ValueError as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"bad split spec {spec!r}: {err}", field="split") from err
+    raise DataError(f"unknown split {spec!r}; use random:F, temporal:F, leave-one-out, "
+                    "tfrs:PATH or none", field="split")
