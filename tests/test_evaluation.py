@@ -1,0 +1,104 @@
+"""Ranking metrics against small cases computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tfrec_p5.evaluation import (
+    factorized_topk_accuracy,
+    full_ranking_metrics,
+    group_by_row,
+    metrics_from_ranks,
+    ranks_of_targets,
+    sample_negatives,
+    sampled_ranking_metrics,
+)
+
+
+def test_ranks_exclude_and_pessimistic_ties():
+    scores = np.array([[0.9, 0.5, 0.5, 0.1, 0.7]])
+    # Target 1 ties with item 2 → pessimistic rank counts item 2 above it.
+    assert ranks_of_targets(scores, np.array([[1]]))[0, 0] == 4  # items 0, 4, 2 beat/tie it
+    # Excluding items 0 and 2 (e.g. seen in training) lifts it to rank 2 (behind item 4).
+    assert ranks_of_targets(scores, np.array([[1]]), np.array([[0, 2]]))[0, 0] == 2
+    assert ranks_of_targets(scores, np.array([[1]]), ties="optimistic")[0, 0] == 3
+
+
+def test_constant_scores_earn_nothing():
+    scores = np.zeros((3, 50))
+    ranks = ranks_of_targets(scores, np.array([[4], [7], [9]]))
+    assert (ranks == 50).all()
+    assert metrics_from_ranks(ranks, ks=(10,))["hr@10"] == 0.0
+
+
+def test_multi_target_metrics_by_hand():
+    # User A: targets at ranks 1 and 3; user B: one target at rank 2; K = 2.
+    ranks = np.array([[1, 3], [2, 0]])
+    m = metrics_from_ranks(ranks, ks=(2,))
+    assert m["recall@2"] == pytest.approx(2 / 3)           # pooled hits / targets
+    assert m["user_recall@2"] == pytest.approx((1 / 2 + 1) / 2)
+    assert m["hr@2"] == 1.0
+    ndcg_a = 1.0 / (1 + 1 / math.log2(3))                  # DCG 1, ideal 1 + 1/log2(3)
+    ndcg_b = (1 / math.log2(3)) / 1.0
+    assert m["ndcg@2"] == pytest.approx((ndcg_a + ndcg_b) / 2)
+    assert m["mrr"] == pytest.approx((1 + 1 / 2) / 2)
+
+
+def test_full_ranking_batches_match_single_pass():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(10, 30))
+    targets = group_by_row(rng.integers(0, 10, 25), rng.integers(0, 30, 25), 10)
+    exclude = group_by_row(rng.integers(0, 10, 40), rng.integers(0, 30, 40), 10)
+
+    def score_fn(rows):
+        return scores[rows]
+
+    users = np.arange(10)
+    one = full_ranking_metrics(score_fn, users, targets, exclude, ks=(5,), batch_size=100)
+    many = full_ranking_metrics(score_fn, users, targets, exclude, ks=(5,), batch_size=3)
+    assert one == pytest.approx(many)
+
+
+def test_factorized_topk_counts_seen_items_and_favours_ties():
+    scores = np.array([[3.0, 2.0, 2.0, 1.0]])
+    queries = np.array([0, 0])
+    items = np.array([2, 3])   # item 2 ties item 1 → optimistic rank 2; item 3 rank 4
+    acc = factorized_topk_accuracy(lambda q: np.repeat(scores, len(q), 0), queries, items,
+                                   ks=(2, 3))
+    assert acc == {"factorized_top_2": 0.5, "factorized_top_3": 0.5}
+
+
+def test_sampled_protocol():
+    interacted = np.array([[1, 2, -1], [3, -1, -1]])
+    neg = sample_negatives(interacted, num_items=20, num_negatives=5, seed=2022)
+    assert neg.shape == (2, 5)
+    assert not np.isin(neg[0], [0, 1, 2]).any() and not np.isin(neg[1], [0, 3]).any()
+    assert len(set(neg[0])) == 5
+    np.testing.assert_array_equal(neg, sample_negatives(interacted, 20, 5, seed=2022))
+    # Score = item index: target 19 beats all negatives, target 0 is beaten by all.
+    scores = np.tile(np.arange(20.0), (2, 1))
+    neg = np.array([[1, 2, 3, 4, 5], [1, 2, 3, 4, 5]])
+    m = sampled_ranking_metrics(lambda q: scores[q], np.arange(2), np.array([19, 0]), neg,
+                                ks=(1, 5))
+    assert m["hr@1"] == 0.5 and m["hr@5"] == 0.5
+    assert m["mrr"] == pytest.approx((1 + 1 / 6) / 2)
+
+
+def test_references_on_a_tiny_matrix():
+    from tfrec_p5.evaluation import EASE, ItemKNN, MostPopular
+
+    users = np.array([0, 0, 1, 1, 2])
+    items = np.array([0, 1, 0, 1, 2])
+    pop = MostPopular.fit(items, 4)
+    np.testing.assert_array_equal(pop.score(np.array([0]))[0], [2, 2, 1, 0])
+    knn = ItemKNN.fit(users, items, 3, 4)
+    # Items 0 and 1 always co-occur: cosine 1; item 2 shares no user with them.
+    assert knn.sim[0, 1] == pytest.approx(1.0) and knn.sim[0, 2] == 0.0
+    ease = EASE.fit(users, items, 3, 4, l2=1.0)
+    s = ease.score(np.array([2]))[0]
+    assert s[0] == pytest.approx(0.0) and s[1] == pytest.approx(0.0)  # no co-occurrence with 2
+    s = EASE.fit(np.array([0, 1, 1]), np.array([0, 0, 1]), 2, 3, l2=1.0).score(np.array([0]))[0]
+    assert s[1] > 0 and s[0] == 0.0 and s[2] == 0.0  # self-weight is zero by construction

@@ -1,0 +1,23 @@
+"""Evaluation shared by every task: ranks of held-out items → Recall/HR/NDCG/MRR, plus the
+cheap references (most-popular, EASE, item-KNN) that give those numbers a scale.
+
+    from tfrec_p5.evaluation import EASE, full_ranking_metrics
+"""
+
+from tfrec_p5.evaluation.ranking import (
+    factorized_topk_accuracy,
+    full_ranking_metrics,
+    group_by_row,
+    metrics_from_ranks,
+    pad_lists,
+    ranks_of_targets,
+    sample_negatives,
+    sampled_ranking_metrics,
+)
+from tfrec_p5.evaluation.references import EASE, ItemKNN, MostPopular
+
+__all__ = [
+    "EASE", "ItemKNN", "MostPopular", "factorized_topk_accuracy", "full_ranking_metrics",
+    "group_by_row", "metrics_from_ranks", "pad_lists", "ranks_of_targets", "sample_negatives",
+    "sampled_ranking_metrics",
+]
