@@ -79,11 +79,12 @@ class Interactions:
         for name, values in columns.items():
             arr = np.asarray(values)
             if name in (USER, ITEM):
-                arr = arr.astype(str)
+                if arr.dtype.kind != "U":  # already unicode: no copy of millions of IDs
+                    arr = arr.astype(str)
             elif name == RATING:
-                arr = arr.astype(np.float32)
+                arr = arr.astype(np.float32, copy=False)
             elif name == TIMESTAMP:
-                arr = arr.astype(np.int64)
+                arr = arr.astype(np.int64, copy=False)
             cols[name] = arr
         return cls(columns=cols, **kwargs)
 
@@ -138,6 +139,42 @@ class Interactions:
         cols.update({k: np.asarray(v) for k, v in columns.items()})
         return Interactions(cols, self.source, self.user_features, self.item_features,
                             self.rating_range, self.tfds_names, self.feature_kinds)
+
+    # ------------------------------------------------------------------ TFDS view
+    def to_tfds_like_dataset(self):
+        """The table as TFDS would give it: a ``tf.data.Dataset`` of per-example dicts.
+
+        Why: code written for the TFRS tutorials (``ratings.map(lambda x: x["movie_id"])``)
+        should run unchanged on local files. Columns are renamed back with ``tfds_names``
+        (for MovieLens ``item_id`` → ``movie_id``, ``rating`` → ``user_rating``) and keep
+        their dtypes (strings become ``tf.string``); multi-valued columns lose their ``-1``
+        padding and become variable-length ``[None]`` tensors, as TFDS sequences are. Rows
+        come in table order (TFDS's own file order is a hash shuffle, so tutorials always
+        shuffle first).
+
+            ratings = load("movielens:../shared/data/ml-100k").to_tfds_like_dataset()
+            ratings = ratings.map(lambda x: {"movie_title": x["movie_title"],
+                                             "user_id": x["user_id"]})
+        """
+        import tensorflow as tf
+
+        tensors: dict[str, object] = {}
+        lengths: dict[str, str] = {}
+        for name, col in self.columns.items():
+            out = self.tfds_names.get(name, name)
+            if col.ndim == 2:  # multi-valued, padded with -1 at the end
+                lengths[out] = f"__len__{out}"
+                tensors[lengths[out]] = (col >= 0).sum(axis=1).astype(np.int64)
+            tensors[out] = col
+        ds = tf.data.Dataset.from_tensor_slices(tensors)
+        if lengths:
+            def unpad(x):
+                x = dict(x)
+                for out, key in lengths.items():
+                    x[out] = x[out][:x.pop(key)]
+                return x
+            ds = ds.map(unpad, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds
 
     def __repr__(self) -> str:
         return (f"Interactions({len(self)} rows, {self.num_users} users, {self.num_items} "

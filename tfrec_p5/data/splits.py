@@ -45,7 +45,13 @@ class Split:
 
 def _pair_codes(table: Interactions) -> np.ndarray:
     """One integer per distinct (user, item) pair, in first-appearance-free order."""
-    keys = np.char.add(np.char.add(table.user_id.astype(str), "\x1f"), table.item_id.astype(str))
+    # Integer codes per column, then one int64 key per pair: same order as sorting the
+    # (user, item) string pairs, without building millions of concatenated strings.
+    if len(table) == 0:
+        return np.zeros(0, dtype=np.int64)
+    users = np.unique(table.user_id, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    items = np.unique(table.item_id, return_inverse=True)[1].reshape(-1).astype(np.int64)
+    keys = users * (int(items.max()) + 1) + items
     return np.unique(keys, return_inverse=True)[1].reshape(-1)
 
 

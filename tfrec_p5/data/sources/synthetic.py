@@ -50,18 +50,24 @@ def synthetic(num_users: int = 2000, num_items: int = 1000, num_interactions: in
     activity /= activity.sum()
 
     # Oversample, then drop repeated (user, item) pairs and trim to size.
+    # Speed (5M rows in a few seconds): per-user counts come from one multinomial draw
+    # (already sorted by user), popularity draws use an alias table (O(1) per draw instead
+    # of rng.choice(p=...)'s binary search), and the Gumbel-max pick uses -log(Exp(1)),
+    # which is Gumbel-distributed, drawn in float32.
     n_draw = int(num_interactions * 1.3) + 100
-    users = rng.choice(num_users, size=n_draw, p=activity)
-    users.sort(kind="stable")
+    users = np.repeat(np.arange(num_users), rng.multinomial(n_draw, activity))
+    alias_prob, alias_idx = _alias_table(pop)
     items = np.empty(n_draw, dtype=np.int64)
     chunk = 200_000
     n_cand = 16
     for s in range(0, n_draw, chunk):
         u = users[s:s + chunk]
-        cand = rng.choice(num_items, size=(len(u), n_cand), p=pop)
-        score = 3.0 * np.einsum("nd,nkd->nk", p[u], q[cand])
-        score += rng.gumbel(size=score.shape)
-        items[s:s + chunk] = cand[np.arange(len(u)), score.argmax(axis=1)]
+        cand = _alias_draw(rng, alias_prob, alias_idx, (len(u), n_cand))
+        # np.take is ~10x faster than fancy indexing for these 2-D gathers.
+        score = 3.0 * np.matmul(np.take(q, cand, axis=0), np.take(p, u, axis=0)[:, :, None])
+        score = score[..., 0] - np.log(
+            rng.standard_exponential(score.shape[:2], dtype=np.float32) + 1e-30)
+        items[s:s + chunk] = np.take_along_axis(cand, score.argmax(axis=1)[:, None], 1)[:, 0]
     key = users.astype(np.int64) * num_items + items
     _, first = np.unique(key, return_index=True)
     first = np.sort(first)
@@ -93,8 +99,10 @@ def synthetic(num_users: int = 2000, num_items: int = 1000, num_interactions: in
 
     return Interactions.from_columns(
         {
-            "user_id": np.char.add("u", users.astype(str)),
-            "item_id": np.char.add("i", items.astype(str)),
+            # One string per distinct ID, then a gather: np.char.add over millions of
+            # rows was most of the old run time.
+            "user_id": _id_strings("u", num_users)[users],
+            "item_id": _id_strings("i", num_items)[items],
             "rating": rating,
             "timestamp": timestamp,
             "user_segment": segment[users],
@@ -109,3 +117,30 @@ def synthetic(num_users: int = 2000, num_items: int = 1000, num_interactions: in
         feature_kinds={"user_segment": "categorical", "bucketized_user_age": "categorical",
                        "item_genres": "multi_categorical", "item_title": "text"},
     )
+
+
+def _id_strings(prefix: str, n: int) -> np.ndarray:
+    """``[prefix + "0", prefix + "1", ...]`` as a numpy unicode array."""
+    return np.array([f"{prefix}{i}" for i in range(n)])
+
+
+def _alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Walker/Vose alias table for drawing from the discrete distribution ``p`` in O(1)."""
+    n = len(p)
+    scaled = np.asarray(p, dtype=np.float64) * n
+    prob = np.ones(n, dtype=np.float64)
+    alias = np.arange(n, dtype=np.int64)
+    small = [i for i in range(n) if scaled[i] < 1.0]
+    large = [i for i in range(n) if scaled[i] >= 1.0]
+    while small and large:
+        s, g = small.pop(), large.pop()
+        prob[s], alias[s] = scaled[s], g
+        scaled[g] -= 1.0 - scaled[s]
+        (small if scaled[g] < 1.0 else large).append(g)
+    return prob, alias  # leftovers keep prob 1 (numerical round-off only)
+
+
+def _alias_draw(rng: np.random.Generator, prob: np.ndarray, alias: np.ndarray,
+                shape: tuple[int, ...]) -> np.ndarray:
+    k = rng.integers(0, len(prob), size=shape)
+    return np.where(rng.random(shape, dtype=np.float32) < np.take(prob, k), k, np.take(alias, k))
