@@ -1,0 +1,41 @@
+"""Export trained models as versioned SavedModels for TF Serving, and read them back.
+
+    from tfrec_p5.export import export, load_export
+    path = export(trained.model, "saved_models/demo", vocabs=trained.vocabs,
+                  rating_range=(1.0, 5.0))            # -> saved_models/demo/1
+    loaded, version_dir, meta = load_export("saved_models/demo")
+    loaded.signatures["predict_rating"](user_id=tf.constant(["u1"]),
+                                        item_id=tf.constant(["i2"]))
+
+Later tasks add signatures to the same export through ``ServingModule`` (see
+``tfrec_p5.export.serving``).
+"""
+
+from tfrec_p5.export.saved_model import (
+    EXTRA_DIR,
+    METADATA_FILE,
+    METRICS_FILE,
+    ExportError,
+    export,
+    list_versions,
+    load_export,
+    load_metadata,
+    next_version,
+    resolve_export,
+)
+from tfrec_p5.export.scoring import evaluate_signature, predict_ratings, rating_metrics
+from tfrec_p5.export.serving import (
+    DEFAULT_SIGNATURE,
+    ITEM_ID_SPEC,
+    USER_ID_SPEC,
+    IdLookup,
+    ServingModule,
+    add_rating_signatures,
+)
+
+__all__ = [
+    "DEFAULT_SIGNATURE", "EXTRA_DIR", "ITEM_ID_SPEC", "METADATA_FILE", "METRICS_FILE",
+    "USER_ID_SPEC", "ExportError", "IdLookup", "ServingModule", "add_rating_signatures",
+    "evaluate_signature", "export", "list_versions", "load_export", "load_metadata",
+    "next_version", "predict_ratings", "rating_metrics", "resolve_export",
+]

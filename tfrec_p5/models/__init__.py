@@ -1,0 +1,18 @@
+"""Task models built on the shared towers.
+
+    from tfrec_p5.models import RatingConfig, train_rating, evaluate_rating
+"""
+
+from tfrec_p5.models.rating import (
+    ClipRating,
+    RatingConfig,
+    TrainedRating,
+    build_rating_model,
+    compile_rating_model,
+    evaluate_rating,
+    predict_ratings,
+    train_rating,
+)
+
+__all__ = ["ClipRating", "RatingConfig", "TrainedRating", "build_rating_model",
+           "compile_rating_model", "evaluate_rating", "predict_ratings", "train_rating"]

@@ -1,0 +1,331 @@
+"""The rating model (issue #3): user tower + item tower → predicted rating.
+
+Why this shape: the towers are the shared backbone later tasks reuse, so the rating head
+sits *on top of* them. The head is the TFRS "basic ranking" MLP (concat → dense ReLU →
+1), plus what a good explicit-feedback model needs and the tutorial lacks: a global mean
+(the output bias starts there), per-user / per-item bias terms, a NeuMF-style dot product
+of the two tower vectors beside the MLP, per-example L2 on the gathered embedding rows,
+dropout, and early stopping on validation RMSE. ``benchmarks/RESULTS_rating.md`` measures
+what each of these buys on MovieLens-100K.
+
+    from tfrec_p5 import data
+    from tfrec_p5.models.rating import RatingConfig, train_rating, evaluate_rating
+    split = data.random_split(data.load("synthetic"), 0.8, seed=42)
+    trained = train_rating(split.train, None, RatingConfig(epochs=5))
+    evaluate_rating(trained.model, split.test, trained.vocabs)   # {"rmse": ..., "mae": ...}
+
+The model is a functional ``tf.keras.Model`` with inputs ``{"user_id", "item_id"}`` (int64
+vocabulary indices, 0 = OOV) and output ``[B, 1]``, so ``model.fit(pointwise_dataset(...))``
+works as is. The TFRS tutorial architecture is ``RatingConfig.tutorial()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec_p5.data.interactions import ITEM, USER, Interactions
+from tfrec_p5.data.pipeline import Vocabularies, pointwise_dataset
+from tfrec_p5.data.splits import random_split
+from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
+from tfrec_p5.towers.side_features import HISTORY_FEATURES
+
+log = logging.getLogger(__name__)
+
+_OPTIMIZERS = {
+    "adam": tf.keras.optimizers.Adam,
+    "adamw": tf.keras.optimizers.AdamW,
+    "adagrad": tf.keras.optimizers.Adagrad,
+    "sgd": tf.keras.optimizers.SGD,
+    "rmsprop": tf.keras.optimizers.RMSprop,
+}
+
+
+@dataclass
+class RatingConfig:
+    """Every hyper-parameter of the rating model and its training.
+
+    The defaults are the configuration that meets the MovieLens-100K accuracy target; they
+    were chosen on a validation slice of the training split (see
+    ``benchmarks/rating_ml100k.py``). ``to_dict``/``from_dict`` round-trip through JSON
+    (the CLI's ``--config FILE``); an unknown key is a ``ValueError`` naming it.
+    """
+
+    embedding_dim: int = 32
+    tower_output_dim: int | None = None  # None: embedding_dim
+    feature_dim: int | None = None       # side-feature embedding width; None: embedding_dim
+    hidden_units: tuple[int, ...] = (64, 32)
+    dropout: float = 0.2
+    l2: float = 1e-4            # per-example L2 on gathered ID embedding rows
+    bias_l2: float = 1e-5       # per-example L2 on the gathered user / item biases
+    dense_l2: float = 0.0       # L2 on the hidden-layer kernels
+    weight_decay: float = 0.0   # decoupled weight decay passed to the optimizer
+    use_biases: bool = True
+    use_dot: bool = True
+    use_side_features: bool = True
+    user_features: tuple[str, ...] | None = None  # None: all the data declares
+    item_features: tuple[str, ...] | None = None
+    max_text_tokens: int = 16
+    history_len: int = 128      # >0: add rated_items / rated_by implicit features
+    clip_predictions: bool = True  # clip to the data's rating range at inference only
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    batch_size: int = 512
+    epochs: int = 40
+    patience: int = 3
+    steps_per_execution: int = 16
+    validation_fraction: float = 0.1  # carved from train when no validation is given
+    refit_full: bool = True  # after early stopping on the carved slice, retrain on all
+
+    def __post_init__(self) -> None:
+        self.hidden_units = tuple(int(u) for u in self.hidden_units)
+        for name in ("user_features", "item_features"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(value))
+        if self.optimizer.lower() not in _OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; use one of "
+                             f"{sorted(_OPTIMIZERS)}")
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping) -> RatingConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                raise ValueError(f"unknown rating config key {key!r}; known keys: "
+                                 f"{sorted(known)}")
+        return cls(**dict(values))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> RatingConfig:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
+
+    def replace(self, **changes) -> RatingConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def tutorial(cls, **changes) -> RatingConfig:
+        """The TFRS basic-ranking tutorial: Embedding(32) towers, Dense 256-64-1, Adagrad 0.1,
+        batch 8192, 3 epochs, no biases / dot / regularization / side features."""
+        base = cls(embedding_dim=32, hidden_units=(256, 64), dropout=0.0, l2=0.0, bias_l2=0.0,
+                   use_biases=False, use_dot=False, use_side_features=False, history_len=0,
+                   refit_full=False,
+                   clip_predictions=False, optimizer="adagrad", learning_rate=0.1,
+                   batch_size=8192, epochs=3, patience=0)
+        return base.replace(**changes)
+
+
+@tf.keras.utils.register_keras_serializable(package="tfrec_p5")
+class ClipRating(tf.keras.layers.Layer):
+    """Clips predictions into ``[low, high]`` at inference; identity while training.
+
+    Why: clipping only at inference removes impossible predictions (a 5.3 for a 1-5 scale)
+    without zeroing the gradient of examples the model over-shoots during training.
+    """
+
+    def __init__(self, low: float, high: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.low, self.high = float(low), float(high)
+
+    def call(self, x: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        if training:
+            return x
+        return tf.clip_by_value(x, self.low, self.high)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "low": self.low, "high": self.high}
+
+
+def build_rating_model(vocabs: Vocabularies, side_features: SideFeatures | None,
+                       config: RatingConfig, *, global_mean: float = 0.0,
+                       rating_range: tuple[float, float] | None = None) -> tf.keras.Model:
+    """The functional rating model (see module docstring).
+
+    ``global_mean`` initializes the output bias (training starts at the mean rating
+    instead of 0); ``rating_range`` enables ``ClipRating`` when ``config.clip_predictions``.
+    """
+    side = side_features
+    if side is not None and not config.use_side_features:  # keep only the ID-derived ones
+        side = side.select([n for n in side.user if n in HISTORY_FEATURES],
+                           [n for n in side.item if n in HISTORY_FEATURES])
+    user_in = tf.keras.Input(shape=(), dtype=tf.int64, name=USER)
+    item_in = tf.keras.Input(shape=(), dtype=tf.int64, name=ITEM)
+    tower_kwargs = {"embedding_dim": config.embedding_dim,
+                    "output_dim": config.tower_output_dim,
+                    "feature_dim": config.feature_dim, "l2": config.l2}
+    user_vec = UserTower.from_vocab(vocabs, side, **tower_kwargs)(user_in)
+    item_vec = ItemTower.from_vocab(vocabs, side, **tower_kwargs)(item_in)
+
+    x = tf.keras.layers.Concatenate(name="concat")([user_vec, item_vec])
+    for i, units in enumerate(config.hidden_units):
+        x = tf.keras.layers.Dense(
+            units, activation="relu", name=f"hidden_{i}",
+            kernel_regularizer=tf.keras.regularizers.L2(config.dense_l2)
+            if config.dense_l2 > 0 else None)(x)
+        if config.dropout > 0:
+            x = tf.keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
+    terms = [tf.keras.layers.Dense(
+        1, bias_initializer=tf.keras.initializers.Constant(global_mean), name="mlp_out")(x)]
+    if config.use_dot:
+        terms.append(tf.keras.layers.Dot(axes=1, name="dot")([user_vec, item_vec]))
+    if config.use_biases:
+        reg = tf.keras.regularizers.L2(config.bias_l2) if config.bias_l2 > 0 else None
+        for inp, n, name in ((user_in, len(vocabs.user), "user_bias"),
+                             (item_in, len(vocabs.item), "item_bias")):
+            terms.append(tf.keras.layers.Embedding(
+                n, 1, embeddings_initializer="zeros", activity_regularizer=reg,
+                name=name)(inp))
+    out = terms[0] if len(terms) == 1 else tf.keras.layers.Add(name="rating_sum")(terms)
+    if config.clip_predictions and rating_range is not None:
+        out = ClipRating(*rating_range, name="clip")(out)
+    return tf.keras.Model(inputs={USER: user_in, ITEM: item_in}, outputs=out,
+                          name="rating_model")
+
+
+def compile_rating_model(model: tf.keras.Model, config: RatingConfig) -> tf.keras.Model:
+    """MSE loss, RMSE / MAE metrics, the configured optimizer and ``steps_per_execution``."""
+    kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
+    optimizer = _OPTIMIZERS[config.optimizer.lower()](learning_rate=config.learning_rate,
+                                                      **kwargs)
+    model.compile(optimizer=optimizer, loss=tf.keras.losses.MeanSquaredError(),
+                  metrics=[tf.keras.metrics.RootMeanSquaredError(name="rmse"),
+                           tf.keras.metrics.MeanAbsoluteError(name="mae")],
+                  steps_per_execution=config.steps_per_execution)
+    return model
+
+
+@dataclass
+class TrainedRating:
+    """What ``train_rating`` returns: everything needed to evaluate, export or resume."""
+
+    model: tf.keras.Model
+    vocabs: Vocabularies
+    side_features: SideFeatures | None
+    history: dict[str, list[float]]
+    config: RatingConfig
+    global_mean: float = 0.0
+    stopped_epoch: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def evaluate(self, table: Interactions, batch_size: int = 8192) -> dict[str, float]:
+        return evaluate_rating(self.model, table, self.vocabs, batch_size=batch_size)
+
+
+def _sized(ds: tf.data.Dataset, n: int, batch_size: int) -> tf.data.Dataset:
+    """Declare the number of batches, which Keras needs for ``steps_per_execution > 1``."""
+    return ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
+
+
+def train_rating(train: Interactions, validation: Interactions | None, config: RatingConfig,
+                 *, vocabs: Vocabularies | None = None, seed: int = 42,
+                 callbacks: Sequence[tf.keras.callbacks.Callback] = (), verbose: int = 1,
+                 log_dir: str | os.PathLike | None = None,
+                 backup_dir: str | os.PathLike | None = None) -> TrainedRating:
+    """Train a rating model with early stopping on validation RMSE.
+
+    * ``vocabs`` default to ``Vocabularies.build(train)``; side-feature tables are built
+      from ``train`` too.
+    * ``validation=None``: ``config.validation_fraction`` (10%) of the training pairs are
+      carved off with ``random_split(train, seed=seed)`` and used only for early stopping
+      (``EarlyStopping(monitor="val_rmse", restore_best_weights=True)``); the model trains
+      on the other 90%. ``validation_fraction=0`` trains on everything for
+      ``config.epochs`` epochs with no early stopping. ``config.refit_full`` then retrains
+      from scratch on all of ``train`` for the best epoch count found on the slice.
+    * ``log_dir`` adds a ``TensorBoard`` callback; ``backup_dir`` adds
+      ``BackupAndRestore``: rerunning the same call after an interruption resumes from the
+      last finished epoch (early-stopping state restarts with it).
+    * Seeds: ``tf.keras.utils.set_random_seed(seed)`` (Python, numpy, TF) and the shuffle.
+    """
+    if log_dir is not None:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError as err:
+            raise ImportError("train_rating(log_dir=...) writes TensorBoard logs and needs "
+                              "the 'tensorboard' package: pip install tensorboard") from err
+    tf.keras.utils.set_random_seed(seed)
+    vocabs = vocabs or Vocabularies.build(train)
+    fit_table = train
+    if validation is None and config.validation_fraction > 0:
+        carved = random_split(train, 1.0 - config.validation_fraction, seed=seed)
+        fit_table, validation = carved.train, carved.test
+        log.info("train_rating: carved %d validation rows from %d training rows",
+                 len(validation), len(train))
+    side = None
+    if config.use_side_features and (train.user_features or train.item_features):
+        side = SideFeatures.build(train, vocabs, config.user_features, config.item_features,
+                                  max_tokens=config.max_text_tokens)
+    if config.history_len > 0:
+        side = (side or SideFeatures()).with_histories(fit_table, vocabs, config.history_len)
+    global_mean = float(np.mean(fit_table.rating))
+    rating_range = train.rating_range or (float(np.min(train.rating)),
+                                          float(np.max(train.rating)))
+    model = build_rating_model(vocabs, side, config, global_mean=global_mean,
+                               rating_range=rating_range)
+    compile_rating_model(model, config)
+
+    train_ds = _sized(pointwise_dataset(fit_table, vocabs, config.batch_size,
+                                        shuffle=True, seed=seed), len(fit_table),
+                      config.batch_size)
+    val_ds = None
+    cbs: list[tf.keras.callbacks.Callback] = []
+    if backup_dir is not None:
+        cbs.append(tf.keras.callbacks.BackupAndRestore(str(backup_dir)))
+    if validation is not None:
+        val_batch = max(config.batch_size, 8192)
+        val_ds = _sized(pointwise_dataset(validation, vocabs, val_batch), len(validation),
+                        val_batch)
+        if config.patience > 0:
+            cbs.append(tf.keras.callbacks.EarlyStopping(
+                monitor="val_rmse", mode="min", patience=config.patience,
+                restore_best_weights=True))
+    if log_dir is not None:
+        cbs.append(tf.keras.callbacks.TensorBoard(str(log_dir), profile_batch=0))
+    cbs.extend(callbacks)
+    hist = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs,
+                     verbose=verbose)
+    stopped = next((cb.stopped_epoch for cb in cbs
+                    if isinstance(cb, tf.keras.callbacks.EarlyStopping)), 0)
+    history = dict(hist.history)
+    if config.refit_full and fit_table is not train and "val_rmse" in history:
+        best_epochs = int(np.argmin(history["val_rmse"])) + 1
+        log.info("train_rating: refitting on all %d rows for %d epochs", len(train),
+                 best_epochs)
+        refit = train_rating(train, None, config.replace(
+            refit_full=False, validation_fraction=0.0, epochs=best_epochs), vocabs=vocabs,
+            seed=seed, callbacks=callbacks, verbose=verbose, log_dir=log_dir)
+        refit.history = {**{f"search_{k}": v for k, v in history.items()}, **refit.history}
+        refit.stopped_epoch = stopped
+        return refit
+    return TrainedRating(model, vocabs, side, history, config, global_mean, stopped)
+
+
+def predict_ratings(model: tf.keras.Model, table: Interactions, vocabs: Vocabularies,
+                    batch_size: int = 8192) -> np.ndarray:
+    """Predicted ratings for the rows of ``table``, shape ``[n]`` (unknown IDs → OOV)."""
+    ids = vocabs.encode(table)
+    preds = model.predict({USER: ids[USER], ITEM: ids[ITEM]}, batch_size=batch_size,
+                          verbose=0)
+    return np.asarray(preds, dtype=np.float64).reshape(-1)
+
+
+def evaluate_rating(model: tf.keras.Model, table: Interactions, vocabs: Vocabularies,
+                    batch_size: int = 8192) -> dict[str, float]:
+    """RMSE and MAE of ``model`` on ``table`` (inference mode: no dropout, clipped)."""
+    err = predict_ratings(model, table, vocabs, batch_size) - table.rating.astype(np.float64)
+    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err)))}

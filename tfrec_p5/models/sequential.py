@@ -1,0 +1,397 @@
+"""Sequential recommendation (issue #6): train the next-item head on leave-one-out splits.
+
+Why this shape: P5's sequential task is "given a user's items so far, what comes next?".
+The strongest simple model for it is SASRec trained with full-softmax cross-entropy on
+every prefix of every training sequence. Here the model is ``NextItemModel`` — an
+``ItemTower`` plus the ``NextItemTask`` head, a ``tfrs.Model`` whose ``compute_loss`` calls
+the head exactly as ``UnifiedModel`` would — so the same head can be pretrained with the
+other tasks. Training examples are built once in numpy (one left-padded row per user with
+its shifted targets) and streamed as integer tensors; the training step has no Python in
+it. Model selection (early stopping, best-epoch restore) uses **only** the validation item
+(full-ranking NDCG@10 over all items, training items excluded), computed in-graph every
+epoch; the test item is never built into any tensor during training.
+
+    from tfrec_p5 import data
+    from tfrec_p5.models.sequential import SequentialConfig, train_sequential
+    split = data.leave_one_out(data.load("amazon:/work/shared/data/amazon/Beauty.txt"))
+    trained = train_sequential(split.train, split.validation, SequentialConfig())
+    trained.best_metrics          # {"hr@10": ..., "ndcg@10": ...} on the validation item
+
+``SequentialConfig()`` defaults are the configuration benchmarked on Amazon Beauty
+(``benchmarks/sequential_beauty.py``), chosen on the validation item only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrec_p5.data.interactions import Interactions
+from tfrec_p5.data.pipeline import Vocabularies, user_histories
+from tfrec_p5.evaluation.ranking import group_by_row
+from tfrec_p5.tasks.next_item import HISTORY, NEXT_ITEM, NextItemTask
+from tfrec_p5.towers import ItemTower, SideFeatures
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SequentialConfig:
+    """Every hyper-parameter of the sequential (next-item) model and its training.
+
+    Defaults = the documented Beauty configuration (SASRec shape, full-softmax CE).
+    ``to_dict``/``from_dict`` round-trip through JSON (``--config FILE``); unknown keys
+    are a ``ValueError`` naming them.
+    """
+
+    embedding_dim: int = 64
+    max_len: int = 50
+    encoder: str = "transformer"      # or "gru"
+    num_blocks: int = 2
+    num_heads: int = 1
+    ffn_dim: int | None = None        # None: embedding_dim
+    use_item_features: bool = True    # the data's item side features (Beauty: attributes)
+    dropout: float = 0.2
+    loss: str = "softmax"             # or "sampled" (logQ-corrected, large catalogs)
+    num_negatives: int = 1000         # for loss="sampled"
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.0         # AdamW when > 0
+    batch_size: int = 256
+    epochs: int = 200                 # upper bound; early stopping ends sooner
+    patience: int = 5                 # epochs without validation NDCG@10 gain
+    min_epochs: int = 1
+    max_minutes: float | None = 25.0  # wall-clock budget for fitting (None: no limit)
+    steps_per_execution: int = 16
+    top_k: int = 100                  # items returned by the next_items signature
+    eval_batch_size: int = 512
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SequentialConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown sequential config key(s) {unknown}; known: "
+                             f"{sorted(known)}")
+        return cls(**dict(values))
+
+
+# ---------------------------------------------------------------------- examples
+def next_item_examples(train: Interactions, vocabs: Vocabularies,
+                       max_len: int) -> dict[str, np.ndarray]:
+    """All-prefix training rows: ``{"user_id" [U], "history" [U, L], "next_item" [U, L]}``.
+
+    Per user, the last ``max_len + 1`` training items ``s`` give ``history = s[:-1]`` and
+    ``next_item = s[1:]`` (left-padded; a target exists only where the history has an
+    item), so position ``t`` learns to predict item ``t+1`` from items ``<= t``. Users with
+    a single training item have no target and are dropped. Only ``train`` is read: with a
+    leave-one-out split the validation and test items cannot appear.
+    """
+    users, seq = user_histories(train, vocabs, max_len + 1)
+    history, targets = seq[:, :-1], seq[:, 1:]
+    targets = np.where(history > 0, targets, 0)
+    keep = (targets > 0).any(axis=1)
+    return {"user_id": users[keep], HISTORY: history[keep], NEXT_ITEM: targets[keep]}
+
+
+@dataclass
+class RankingQueries:
+    """One evaluated user per row: input history, held-out target, items to exclude."""
+
+    users: np.ndarray      # [U] user vocabulary indices
+    history: np.ndarray    # [U, L] left-padded item indices (model input)
+    targets: np.ndarray    # [U] held-out item index (0 = unknown to the model: a miss)
+    exclude: np.ndarray    # [U, E] every item of the input history, -1 padded
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+def ranking_queries(history: Interactions, held_out: Interactions, vocabs: Vocabularies,
+                    max_len: int) -> RankingQueries:
+    """Queries for ranking each user's ``held_out`` item after their ``history`` events.
+
+    For validation ``history`` is the training part; for test it is training + validation
+    (the standard, leak-free leave-one-out inputs). Every history item is excluded from the
+    candidates; users with no history or no held-out item are skipped.
+    """
+    n_users = len(vocabs.user)
+    u_idx, hist = user_histories(history, vocabs, max_len)
+    target = np.full(n_users, -1, np.int64)
+    target[vocabs.user.lookup(held_out.user_id)] = vocabs.item.lookup(held_out.item_id)
+    exclude = group_by_row(vocabs.user.lookup(history.user_id),
+                           vocabs.item.lookup(history.item_id), n_users)
+    keep = (u_idx > 0) & (target[u_idx] >= 0) & (hist > 0).any(axis=1)
+    u_idx, hist = u_idx[keep], hist[keep]
+    return RankingQueries(u_idx, hist, target[u_idx], exclude[u_idx])
+
+
+def length_bucketed_dataset(examples: Mapping[str, np.ndarray], batch_size: int,
+                            seed: int | None = None,
+                            chunk_batches: int = 32) -> tf.data.Dataset:
+    """Shuffled batches of similar-length rows, each cut to its longest history.
+
+    Why: Beauty's median training sequence has 4 items, so a batch padded to ``max_len``
+    (50) spends ~90% of the encoder's work on padding. Every epoch the rows are permuted
+    (seeded, fresh per epoch), sorted by length within chunks of ``chunk_batches``
+    batches, sliced into batches whose order is shuffled again, and each batch keeps only
+    its last ``max(length)`` columns (histories are left-padded, so nothing real is cut).
+    All of it runs in tf.data on integer tensors; the training step sees ``[B, None]``.
+    """
+    tensors = {k: tf.constant(v) for k, v in examples.items()}
+    lengths = tf.constant((np.asarray(examples[HISTORY]) > 0).sum(axis=1).astype(np.int64))
+    width = int(np.asarray(examples[HISTORY]).shape[1])
+    n = int(lengths.shape[0])
+    n_batches = math.ceil(n / batch_size)
+    chunk = batch_size * chunk_batches
+    draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+
+    def epoch(draw):
+        s1 = tf.stack([draw, tf.constant(0, tf.int64)])
+        s2 = tf.stack([draw, tf.constant(1, tf.int64)])
+        idx = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=s1)
+        key = (tf.range(n, dtype=tf.int64) // chunk) * (width + 1) + tf.gather(lengths, idx)
+        idx = tf.gather(idx, tf.argsort(key, stable=True))
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n_batches, dtype=tf.int64), seed=s2)
+
+        def one_batch(i):
+            b = tf.gather(order, i)
+            rows = idx[b * batch_size:tf.minimum((b + 1) * batch_size, n)]
+            keep = tf.maximum(tf.reduce_max(tf.gather(lengths, rows)), 1)
+            out = {k: tf.gather(v, rows) for k, v in tensors.items()}
+            for k in (HISTORY, NEXT_ITEM):
+                out[k] = out[k][:, width - keep:]
+            return out
+        return tf.data.Dataset.range(n_batches).map(one_batch)
+
+    ds = draws.flat_map(epoch).prefetch(tf.data.AUTOTUNE)
+    # A known cardinality lets Keras run steps_per_execution and reshuffle every epoch.
+    return ds.apply(tf.data.experimental.assert_cardinality(n_batches))
+
+
+# ---------------------------------------------------------------------- model
+class NextItemModel(tfrs.Model):
+    """``ItemTower`` + ``NextItemTask``: the single-task model; the head is plug-compatible
+    with ``UnifiedModel`` (``bind`` + ``compute_loss(features, user_vec, item_vec)``)."""
+
+    def __init__(self, item_tower: ItemTower, head: NextItemTask, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.item_tower = item_tower
+        self.head = head
+        head.bind(None, item_tower)
+
+    def compute_loss(self, features, training: bool = False) -> tf.Tensor:
+        return self.head.compute_loss(features, None, None, training=training)
+
+    def call(self, history: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+        return self.head.score_history(history, training=bool(training))
+
+
+def build_model(config: SequentialConfig, vocabs: Vocabularies,
+                item_probabilities: np.ndarray | None = None,
+                side_features: SideFeatures | None = None) -> NextItemModel:
+    """The untrained model for ``config`` (weights created with one dummy call)."""
+    item_tower = ItemTower.from_vocab(vocabs, side_features,
+                                      embedding_dim=config.embedding_dim)
+    head = NextItemTask(config.max_len, kind=config.encoder, num_blocks=config.num_blocks,
+                        num_heads=config.num_heads, ffn_dim=config.ffn_dim,
+                        dropout=config.dropout, loss=config.loss,
+                        num_negatives=config.num_negatives,
+                        item_probabilities=item_probabilities)
+    model = NextItemModel(item_tower, head)
+    model(tf.zeros((1, config.max_len), tf.int64))
+    return model
+
+
+def rank_batch_fn(head: NextItemTask):
+    """A compiled ``(history, target, exclude) -> ranks`` over all items (pessimistic ties:
+    ``rank = 1 + #{non-excluded j != t : s_j >= s_t}``), the in-graph twin of
+    ``evaluation.ranks_of_targets`` for per-epoch validation."""
+
+    @tf.function(reduce_retracing=True)
+    def ranks(history, target, exclude):
+        scores = head.score_history(history)
+        n = tf.shape(scores)[1]
+        t_score = tf.gather(scores, target, batch_dims=1)
+        pos = tf.where(exclude >= 0)
+        hit = tf.scatter_nd(tf.stack([pos[:, 0], tf.gather_nd(exclude, pos)], axis=1),
+                            tf.ones(tf.shape(pos)[:1], tf.int32), tf.shape(scores, tf.int64))
+        scores = tf.where(hit > 0, -np.inf, scores)
+        beats = (scores >= t_score[:, None]) & \
+            (tf.range(n, dtype=tf.int64)[None] != target[:, None])
+        return 1 + tf.reduce_sum(tf.cast(beats, tf.int32), axis=1)
+    return ranks
+
+
+def ranking_metrics(head: NextItemTask, queries: RankingQueries, ks=(5, 10),
+                    batch_size: int = 512) -> dict[str, float]:
+    """Full-ranking HR@K / NDCG@K of ``queries`` (index space, in-graph, fast)."""
+    ranks_fn = rank_batch_fn(head)
+    lengths = (queries.history > 0).sum(axis=1)
+    order = np.argsort(lengths, kind="stable")  # similar lengths together: cut padding
+    r = np.zeros(len(queries), np.int64)
+    for s in range(0, len(queries), batch_size):
+        rows = order[s:s + batch_size]
+        keep = max(int(lengths[rows].max()), 1)
+        r[rows] = ranks_fn(tf.constant(queries.history[rows, -keep:]),
+                           tf.constant(queries.targets[rows]),
+                           tf.constant(queries.exclude[rows])).numpy()
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"hr@{k}"] = float(np.mean(r <= k)) if len(r) else 0.0
+        out[f"ndcg@{k}"] = float(np.mean(np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0))) \
+            if len(r) else 0.0
+    return out
+
+
+class _ValidationStopper(tf.keras.callbacks.Callback):
+    """Per epoch: validation full-ranking metrics; keep the best weights (by NDCG@10), stop
+    after ``patience`` epochs without gain or when the time budget is spent."""
+
+    def __init__(self, head: NextItemTask, queries: RankingQueries | None,
+                 config: SequentialConfig, started: float, verbose: int) -> None:
+        super().__init__()
+        self.head, self.queries, self.config = head, queries, config
+        self.started, self.verbose = started, verbose
+        self.best = -1.0
+        self.best_epoch = 0
+        self.best_metrics: dict[str, float] = {}
+        self.best_weights = None
+        self.wait = 0
+        self.records: list[dict[str, float]] = []
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = logs if logs is not None else {}
+        record = {"epoch": epoch + 1, "loss": float(logs.get("loss", math.nan)),
+                  "seconds": time.perf_counter() - self.started}
+        if self.queries is not None and len(self.queries):
+            metrics = ranking_metrics(self.head, self.queries, batch_size=
+                                      self.config.eval_batch_size)
+            record.update({f"val_{k}": v for k, v in metrics.items()})
+            for k, v in metrics.items():
+                logs[f"val_{k}"] = v
+            score = metrics["ndcg@10"]
+            if score > self.best:
+                self.best, self.best_epoch, self.best_metrics = score, epoch + 1, metrics
+                self.best_weights = self.model.get_weights()
+                self.wait = 0
+            else:
+                self.wait += 1
+                if self.wait >= self.config.patience and epoch + 1 >= self.config.min_epochs:
+                    self.model.stop_training = True
+        self.records.append(record)
+        if self.verbose:
+            print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in record.items()), flush=True)
+        budget = self.config.max_minutes
+        if budget is not None and time.perf_counter() - self.started > 60.0 * budget:
+            log.info("sequential: time budget of %.1f min reached", budget)
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None) -> None:
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+@dataclass
+class TrainedSequential:
+    """A trained next-item model and what to record about its training."""
+
+    model: NextItemModel
+    vocabs: Vocabularies
+    config: SequentialConfig
+    best_epoch: int = 0
+    epochs_run: int = 0
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+    @property
+    def head(self) -> NextItemTask:
+        return self.model.head
+
+
+def train_sequential(train: Interactions, validation: Interactions | None,
+                     config: SequentialConfig | None = None, *, seed: int = 42,
+                     verbose: int = 0, log_dir: str | None = None) -> TrainedSequential:
+    """Fit ``NextItemModel`` on ``train``; early-stop on ``validation`` (one item per user).
+
+    The vocabularies come from ``train`` only. With ``validation=None`` the model trains
+    for ``config.epochs`` (or the time budget) with no model selection.
+    """
+    config = config or SequentialConfig()
+    tf.keras.utils.set_random_seed(seed)
+    vocabs = Vocabularies.build(train)
+    examples = next_item_examples(train, vocabs, config.max_len)
+    if not len(examples["user_id"]):
+        raise ValueError("no training sequence has two or more items")
+    probs = None
+    if config.loss == "sampled":
+        from tfrec_p5.tasks.retrieval import item_frequencies
+        probs = item_frequencies(train, vocabs)
+    side = SideFeatures.build(train, vocabs, user_features=()) \
+        if config.use_item_features and train.item_features else None
+    model = build_model(config, vocabs, probs, side)
+    optimizer = tf.keras.optimizers.AdamW(config.learning_rate, weight_decay=
+                                          config.weight_decay) if config.weight_decay > 0 \
+        else tf.keras.optimizers.Adam(config.learning_rate)
+    model.compile(optimizer=optimizer, steps_per_execution=config.steps_per_execution)
+    dataset = length_bucketed_dataset(examples, config.batch_size, seed=seed)
+    steps = int(dataset.cardinality().numpy())
+    queries = ranking_queries(train, validation, vocabs, config.max_len) \
+        if validation is not None and len(validation) else None
+    started = time.perf_counter()
+    stopper = _ValidationStopper(model.head, queries, config, started, verbose)
+    callbacks: list[tf.keras.callbacks.Callback] = [stopper]
+    if log_dir:
+        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir))
+    model.fit(dataset, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks,
+              verbose=0)
+    return TrainedSequential(model, vocabs, config, best_epoch=stopper.best_epoch,
+                             epochs_run=len(stopper.records),
+                             best_metrics=stopper.best_metrics, history=stopper.records,
+                             train_seconds=time.perf_counter() - started)
+
+
+def cli_train(request):
+    """``tfrec-p5 train --task sequential``: ``TrainRequest`` → ``TrainResult``.
+
+    Config = ``SequentialConfig`` defaults ← ``--config`` ← ``--epochs``/``--batch-size``;
+    ``--top-k`` sets how many items ``next_items`` returns.
+    """
+    from tfrec_p5.cli import CliError, TrainResult
+    from tfrec_p5.export.sequential import sequential_module
+
+    values = SequentialConfig().to_dict()
+    values.update(dict(request.config))
+    if request.epochs is not None:
+        values["epochs"] = request.epochs
+    if request.batch_size is not None:
+        values["batch_size"] = request.batch_size
+    options = dict(getattr(request, "options", {}) or {})
+    if options.get("top_k"):
+        values["top_k"] = int(options["top_k"])
+    try:
+        config = SequentialConfig.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise CliError(str(err)) from err
+    trained = train_sequential(request.train, request.validation, config, seed=request.seed,
+                               verbose=request.verbose, log_dir=request.log_dir)
+    module = sequential_module(trained.vocabs, trained.head, top_k=config.top_k)
+    metadata = {"epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
+                "train_seconds": round(trained.train_seconds, 1),
+                "best_validation": trained.best_metrics, "top_k": config.top_k,
+                "max_len": config.max_len}
+    return TrainResult(module, config=config.to_dict(), metadata=metadata)

@@ -1,0 +1,522 @@
+"""``UnifiedModel``: shared towers + any set of task heads, one ``compute_loss``.
+
+Why: P5's point is one backbone for many tasks. Here a ``tfrs.Model`` owns the user and
+item towers and a dict of heads (``tfrec_p5.tasks``: rating, retrieval, ranking; later
+next-item, candidate ranking); every batch runs the towers once and the loss is
+``sum(weight[task] * head.compute_loss(...))``. A head whose weight is 0 is not built at
+all, so it has no variables and costs nothing. With only the rating head and the rating
+model's config the model trains to the same numbers as ``train_rating``.
+
+    from tfrec_p5 import data
+    from tfrec_p5.models.unified import UnifiedConfig, train_unified
+    split = data.random_split(data.load("synthetic"), 0.8, seed=42)
+    trained = train_unified(split.train, None,
+                            UnifiedConfig(weights={"rating": 1.0, "retrieval": 1.0}))
+    trained.evaluate(split.test)     # {"rating_rmse": ..., "retrieval_recall@10": ...}
+
+``trained.user_vectors()`` / ``trained.item_vectors()`` give the retrieval index tables
+the export precomputes (``tfrec_p5.export.retrieval``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfrec_p5.data.interactions import ITEM, RATING, USER, Interactions
+from tfrec_p5.data.pipeline import Vocabularies, pointwise_dataset, retrieval_dataset
+from tfrec_p5.data.splits import random_split
+from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
+from tfrec_p5.tasks.base import Head
+from tfrec_p5.tasks.ranking import RankingHead, listwise_dataset
+from tfrec_p5.tasks.rating import RatingHead
+from tfrec_p5.tasks.retrieval import (
+    HistoryEncoder,
+    RetrievalHead,
+    history_csr,
+    item_frequencies,
+)
+from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
+from tfrec_p5.towers.side_features import HISTORY_FEATURES
+
+log = logging.getLogger(__name__)
+TASKS = ("rating", "retrieval", "ranking")
+
+
+class UnifiedModel(tfrs.Model):
+    """Shared ``user_tower`` / ``item_tower`` + ``heads`` weighted by ``loss_weights``.
+
+    Args:
+      user_tower, item_tower: the shared towers (int64 vocabulary index → vector).
+      heads: ``{task: Head}``; each head's ``compute_loss`` sees the tower outputs.
+      loss_weights: ``{task: weight}`` (missing = 1.0). Weight 0 switches a head off: it
+        is dropped before the model is built, so it gets no variables and no gradients.
+    """
+
+    def __init__(self, user_tower: tf.keras.layers.Layer, item_tower: tf.keras.layers.Layer,
+                 heads: Mapping[str, Head], loss_weights: Mapping[str, float] | None = None,
+                 **kwargs) -> None:
+        super().__init__(**kwargs)
+        weights = dict(loss_weights or {})
+        self.loss_weights = {name: float(weights.get(name, 1.0)) for name in heads
+                             if float(weights.get(name, 1.0)) > 0}
+        if not self.loss_weights:
+            raise ValueError("every head is switched off (all loss weights are 0)")
+        self.user_tower = user_tower
+        self.item_tower = item_tower
+        self.heads = {name: heads[name] for name in self.loss_weights}
+        for head in self.heads.values():
+            head.bind(user_tower, item_tower)
+
+    @staticmethod
+    def _features(inputs) -> dict[str, tf.Tensor]:
+        """Batch → feature dict; a ``(features, rating)`` tuple is merged (pointwise data)."""
+        if isinstance(inputs, (tuple, list)):
+            features = dict(inputs[0])
+            if len(inputs) > 1 and inputs[1] is not None:
+                features[RATING] = inputs[1]
+            return features
+        return dict(inputs)
+
+    def tower_outputs(self, features: Mapping[str, tf.Tensor], training: bool = False):
+        needs_user = any(h.uses_user_tower for h in self.heads.values())
+        user_vec = self.user_tower(features[USER], training=training) if needs_user else None
+        item_vec = self.item_tower(features[ITEM], training=training) \
+            if ITEM in features else None
+        return user_vec, item_vec
+
+    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        features = self._features(inputs)
+        user_vec, item_vec = self.tower_outputs(features, training)
+        losses = [w * self.heads[name].compute_loss(features, user_vec, item_vec,
+                                                    training=training)
+                  for name, w in self.loss_weights.items()]
+        return tf.add_n(losses) if len(losses) > 1 else losses[0]
+
+    def score(self, features: Mapping[str, tf.Tensor], task: str | None = None) -> tf.Tensor:
+        """Pair scores ``[B]`` from head ``task`` (default: ranking > retrieval > rating)."""
+        task = task or next(t for t in ("ranking", "retrieval", "rating") if t in self.heads)
+        user_vec, item_vec = self.tower_outputs(features)
+        return self.heads[task].score(features, user_vec, item_vec)
+
+    def call(self, features, training: bool | None = None):
+        """Pair scores of the default head (lets Keras build / summarize the model)."""
+        return self.score(features)
+
+
+# ---------------------------------------------------------------------- configuration
+@dataclass
+class UnifiedConfig:
+    """Towers, heads, loss weights and training of a ``UnifiedModel``.
+
+    The defaults are the retrieval configuration that was chosen on a validation slice of
+    the ML-100K training split (``benchmarks/retrieval_ml100k.py``); the rating head uses
+    ``rating`` (a ``RatingConfig``: its head fields). ``UnifiedConfig.rating_only(cfg)``
+    is exactly ``train_rating``'s setup.
+    """
+
+    weights: dict[str, float] = field(default_factory=lambda: {"retrieval": 1.0})
+    # shared towers
+    embedding_dim: int = 64
+    tower_output_dim: int | None = None
+    feature_dim: int | None = None
+    l2: float = 0.0
+    use_side_features: bool = False
+    user_features: tuple[str, ...] | None = None
+    item_features: tuple[str, ...] | None = None
+    max_text_tokens: int = 16
+    history_len: int = 0            # rated_items / rated_by tower features (rating model)
+    # rating head
+    rating: RatingConfig = field(default_factory=RatingConfig)
+    # retrieval head
+    temperature: float | None = 0.3
+    log_q: bool = True
+    remove_accidental_hits: bool = True
+    num_hard_negatives: int | None = None
+    full_softmax: bool = True
+    history: bool = True
+    history_dropout: float = 0.25
+    leave_target_out: bool = True
+    use_user_tower: bool = False
+    item_bias: bool = False
+    popularity_weight: float = 0.0  # inference: + w * log p(item) (score fusion)
+    # ranking head
+    ranking_hidden_units: tuple[int, ...] = (256, 64)
+    listwise: str | None = None
+    list_size: int = 5
+    lists_per_user: int = 20
+    # training
+    optimizer: str = "adam"
+    learning_rate: float = 3e-3
+    weight_decay: float = 0.0
+    batch_size: int = 1024
+    epochs: int = 7
+    patience: int = 0               # >0 with a rating head: early stop on val_rmse
+    steps_per_execution: int = 16
+    validation_fraction: float = 0.0
+    refit_full: bool = False        # after early stopping, retrain on all of train
+    validate_retrieval: bool = True  # per-epoch val Recall@K when there is validation data
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rating, Mapping):
+            self.rating = RatingConfig.from_dict(self.rating)
+        for name in ("user_features", "item_features"):
+            if getattr(self, name) is not None:
+                setattr(self, name, tuple(getattr(self, name)))
+        self.ranking_hidden_units = tuple(int(u) for u in self.ranking_hidden_units)
+        self.weights = {str(k): float(v) for k, v in dict(self.weights).items()}
+        unknown = sorted(set(self.weights) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) in weights: {unknown}; known: {list(TASKS)}")
+        if self.optimizer.lower() not in _OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}")
+
+    def active(self) -> list[str]:
+        return [t for t in TASKS if self.weights.get(t, 0.0) > 0]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["rating"] = self.rating.to_dict()
+        return json.loads(json.dumps(out))
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> UnifiedConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**dict(values))
+
+    def replace(self, **changes) -> UnifiedConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def rating_only(cls, rating: RatingConfig | None = None, **changes) -> UnifiedConfig:
+        """Only the rating head, with ``rating``'s towers and training (= ``train_rating``)."""
+        r = rating or RatingConfig()
+        base = cls(weights={"rating": 1.0}, embedding_dim=r.embedding_dim,
+                   tower_output_dim=r.tower_output_dim, feature_dim=r.feature_dim, l2=r.l2,
+                   use_side_features=r.use_side_features, user_features=r.user_features,
+                   item_features=r.item_features, max_text_tokens=r.max_text_tokens,
+                   history_len=r.history_len, rating=r, optimizer=r.optimizer,
+                   learning_rate=r.learning_rate, weight_decay=r.weight_decay,
+                   batch_size=r.batch_size, epochs=r.epochs, patience=r.patience,
+                   steps_per_execution=r.steps_per_execution,
+                   validation_fraction=r.validation_fraction,
+                   refit_full=bool(getattr(r, "refit_full", False)))
+        return base.replace(**changes)
+
+
+# ---------------------------------------------------------------------- training
+@dataclass
+class TrainedUnified:
+    """What ``train_unified`` returns (model, vocabularies, tables, history, timings)."""
+
+    model: UnifiedModel
+    vocabs: Vocabularies
+    config: UnifiedConfig
+    side_features: SideFeatures | None
+    history: dict[str, list[float]]
+    seen_splits: np.ndarray
+    seen_values: np.ndarray
+    item_probabilities: np.ndarray
+    global_mean: float = 0.0
+    rating_range: tuple[float, float] | None = None
+    epoch_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.model.heads)
+
+    # --- retrieval index tables (what the export precomputes)
+    def user_vectors(self, batch_size: int = 4096) -> np.ndarray:
+        """Retrieval query vectors of every user index ``[U, d]`` (row 0 = OOV user)."""
+        head: RetrievalHead = self.model.heads["retrieval"]
+        out = []
+        for s in range(0, len(self.vocabs.user), batch_size):
+            ids = tf.range(s, min(s + batch_size, len(self.vocabs.user)), dtype=tf.int64)
+            user_vec = self.model.user_tower(ids, training=False) \
+                if head.uses_user_tower else None
+            out.append(head.query(ids, user_vec, training=False).numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def item_vectors(self, batch_size: int = 8192) -> np.ndarray:
+        """Retrieval candidate vectors of every item index ``[I, d]`` (row 0 = OOV item).
+
+        ``popularity_weight`` is not folded in: the export adds it as ``item_prior``."""
+        head: RetrievalHead = self.model.heads["retrieval"]
+        out = []
+        for s in range(0, len(self.vocabs.item), batch_size):
+            ids = tf.range(s, min(s + batch_size, len(self.vocabs.item)), dtype=tf.int64)
+            out.append(head.candidates(ids, self.model.item_tower(ids, training=False))
+                       .numpy())
+        return np.concatenate(out).astype(np.float32)
+
+    def retrieval_scores(self, user_index: np.ndarray) -> np.ndarray:
+        """``[B, I]`` retrieval scores (OOV item column = -inf) for the evaluation module."""
+        if not hasattr(self, "_index_cache"):
+            self._index_cache = (self.user_vectors(), self.item_vectors(),
+                                 self.config.popularity_weight
+                                 * np.log(self.item_probabilities).astype(np.float32))
+        uv, iv, prior = self._index_cache
+        scores = uv[np.asarray(user_index)] @ iv.T + prior[None, :]
+        scores[:, 0] = -np.inf
+        return scores
+
+    def predict_ratings(self, table: Interactions, batch_size: int = 8192) -> np.ndarray:
+        ids = self.vocabs.encode(table)
+        out = []
+        for s in range(0, len(table), batch_size):
+            feats = {USER: tf.constant(ids[USER][s:s + batch_size]),
+                     ITEM: tf.constant(ids[ITEM][s:s + batch_size])}
+            user_vec, item_vec = self.model.tower_outputs(feats)
+            out.append(self.model.heads["rating"].score(feats, user_vec, item_vec).numpy())
+        return np.concatenate(out).astype(np.float64)
+
+    def evaluate(self, table: Interactions, ks: Sequence[int] = (10, 100),
+                 factorized_ks: Sequence[int] = (10, 50, 100)) -> dict[str, float]:
+        """Each active task's metrics on ``table`` (prefixed ``rating_`` / ``retrieval_``).
+
+        Retrieval: Recall/NDCG@K and MRR with the users' training items excluded
+        (``full_ranking_metrics``) and the TFRS factorized top-K accuracy (nothing
+        excluded). Rating: RMSE / MAE.
+        """
+        out: dict[str, float] = {}
+        if "rating" in self.model.heads and table.rating is not None:
+            err = self.predict_ratings(table) - table.rating.astype(np.float64)
+            out["rating_rmse"] = float(np.sqrt(np.mean(err ** 2)))
+            out["rating_mae"] = float(np.mean(np.abs(err)))
+        if "retrieval" in self.model.heads:
+            out.update({f"retrieval_{k}": v for k, v in
+                        retrieval_metrics(self.retrieval_scores, table, self.vocabs,
+                                          self.seen_splits, self.seen_values, ks,
+                                          factorized_ks).items()})
+        return out
+
+
+def retrieval_metrics(score_fn, table: Interactions, vocabs: Vocabularies,
+                      seen_splits: np.ndarray, seen_values: np.ndarray,
+                      ks: Sequence[int] = (10, 100),
+                      factorized_ks: Sequence[int] = (10, 50, 100)) -> dict[str, float]:
+    """Field protocol (seen excluded) + TFRS factorized top-K for a ``score_fn(users)``.
+
+    Rows of ``table`` whose user or item is unknown to the vocabularies are skipped (a
+    two-tower model cannot rank an item it has no vector for).
+    """
+    from tfrec_p5.evaluation import factorized_topk_accuracy, full_ranking_metrics, group_by_row
+
+    users = vocabs.user.lookup(table.user_id)
+    items = vocabs.item.lookup(table.item_id)
+    keep = (users > 0) & (items > 0)
+    users, items = users[keep], items[keep]
+    n_users = len(vocabs.user)
+    targets = group_by_row(users, items, n_users)
+    rows = np.repeat(np.arange(n_users), np.diff(seen_splits))
+    seen = group_by_row(rows, seen_values, n_users)
+    query = np.flatnonzero((targets >= 0).any(axis=1))
+    out = full_ranking_metrics(score_fn, query, targets[query], seen[query], ks=ks)
+    out.update(factorized_topk_accuracy(score_fn, users, items, ks=factorized_ks))
+    return {k: v for k, v in out.items() if not k.startswith(("user_recall", "hr@"))}
+
+
+class RetrievalValidation(tf.keras.callbacks.Callback):
+    """After each epoch, full-catalog Recall/NDCG on ``table`` → ``logs["val_recall@10"]``.
+
+    Why a callback and not ``FactorizedTopK``: it ranks against the whole catalog with the
+    users' training items excluded (the field protocol), costs one matmul per user batch,
+    and lets ``EarlyStopping`` watch the metric we report.
+    """
+
+    def __init__(self, table: Interactions, vocabs: Vocabularies, seen_splits: np.ndarray,
+                 seen_values: np.ndarray, ks: Sequence[int] = (10, 100)) -> None:
+        super().__init__()
+        self.table, self.vocabs, self.ks = table, vocabs, tuple(ks)
+        self.seen_splits, self.seen_values = seen_splits, seen_values
+
+    def on_epoch_end(self, epoch, logs=None):
+        trained = TrainedUnified(self.model, self.vocabs, UnifiedConfig(), None, {},
+                                 self.seen_splits, self.seen_values,
+                                 np.ones(len(self.vocabs.item), np.float32))
+        metrics = retrieval_metrics(trained.retrieval_scores, self.table, self.vocabs,
+                                    self.seen_splits, self.seen_values, self.ks, ())
+        if logs is not None:
+            for k in self.ks:
+                logs[f"val_recall@{k}"] = metrics[f"recall@{k}"]
+            logs["val_ndcg@10"] = metrics.get("ndcg@10", 0.0)
+
+
+def _sized(ds: tf.data.Dataset, n: int, batch_size: int) -> tf.data.Dataset:
+    return ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
+
+
+class _EpochTimer(tf.keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._t)
+
+
+def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConfig, *,
+                  fit_table: Interactions | None = None) -> tuple[UnifiedModel, dict]:
+    """The model for ``config`` and the tables it was built from (side features, ...).
+
+    ``fit_table`` (default ``train``) is what the model trains on: histories, item
+    frequencies and the rating mean come from it, vocabularies / side features from train.
+    """
+    fit_table = fit_table if fit_table is not None else train
+    active = config.active()
+    if not active:
+        raise ValueError("no task has a positive weight")
+    side = None
+    if config.use_side_features and (train.user_features or train.item_features):
+        side = SideFeatures.build(train, vocabs, config.user_features, config.item_features,
+                                  max_tokens=config.max_text_tokens)
+    if config.history_len > 0:
+        side = (side or SideFeatures()).with_histories(fit_table, vocabs, config.history_len)
+    if side is not None and not config.use_side_features:
+        side = side.select([n for n in side.user if n in HISTORY_FEATURES],
+                           [n for n in side.item if n in HISTORY_FEATURES])
+    tower_kwargs = {"embedding_dim": config.embedding_dim,
+                    "output_dim": config.tower_output_dim,
+                    "feature_dim": config.feature_dim, "l2": config.l2}
+    user_tower = UserTower.from_vocab(vocabs, side, **tower_kwargs)
+    item_tower = ItemTower.from_vocab(vocabs, side, **tower_kwargs)
+    splits, values = history_csr(fit_table, vocabs)
+    probs = item_frequencies(fit_table, vocabs)
+    has_ratings = fit_table.rating is not None
+    global_mean = float(np.mean(fit_table.rating)) if has_ratings else 0.0
+    rating_range = None
+    if has_ratings:
+        rating_range = train.rating_range or (float(np.min(train.rating)),
+                                              float(np.max(train.rating)))
+    heads: dict[str, Head] = {}
+    for task in active:
+        if task in ("rating", "ranking") and not has_ratings:
+            raise ValueError(f"the {task} head needs a 'rating' column (implicit-feedback "
+                             "data trains retrieval only)")
+        if task == "rating":
+            heads[task] = RatingHead.from_rating_config(
+                config.rating, len(vocabs.user), len(vocabs.item), global_mean=global_mean,
+                rating_range=rating_range)
+        elif task == "retrieval":
+            history = HistoryEncoder(splits, values, len(vocabs.item), user_tower.dim,
+                                     dropout=config.history_dropout,
+                                     leave_target_out=config.leave_target_out) \
+                if config.history else None
+            heads[task] = RetrievalHead(
+                len(vocabs.item), temperature=config.temperature,
+                remove_accidental_hits=config.remove_accidental_hits,
+                item_probabilities=probs if config.log_q else None,
+                num_hard_negatives=config.num_hard_negatives,
+                full_softmax=config.full_softmax, history=history,
+                use_user_tower=config.use_user_tower, use_item_bias=config.item_bias)
+        else:
+            heads[task] = RankingHead(config.ranking_hidden_units, listwise=config.listwise)
+    model = UnifiedModel(user_tower, item_tower, heads, config.weights)
+    tables = {"side_features": side, "seen_splits": splits, "seen_values": values,
+              "item_probabilities": probs, "global_mean": global_mean,
+              "rating_range": rating_range}
+    return model, tables
+
+
+def train_unified(train: Interactions, validation: Interactions | None,
+                  config: UnifiedConfig, *, vocabs: Vocabularies | None = None,
+                  seed: int = 42, callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+                  verbose: int = 1, log_dir: str | os.PathLike | None = None,
+                  backup_dir: str | os.PathLike | None = None) -> TrainedUnified:
+    """Train the active heads of ``config`` jointly on ``train``.
+
+    Data: pointwise ``(features, rating)`` batches when only the rating head is on (the
+    same batches ``train_rating`` sees), listwise batches for a listwise-only ranking
+    model, else ``{user_id, item_id[, rating]}`` pair batches (in-batch negatives).
+    ``validation`` (or ``config.validation_fraction`` of train, carved as
+    ``train_rating`` does) drives early stopping on ``val_rmse`` when ``patience > 0`` and
+    the rating head is on.
+    """
+    tf.keras.utils.set_random_seed(seed)
+    vocabs = vocabs or Vocabularies.build(train)
+    fit_table = train
+    if validation is None and config.validation_fraction > 0:
+        carved = random_split(train, 1.0 - config.validation_fraction, seed=seed)
+        fit_table, validation = carved.train, carved.test
+    model, tables = build_unified(train, vocabs, config, fit_table=fit_table)
+    kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
+    model.compile(optimizer=_OPTIMIZERS[config.optimizer.lower()](
+        learning_rate=config.learning_rate, **kwargs),
+        steps_per_execution=config.steps_per_execution)
+
+    active = list(model.heads)
+    with_rating = any(t in active for t in ("rating", "ranking"))
+    listwise_only = active == ["ranking"] and config.listwise is not None
+
+    def make(table: Interactions, batch_size: int, shuffle: bool) -> tf.data.Dataset:
+        if listwise_only:
+            ds = listwise_dataset(table, vocabs, config.list_size, config.lists_per_user,
+                                  batch_size, shuffle, seed)
+            return ds
+        if active == ["rating"]:
+            ds = pointwise_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed)
+        else:
+            ds = retrieval_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed,
+                                   with_rating=with_rating)
+        return _sized(ds, len(table), batch_size)
+
+    train_ds = make(fit_table, config.batch_size, True)
+    cbs: list[tf.keras.callbacks.Callback] = []
+    if backup_dir is not None:
+        # BackupAndRestore needs built variables: build them on one batch (inference mode
+        # draws no random numbers, so the initial weights are the ones fit would create).
+        model.compute_loss(next(iter(train_ds)), training=False)
+        cbs.append(tf.keras.callbacks.BackupAndRestore(str(backup_dir)))
+    val_ds = None
+    if validation is not None and "rating" in active and config.patience > 0:
+        val_batch = max(config.batch_size, 8192)
+        val_ds = make(validation, val_batch, False)
+        cbs.append(tf.keras.callbacks.EarlyStopping(
+            monitor="val_rmse", mode="min", patience=config.patience,
+            restore_best_weights=True))
+    monitor = "val_rmse"
+    if validation is not None and "retrieval" in active and config.validate_retrieval:
+        cbs.append(RetrievalValidation(validation, vocabs, *history_csr(fit_table, vocabs)))
+        if "rating" not in active and config.patience > 0:
+            monitor = "val_recall@10"
+            cbs.append(tf.keras.callbacks.EarlyStopping(
+                monitor=monitor, mode="max", patience=config.patience,
+                restore_best_weights=True))
+    if log_dir is not None:
+        cbs.append(tf.keras.callbacks.TensorBoard(str(log_dir), profile_batch=0))
+    timer = _EpochTimer()
+    cbs.append(timer)
+    cbs.extend(callbacks)
+    hist = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs,
+                     verbose=verbose)
+    history = dict(hist.history)
+    if config.refit_full and fit_table is not train and monitor in history:
+        # As train_rating: the best epoch count found on validation, refit on all rows.
+        values = np.asarray(history[monitor])
+        best_epochs = int(np.argmin(values) if monitor == "val_rmse" else np.argmax(values)) + 1
+        refit = train_unified(train, None, config.replace(
+            refit_full=False, validation_fraction=0.0, epochs=best_epochs), vocabs=vocabs,
+            seed=seed, callbacks=callbacks, verbose=verbose, log_dir=log_dir)
+        refit.history = {**{f"search_{k}": v for k, v in history.items()}, **refit.history}
+        return refit
+    return TrainedUnified(model, vocabs, config, tables["side_features"], history,
+                          tables["seen_splits"], tables["seen_values"],
+                          tables["item_probabilities"], tables["global_mean"],
+                          tables["rating_range"], timer.seconds)

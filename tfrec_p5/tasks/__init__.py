@@ -1,0 +1,30 @@
+"""Task heads that plug into ``UnifiedModel``'s shared towers (see ``tasks.base``).
+
+    from tfrec_p5.tasks import RatingHead, RetrievalHead, RankingHead
+    model = UnifiedModel(user_tower, item_tower, {"retrieval": RetrievalHead(n_items)})
+
+``tfrec_p5.tasks.cli`` registers the ``retrieval`` / ``ranking`` / ``all`` CLI tasks.
+Names are imported lazily so that ``tfrec-p5 --help`` does not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Head": "base", "ListMLELoss": "losses", "ListwiseSoftmaxLoss": "losses",
+    "RankingHead": "ranking", "listwise_dataset": "ranking", "listwise_examples": "ranking",
+    "RatingHead": "rating", "HistoryEncoder": "retrieval", "RetrievalHead": "retrieval",
+    "history_csr": "retrieval", "item_frequencies": "retrieval",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"tfrec_p5.tasks.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'tfrec_p5.tasks' has no attribute {name!r}")
+
+
+_EXPORTS.update({"NextItemTask": "next_item"})  # issue #6 (sequential)
+__all__ = sorted(_EXPORTS)

@@ -1,0 +1,13 @@
+"""Towers: the shared user / item backbone every task head reuses.
+
+    from tfrec_p5.towers import SideFeatures, UserTower, ItemTower
+    side = SideFeatures.build(train, vocabs)
+    user_tower = UserTower.from_vocab(vocabs, side, embedding_dim=32)
+    item_tower = ItemTower.from_vocab(vocabs, side, embedding_dim=32)
+"""
+
+from tfrec_p5.towers.side_features import FeatureTable, SideFeatures, tokenize
+from tfrec_p5.towers.tower import ItemTower, Tower, UserTower, load_tower, save_tower
+
+__all__ = ["FeatureTable", "ItemTower", "SideFeatures", "Tower", "UserTower", "load_tower",
+           "save_tower", "tokenize"]

@@ -1,0 +1,227 @@
+"""Per-ID side-feature lookup tables: what a tower knows about a user or an item.
+
+Why tables and not streamed columns: side features are constant per user / per item, so
+they are stored once per ID (a numpy row per vocabulary index) and the tower gathers them
+inside the model from the ID it already receives. The tf.data pipeline then stays as cheap
+as for bare IDs, and a serving signature needs only IDs.
+
+Built from the *training* split only, row ``i`` describes the ID with vocabulary index
+``i``; row 0 (the OOV ID) holds the default "unknown" value, so an unseen user gets the
+same representation at evaluation time as at serving time.
+
+    vocabs = Vocabularies.build(train)
+    side = SideFeatures.build(train, vocabs)            # all declared side features
+    side.user["user_gender"].values[:5]                  # int table, 0 = unknown
+    side.save("out/side_features")                       # JSON + npz, never pickle
+    side = SideFeatures.load("out/side_features")
+
+Encodings (``FeatureTable.values``; 0 always means unknown / padding):
+
+* ``categorical``: int32 ``[n_ids]``, values integerized with the feature's own vocabulary.
+* ``multi_categorical``: int32 ``[n_ids, k]``, value indices padded with 0 (the source pads
+  with -1 for "no value"; -1 and unseen values both become 0 and are skipped by pooling).
+* ``text``: int32 ``[n_ids, max_tokens]``, lower-cased, punctuation-stripped whitespace
+  tokens, padded with 0.
+* ``numeric``: float32 ``[n_ids]``, standardized with the training mean / std (0 = mean).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tfrec_p5.data.errors import DataError
+from tfrec_p5.data.interactions import ITEM, USER, Interactions
+from tfrec_p5.data.pipeline import Vocabularies, user_histories
+from tfrec_p5.data.vocabulary import Vocabulary
+
+_PUNCT = re.compile(r"[^\w\s]")
+DEFAULT_MAX_TOKENS = 16
+INT_KINDS = ("categorical", "multi_categorical", "text")
+HISTORY_FEATURES = ("rated_items", "rated_by")  # derived from IDs only (with_histories)
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case, strip punctuation, split on whitespace (like TextVectorization's default)."""
+    return _PUNCT.sub(" ", str(text).lower()).split()
+
+
+@dataclass(frozen=True)
+class FeatureTable:
+    """One side feature as a per-ID table (see module docstring for the encodings)."""
+
+    name: str
+    kind: str
+    values: np.ndarray
+    vocab: tuple[str, ...] = ()
+    stats: tuple[float, float] = (0.0, 1.0)  # numeric: (mean, std) used to standardize
+
+    @property
+    def cardinality(self) -> int:
+        """Embedding rows the feature needs: its values plus the 0 = unknown row."""
+        return len(self.vocab) + 1
+
+    @property
+    def width(self) -> int:
+        """Values per ID (1 for categorical / numeric)."""
+        return int(self.values.shape[1]) if self.values.ndim == 2 else 1
+
+    def spec(self) -> dict:
+        """JSON-able shape description; enough to rebuild a tower without the table."""
+        return {"name": self.name, "kind": self.kind, "cardinality": self.cardinality,
+                "width": self.width}
+
+
+def _per_id_rows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(vocabulary index, first training row) for every in-vocabulary ID seen in ``ids``."""
+    uniq, first = np.unique(ids, return_index=True)
+    keep = uniq > 0
+    return uniq[keep], first[keep]
+
+
+def _build_feature(name: str, kind: str, column: np.ndarray, id_index: np.ndarray,
+                   rows: np.ndarray, n_ids: int, max_tokens: int) -> FeatureTable:
+    col = column[rows]
+    if kind == "categorical":
+        values = np.asarray(col)
+        if values.dtype.kind == "f" and np.all(values == np.round(values)):
+            values = values.astype(np.int64)  # 25.0 -> "25", not "25.0"
+        vocab = Vocabulary.build(values.astype(str), name=name)
+        table = np.zeros(n_ids, dtype=np.int32)
+        table[id_index] = vocab.lookup(values.astype(str))
+        return FeatureTable(name, kind, table, tuple(vocab.tokens.tolist()))
+    if kind == "multi_categorical":
+        mat = np.asarray(col)
+        if mat.ndim == 1:
+            mat = mat[:, None]
+        valid = mat >= 0
+        vocab = Vocabulary.build(mat[valid].astype(np.int64).astype(str), name=name)
+        enc = np.where(valid, vocab.lookup(mat.astype(np.int64).astype(str)), 0)
+        table = np.zeros((n_ids, mat.shape[1]), dtype=np.int32)
+        table[id_index] = enc
+        return FeatureTable(name, kind, table, tuple(vocab.tokens.tolist()))
+    if kind == "text":
+        tokens = [tokenize(t)[:max_tokens] for t in col]
+        flat = [tok for toks in tokens for tok in toks]
+        vocab = Vocabulary.build(np.asarray(flat, dtype=str), name=name)
+        width = max(1, max((len(t) for t in tokens), default=1))
+        table = np.zeros((n_ids, width), dtype=np.int32)
+        lengths = np.array([len(t) for t in tokens])
+        if flat:
+            enc = vocab.lookup(np.asarray(flat, dtype=str))
+            r = np.repeat(id_index, lengths)
+            c = np.concatenate([np.arange(n) for n in lengths])
+            table[r, c] = enc
+        return FeatureTable(name, kind, table, tuple(vocab.tokens.tolist()))
+    if kind == "numeric":
+        x = np.asarray(col, dtype=np.float64)
+        mean, std = float(np.nanmean(x)), float(np.nanstd(x)) or 1.0
+        table = np.zeros(n_ids, dtype=np.float32)
+        table[id_index] = np.nan_to_num((x - mean) / std)
+        return FeatureTable(name, kind, table, (), (mean, std))
+    raise DataError(f"side feature '{name}' has unknown kind {kind!r}", field=name)
+
+
+@dataclass(frozen=True)
+class SideFeatures:
+    """User and item side-feature tables of one training split (both may be empty)."""
+
+    user: Mapping[str, FeatureTable] = field(default_factory=dict)
+    item: Mapping[str, FeatureTable] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, train: Interactions, vocabs: Vocabularies,
+              user_features: Iterable[str] | None = None,
+              item_features: Iterable[str] | None = None,
+              max_tokens: int = DEFAULT_MAX_TOKENS) -> SideFeatures:
+        """Tables for the chosen features (default: all the table declares).
+
+        Each ID takes its feature values from its first training row (they are constant
+        per ID by the ``Interactions`` contract).
+        """
+        user_names = tuple(train.user_features if user_features is None else user_features)
+        item_names = tuple(train.item_features if item_features is None else item_features)
+        out = {}
+        for side, names, declared, vocab, id_col in (
+                ("user", user_names, train.user_features, vocabs.user, USER),
+                ("item", item_names, train.item_features, vocabs.item, ITEM)):
+            for name in names:
+                if name not in declared:
+                    raise DataError(f"'{name}' is not a declared {side} feature of this data "
+                                    f"(declared: {list(declared)})", field=name)
+            ids = vocab.lookup(train.columns[id_col])
+            id_index, rows = _per_id_rows(ids)
+            out[side] = {name: _build_feature(name, train.feature_kinds[name],
+                                              train.columns[name], id_index, rows,
+                                              len(vocab), max_tokens)
+                         for name in names}
+        return cls(out["user"], out["item"])
+
+    def with_histories(self, train: Interactions, vocabs: Vocabularies,
+                       max_len: int = 128) -> SideFeatures:
+        """Add the implicit-feedback features ``rated_items`` (user side: the user's most
+        recent ``max_len`` training items) and ``rated_by`` (item side: its most recent
+        raters), as multi-categorical tables over the item / user vocabulary.
+
+        Why: *which* items a user rated says much about taste even before the ratings
+        (SVD++'s implicit term); it needs only IDs, so it works for bare CSV data too.
+        """
+        user_idx, hist = user_histories(train, vocabs, max_len)
+        swapped = Interactions.from_columns(
+            {USER: train.item_id, ITEM: train.user_id,
+             **({"timestamp": train.timestamp} if train.timestamp is not None else {})})
+        item_idx, raters = user_histories(swapped, Vocabularies(vocabs.item, vocabs.user),
+                                          max_len)
+        user_table = np.zeros((len(vocabs.user), max_len), dtype=np.int32)
+        user_table[user_idx] = hist
+        item_table = np.zeros((len(vocabs.item), max_len), dtype=np.int32)
+        item_table[item_idx] = raters
+        user_table[0] = item_table[0] = 0  # the OOV ID has no history
+        user = {**self.user, "rated_items": FeatureTable(
+            "rated_items", "multi_categorical", user_table, tuple(vocabs.item.tokens))}
+        item = {**self.item, "rated_by": FeatureTable(
+            "rated_by", "multi_categorical", item_table, tuple(vocabs.user.tokens))}
+        return SideFeatures(user, item)
+
+    def select(self, user: Sequence[str] | None = None,
+               item: Sequence[str] | None = None) -> SideFeatures:
+        """A subset (``None`` keeps a side as is); used to ablate one feature at a time."""
+        return SideFeatures(
+            self.user if user is None else {n: self.user[n] for n in user},
+            self.item if item is None else {n: self.item[n] for n in item})
+
+    def __repr__(self) -> str:
+        return f"SideFeatures(user={list(self.user)}, item={list(self.item)})"
+
+    # JSON + npz only: loading must not be able to execute code (no pickle).
+    def save(self, directory: str | os.PathLike) -> None:
+        os.makedirs(directory, exist_ok=True)
+        meta, arrays = {}, {}
+        for side, feats in (("user", self.user), ("item", self.item)):
+            meta[side] = [{"name": f.name, "kind": f.kind, "vocab": list(f.vocab),
+                           "stats": list(f.stats)} for f in feats.values()]
+            for f in feats.values():
+                arrays[f"{side}/{f.name}"] = f.values
+        with open(os.path.join(directory, "side_features.json"), "w", encoding="utf-8") as fh:
+            json.dump(meta, fh)
+        np.savez(os.path.join(directory, "side_features.npz"), **arrays)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> SideFeatures:
+        try:
+            with open(os.path.join(directory, "side_features.json"), encoding="utf-8") as fh:
+                meta = json.load(fh)
+            with np.load(os.path.join(directory, "side_features.npz"),
+                         allow_pickle=False) as npz:
+                sides = {side: {m["name"]: FeatureTable(
+                    m["name"], m["kind"], npz[f"{side}/{m['name']}"], tuple(m["vocab"]),
+                    tuple(m.get("stats", (0.0, 1.0)))) for m in meta.get(side, [])}
+                    for side in ("user", "item")}
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DataError(f"cannot read side features: {err}", path=str(directory)) from err
+        return cls(sides["user"], sides["item"])
