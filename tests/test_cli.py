@@ -45,7 +45,7 @@ def trained(tmp_path_factory):
 def test_train_exports_and_reports_metrics(trained):
     out, metrics = trained["out"], trained["metrics"]
     assert sorted(os.listdir(out)) == ["1"]  # no backup or temporary folder left
-    assert {"test_rmse", "test_mae", "validation_rmse", "validation_mae"} <= set(metrics)
+    assert {"test_rmse", "test_mae"} <= set(metrics)
     assert 0.3 < metrics["test_rmse"] < 2.0 and metrics["test_mae"] <= metrics["test_rmse"]
     saved = json.loads((out / "1" / "assets.extra" / "metrics.json").read_text())
     assert saved == metrics
@@ -54,11 +54,11 @@ def test_train_exports_and_reports_metrics(trained):
     assert meta["config"]["rating"]["epochs"] == 1
     assert meta["config"]["rating"]["batch_size"] == 256
     assert meta["tasks"] == ["rating"] and meta["metrics"] == metrics
-    # sizes: train + validation + test = all rows; validation is 10% of the training pairs
+    # sizes: train + test = all rows. The rating task gets the whole training part: it
+    # carves its own early-stopping slice, then refits on all of it (RatingConfig.refit_full).
     sizes = meta["sizes"]
-    assert sizes["train"] + sizes["validation"] + sizes["test"] == sizes["data"]
+    assert sizes["train"] + sizes["test"] == sizes["data"] and sizes["validation"] == 0
     assert sizes["test"] == metrics["test_examples"]
-    assert abs(sizes["validation"] / (sizes["train"] + sizes["validation"]) - 0.1) < 0.03
     # with --json, the human-readable table goes to stderr
     assert "test" in trained["stderr"] and "rmse" in trained["stderr"]
 
@@ -149,7 +149,9 @@ def test_interrupted_train_resumes_from_backup(tmp_path, monkeypatch):
     status, stdout, stderr = run(argv)
     assert status == 0, stderr
     assert "resuming from" in stdout
-    assert epochs_run == [1]
+    # The early-stopping run resumes at epoch 1 (0-based); then the refit on the whole
+    # training part runs its epochs from 0.
+    assert epochs_run[0] == 1 and epochs_run[1:] == list(range(len(epochs_run) - 1))
     assert sorted(os.listdir(out)) == ["1"]
 
 

@@ -90,8 +90,10 @@ class Task:
     evaluate: Callable[[SignatureGetter, Interactions], dict[str, float]] | None = None
     signature: str | None = None  # the signature ``evaluate`` needs in an export
     planned: str = ""
-    #: Train on train + validation and report no validation row: for tasks whose defaults
-    #: fix the epoch count and whose export excludes the training items (retrieval).
+    #: Train on train + validation and report no validation row: for tasks that pick their
+    #: epochs themselves (rating: early stopping on a carved slice, then a refit on all of
+    #: it) or whose defaults fix the epoch count and whose export excludes the training
+    #: items (retrieval).
     fold_validation: bool = False
 
 
@@ -167,7 +169,8 @@ def _evaluate_rating(signatures: SignatureGetter, table: Interactions) -> dict[s
 
 
 register_task(Task("rating", "explicit ratings (RMSE/MAE); signature predict_rating",
-                   train=_train_rating, evaluate=_evaluate_rating, signature="predict_rating"))
+                   train=_train_rating, evaluate=_evaluate_rating, signature="predict_rating",
+                   fold_validation=True))
 
 
 def _train_sequential(request: TrainRequest) -> TrainResult:
@@ -286,15 +289,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     table = load(args.data)
     train, validation, test, validation_note = _split_parts(table, args.split, args.seed)
     if task.fold_validation and validation is not None:
-        import numpy as np
-
         from tfrec_p5.data import Interactions
 
-        train = Interactions(
-            {k: np.concatenate([v, validation.columns[k]]) for k, v in train.columns.items()},
-            train.source, train.user_features, train.item_features, train.rating_range,
-            train.tfds_names, train.feature_kinds)
-        validation, validation_note = None, "none (folded into training)"
+        train = Interactions.concat(train, validation)
+        validation, validation_note = None, "folded into training (the task picks its epochs)"
     test_data = load(args.test_data) if args.test_data else None
     print(f"data {args.data}: {_describe(table)}", file=info)
     n_validation = len(validation) if validation is not None else 0

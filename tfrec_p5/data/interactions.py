@@ -133,6 +133,20 @@ class Interactions:
             feature_kinds=self.feature_kinds,
         )
 
+    @staticmethod
+    def concat(*tables: Interactions) -> Interactions:
+        """Rows of ``tables`` one after the other (the parts of a split, put back together).
+
+        Columns are those all tables share; metadata comes from the first table.
+        """
+        if not tables:
+            raise DataError("concat needs at least one table")
+        first = tables[0]
+        names = [k for k in first.columns if all(k in t.columns for t in tables)]
+        return Interactions({k: np.concatenate([t.columns[k] for t in tables]) for k in names},
+                            first.source, first.user_features, first.item_features,
+                            first.rating_range, first.tfds_names, first.feature_kinds)
+
     def with_columns(self, **columns: np.ndarray) -> Interactions:
         """A copy with columns added or replaced."""
         cols = dict(self.columns)

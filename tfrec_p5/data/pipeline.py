@@ -88,7 +88,9 @@ def batched_dataset(tensors, batch_size: int, shuffle: bool = False, seed: int |
             return tf.nest.map_structure(lambda a: a[start:end], w["t"])
         return tf.data.Dataset.range(n_batches).map(slice_batch)
 
-    return base.flat_map(to_batches).prefetch(AUTOTUNE)
+    # flat_map hides the size; state it so Keras can use steps_per_execution > 1.
+    return base.flat_map(to_batches).apply(
+        tf.data.experimental.assert_cardinality(n_batches)).prefetch(AUTOTUNE)
 
 
 def pointwise_dataset(table: Interactions, vocabs: Vocabularies, batch_size: int = 8192,

@@ -303,7 +303,8 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
                     if isinstance(cb, tf.keras.callbacks.EarlyStopping)), 0)
     history = dict(hist.history)
     if config.refit_full and fit_table is not train and "val_rmse" in history:
-        best_epochs = int(np.argmin(history["val_rmse"])) + 1
+        # ``hist.epoch`` holds the real epoch numbers, also after a BackupAndRestore resume.
+        best_epochs = int(hist.epoch[int(np.argmin(history["val_rmse"]))]) + 1
         log.info("train_rating: refitting on all %d rows for %d epochs", len(train),
                  best_epochs)
         refit = train_rating(train, None, config.replace(
