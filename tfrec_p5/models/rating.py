@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -227,11 +226,6 @@ class TrainedRating:
         return evaluate_rating(self.model, table, self.vocabs, batch_size=batch_size)
 
 
-def _sized(ds: tf.data.Dataset, n: int, batch_size: int) -> tf.data.Dataset:
-    """Declare the number of batches, which Keras needs for ``steps_per_execution > 1``."""
-    return ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
-
-
 def train_rating(train: Interactions, validation: Interactions | None, config: RatingConfig,
                  *, vocabs: Vocabularies | None = None, seed: int = 42,
                  callbacks: Sequence[tf.keras.callbacks.Callback] = (), verbose: int = 1,
@@ -279,17 +273,15 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
                                rating_range=rating_range)
     compile_rating_model(model, config)
 
-    train_ds = _sized(pointwise_dataset(fit_table, vocabs, config.batch_size,
-                                        shuffle=True, seed=seed), len(fit_table),
-                      config.batch_size)
+    train_ds = pointwise_dataset(fit_table, vocabs, config.batch_size, shuffle=True,
+                                 seed=seed)
     val_ds = None
     cbs: list[tf.keras.callbacks.Callback] = []
     if backup_dir is not None:
         cbs.append(tf.keras.callbacks.BackupAndRestore(str(backup_dir)))
     if validation is not None:
         val_batch = max(config.batch_size, 8192)
-        val_ds = _sized(pointwise_dataset(validation, vocabs, val_batch), len(validation),
-                        val_batch)
+        val_ds = pointwise_dataset(validation, vocabs, val_batch)
         if config.patience > 0:
             cbs.append(tf.keras.callbacks.EarlyStopping(
                 monitor="val_rmse", mode="min", patience=config.patience,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -356,10 +355,6 @@ class RetrievalValidation(tf.keras.callbacks.Callback):
             logs["val_ndcg@10"] = metrics.get("ndcg@10", 0.0)
 
 
-def _sized(ds: tf.data.Dataset, n: int, batch_size: int) -> tf.data.Dataset:
-    return ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
-
-
 class _EpochTimer(tf.keras.callbacks.Callback):
     def __init__(self) -> None:
         super().__init__()
@@ -467,15 +462,12 @@ def train_unified(train: Interactions, validation: Interactions | None,
 
     def make(table: Interactions, batch_size: int, shuffle: bool) -> tf.data.Dataset:
         if listwise_only:
-            ds = listwise_dataset(table, vocabs, config.list_size, config.lists_per_user,
-                                  batch_size, shuffle, seed)
-            return ds
+            return listwise_dataset(table, vocabs, config.list_size, config.lists_per_user,
+                                    batch_size, shuffle, seed)
         if active == ["rating"]:
-            ds = pointwise_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed)
-        else:
-            ds = retrieval_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed,
-                                   with_rating=with_rating)
-        return _sized(ds, len(table), batch_size)
+            return pointwise_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed)
+        return retrieval_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed,
+                                 with_rating=with_rating)
 
     train_ds = make(fit_table, config.batch_size, True)
     cbs: list[tf.keras.callbacks.Callback] = []

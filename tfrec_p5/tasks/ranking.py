@@ -124,12 +124,8 @@ def listwise_examples(table: Interactions, vocabs: Vocabularies, list_size: int 
 def listwise_dataset(table: Interactions, vocabs: Vocabularies, list_size: int = 5,
                      lists_per_user: int = 20, batch_size: int = 256, shuffle: bool = False,
                      seed: int = 42) -> tf.data.Dataset:
-    """Batches of ``listwise_examples`` (``item_id`` = the first candidate, for towers).
-
-    The number of batches is declared (Keras needs it for ``steps_per_execution > 1``).
-    """
+    """Batches of ``listwise_examples`` (``item_id`` = the first candidate, for towers)."""
     ex = listwise_examples(table, vocabs, list_size, lists_per_user, seed)
     ex[ITEM] = ex[CANDIDATES][:, 0]
-    ds = batched_dataset({k: tf.constant(v) for k, v in ex.items()}, batch_size, shuffle, seed)
-    n_batches = -(-len(ex[USER]) // batch_size)
-    return ds.apply(tf.data.experimental.assert_cardinality(n_batches))
+    return batched_dataset({k: tf.constant(v) for k, v in ex.items()}, batch_size, shuffle,
+                           seed)
