@@ -154,8 +154,11 @@ class ServingModule(tf.Module):
 
 
 def add_rating_signatures(module: ServingModule, model: tf.keras.Model,
-                          rating_range: tuple[float, float]) -> None:
+                          rating_range: tuple[float, float]) -> ServingModule:
     """Add ``predict_rating`` (also ``serving_default``): string IDs → clipped rating.
+
+    Returns ``module`` so calls chain: ``export(add_rating_signatures(ServingModule(v),
+    model, (1, 5)), "saved_models/NAME")``.
 
     ``model`` takes ``{"user_id": int64 [B], "item_id": int64 [B]}`` (vocabulary indices)
     and returns ``[B]`` or ``[B, 1]`` ratings; the signature returns
@@ -176,3 +179,4 @@ def add_rating_signatures(module: ServingModule, model: tf.keras.Model,
     module.add_signature("predict_rating", predict_rating, [USER_ID_SPEC, ITEM_ID_SPEC],
                          default=True, task="rating")
     module.rating_range = (lo, hi)
+    return module
