@@ -21,16 +21,15 @@ works as is. The TFRS tutorial architecture is ``RatingConfig.tutorial()``.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 
+from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import ITEM, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, pointwise_dataset
 from tfrec_p5.data.splits import random_split
@@ -49,7 +48,7 @@ _OPTIMIZERS = {
 
 
 @dataclass
-class RatingConfig:
+class RatingConfig(Config):
     """Every hyper-parameter of the rating model and its training.
 
     The defaults are the configuration that meets the MovieLens-100K accuracy target; they
@@ -93,30 +92,6 @@ class RatingConfig:
         if self.optimizer.lower() not in _OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use one of "
                              f"{sorted(_OPTIMIZERS)}")
-
-    def to_dict(self) -> dict:
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-    @classmethod
-    def from_dict(cls, values: Mapping) -> RatingConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                raise ValueError(f"unknown rating config key {key!r}; known keys: "
-                                 f"{sorted(known)}")
-        return cls(**dict(values))
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, path: str | os.PathLike) -> RatingConfig:
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
-
-    def replace(self, **changes) -> RatingConfig:
-        return dataclasses.replace(self, **changes)
 
     @classmethod
     def tutorial(cls, **changes) -> RatingConfig:

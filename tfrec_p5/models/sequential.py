@@ -23,18 +23,17 @@ epoch; the test item is never built into any tensor during training.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import Vocabularies, user_histories
 from tfrec_p5.evaluation.ranking import group_by_row
@@ -45,7 +44,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class SequentialConfig:
+class SequentialConfig(Config):
     """Every hyper-parameter of the sequential (next-item) model and its training.
 
     Defaults = the documented Beauty configuration (SASRec shape, full-softmax CE).
@@ -73,18 +72,6 @@ class SequentialConfig:
     steps_per_execution: int = 16
     top_k: int = 100                  # items returned by the next_items signature
     eval_batch_size: int = 512
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> SequentialConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown sequential config key(s) {unknown}; known: "
-                             f"{sorted(known)}")
-        return cls(**dict(values))
 
 
 # ---------------------------------------------------------------------- examples

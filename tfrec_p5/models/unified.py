@@ -20,19 +20,17 @@ the export precomputes (``tfrec_p5.export.retrieval``).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import ITEM, RATING, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, pointwise_dataset, retrieval_dataset
 from tfrec_p5.data.splits import random_split
@@ -116,7 +114,7 @@ class UnifiedModel(tfrs.Model):
 
 # ---------------------------------------------------------------------- configuration
 @dataclass
-class UnifiedConfig:
+class UnifiedConfig(Config):
     """Towers, heads, loss weights and training of a ``UnifiedModel``.
 
     The defaults are the retrieval configuration that was chosen on a validation slice of
@@ -183,22 +181,6 @@ class UnifiedConfig:
 
     def active(self) -> list[str]:
         return [t for t in TASKS if self.weights.get(t, 0.0) > 0]
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["rating"] = self.rating.to_dict()
-        return json.loads(json.dumps(out))
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> UnifiedConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**dict(values))
-
-    def replace(self, **changes) -> UnifiedConfig:
-        return dataclasses.replace(self, **changes)
 
     @classmethod
     def rating_only(cls, rating: RatingConfig | None = None, **changes) -> UnifiedConfig:

@@ -24,18 +24,17 @@ known rows are kept exactly, new ones are initialised from side features.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import pointwise_dataset, retrieval_dataset
 from tfrec_p5.data.splits import random_split
@@ -96,7 +95,7 @@ class FinetuneModel(UnifiedModel):
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(Config):
     """The fresh head, the freeze mode and the training of a fine-tuning run.
 
     Defaults (chosen with 10 % of the ML-100K training labels on a validation slice of
@@ -135,23 +134,6 @@ class FinetuneConfig:
                              f"{list(FREEZE_MODES)}")
         if self.optimizer.lower() not in _OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["rating"] = self.rating.to_dict()
-        return out
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> FinetuneConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown finetune config key(s) {unknown}; known: "
-                             f"{sorted(known)}")
-        return cls(**dict(values))
-
-    def replace(self, **changes) -> FinetuneConfig:
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass

@@ -24,18 +24,17 @@ share, so it needs a second dataset interleaved with the first (see docs_pretrai
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import ITEM, RATING, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, batched_dataset
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
@@ -71,7 +70,7 @@ class MaskedRatingHead(RatingHead):
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Config):
     """Towers, heads and training of the pretraining run.
 
     Defaults: 32-wide ID embeddings (as the rating model) with side features, retrieval
@@ -133,24 +132,6 @@ class PretrainConfig:
 
     def weight(self, task: str) -> float:
         return float(self.weights.get(task, 1.0))
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["rating"] = self.rating.to_dict()
-        out["tasks"] = list(self.tasks)
-        return out
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> PretrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown pretrain config key(s) {unknown}; known: "
-                             f"{sorted(known)}")
-        return cls(**dict(values))
-
-    def replace(self, **changes) -> PretrainConfig:
-        return dataclasses.replace(self, **changes)
 
 
 @dataclass
