@@ -244,7 +244,8 @@ def _split_parts(table: Interactions, split_spec: str, seed: int):
     The test part is exactly ``parse_split(split_spec, table, seed).test``, which is what
     ``tfrec-p5 evaluate`` recomputes.
     """
-    from tfrec_p5.data import parse_split, random_split
+    from tfrec_p5.data import parse_split
+    from tfrec_p5.data.splits import carve_validation
 
     split = parse_split(split_spec, table, seed=seed)
     if split is None:
@@ -253,8 +254,7 @@ def _split_parts(table: Interactions, split_spec: str, seed: int):
         train, validation, test = split.train, split.validation, split.test
     note = "the split's own validation part"
     if validation is None or len(validation) == 0:
-        carve = random_split(train, 1.0 - VALIDATION_FRACTION, seed=seed)
-        train, validation = carve.train, carve.test
+        train, validation = carve_validation(train, None, VALIDATION_FRACTION, seed)
         note = f"random {VALIDATION_FRACTION:.0%} of the training pairs (seed {seed})"
     return train, validation, test, note
 

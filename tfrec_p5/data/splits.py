@@ -78,6 +78,21 @@ def random_split(table: Interactions, fraction: float = 0.8, seed: int = 42,
                  table.take(val_idx) if n_val else None, method=f"random:{fraction}")
 
 
+def carve_validation(train: Interactions, validation: Interactions | None, fraction: float,
+                     seed: int = 42) -> tuple[Interactions, Interactions | None]:
+    """``(fit, validation)``: the given validation, or ``fraction`` of ``train``'s pairs
+    carved off with ``random_split(seed)`` for early stopping (none when ``fraction`` is 0).
+
+    Every trainer uses this one rule, so two models given the same seed stop on the same
+    rows and their numbers compare.
+    """
+    if validation is not None or fraction <= 0:
+        return train, validation
+    carved = random_split(train, 1.0 - fraction, seed=seed)
+    log.info("carved %d validation rows from %d training rows", len(carved.test), len(train))
+    return carved.train, carved.test
+
+
 def temporal_split(table: Interactions, fraction: float = 0.8,
                    validation_fraction: float = 0.0) -> Split:
     """Global time cut: the earliest ``fraction`` of events → train, the rest → test.

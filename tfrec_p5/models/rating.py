@@ -32,7 +32,7 @@ import tensorflow as tf
 from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import ITEM, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, pointwise_dataset
-from tfrec_p5.data.splits import random_split
+from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
 from tfrec_p5.towers.side_features import HISTORY_FEATURES
 
@@ -229,12 +229,8 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
                               "the 'tensorboard' package: pip install tensorboard") from err
     tf.keras.utils.set_random_seed(seed)
     vocabs = vocabs or Vocabularies.build(train)
-    fit_table = train
-    if validation is None and config.validation_fraction > 0:
-        carved = random_split(train, 1.0 - config.validation_fraction, seed=seed)
-        fit_table, validation = carved.train, carved.test
-        log.info("train_rating: carved %d validation rows from %d training rows",
-                 len(validation), len(train))
+    fit_table, validation = carve_validation(train, validation, config.validation_fraction,
+                                             seed)
     side = None
     if config.use_side_features and (train.user_features or train.item_features):
         side = SideFeatures.build(train, vocabs, config.user_features, config.item_features,

@@ -33,7 +33,7 @@ import tensorflow_recommenders as tfrs
 from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import ITEM, RATING, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, pointwise_dataset, retrieval_dataset
-from tfrec_p5.data.splits import random_split
+from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
 from tfrec_p5.tasks.base import Head
 from tfrec_p5.tasks.ranking import RankingHead, listwise_dataset
@@ -428,10 +428,8 @@ def train_unified(train: Interactions, validation: Interactions | None,
     """
     tf.keras.utils.set_random_seed(seed)
     vocabs = vocabs or Vocabularies.build(train)
-    fit_table = train
-    if validation is None and config.validation_fraction > 0:
-        carved = random_split(train, 1.0 - config.validation_fraction, seed=seed)
-        fit_table, validation = carved.train, carved.test
+    fit_table, validation = carve_validation(train, validation, config.validation_fraction,
+                                             seed)
     model, tables = build_unified(train, vocabs, config, fit_table=fit_table)
     kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
     model.compile(optimizer=_OPTIMIZERS[config.optimizer.lower()](

@@ -37,7 +37,7 @@ import tensorflow as tf
 from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import pointwise_dataset, retrieval_dataset
-from tfrec_p5.data.splits import random_split
+from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
 from tfrec_p5.models.unified import (
     RetrievalValidation,
@@ -203,12 +203,11 @@ def finetune(backbone: Backbone | str | os.PathLike, data: Interactions | str, *
         data = load(data)
     if config.task == "rating" and data.rating is None:
         raise ValueError("fine-tuning the rating task needs a 'rating' column")
-    fit_table = data
-    carved = False
-    if validation is None and config.validation_fraction > 0:
-        split = random_split(data, 1.0 - config.validation_fraction, seed=seed)
-        fit_table, validation, carved = split.train, split.test, True
-    grown = grow_backbone(backbone, data if validation is None else _concat(data, validation),
+    carved = validation is None and config.validation_fraction > 0
+    fit_table, validation = carve_validation(data, validation, config.validation_fraction,
+                                             seed)
+    grown = grow_backbone(backbone, data if carved or validation is None
+                          else Interactions.concat(data, validation),
                           seed=seed)
     tf.keras.utils.set_random_seed(seed)
     work = _copy_backbone(grown)
@@ -274,13 +273,6 @@ def finetune(backbone: Backbone | str | os.PathLike, data: Interactions | str, *
                      work.side_features, history, splits, values, probs, global_mean,
                      rating_range, backbone=work, finetune_config=config,
                      seconds=time.perf_counter() - started)
-
-
-def _concat(a: Interactions, b: Interactions) -> Interactions:
-    cols = {k: np.concatenate([a.columns[k], b.columns[k]]) for k in a.columns
-            if k in b.columns}
-    return Interactions(cols, a.source, a.user_features, a.item_features, a.rating_range,
-                        a.tfds_names, a.feature_kinds)
 
 
 def serving_module(tuned: TrainedUnified, *, k: int = 100, exclude_seen: bool = True):
