@@ -5,7 +5,7 @@ sits *on top of* them. The head is the TFRS "basic ranking" MLP (concat → dens
 1), plus what a good explicit-feedback model needs and the tutorial lacks: a global mean
 (the output bias starts there), per-user / per-item bias terms, a NeuMF-style dot product
 of the two tower vectors beside the MLP, per-example L2 on the gathered embedding rows,
-dropout, and early stopping on validation RMSE. ``benchmarks/RESULTS_rating.md`` measures
+dropout, and early stopping on validation RMSE. ``benchmarks/RESULTS.md`` measures
 what each of these buys on MovieLens-100K.
 
     from tfrec_p5 import data

@@ -100,7 +100,7 @@ class FinetuneConfig(Config):
 
     Defaults (chosen with 10 % of the ML-100K training labels on a validation slice of
     the training split, see ``benchmarks/pretrain_transfer.py --select`` and
-    ``benchmarks/RESULTS_pretrain.md``): towers frozen, the rating head of
+    ``benchmarks/RESULTS.md``): towers frozen, the rating head of
     ``RatingConfig`` *without* the dot-product term (retrieval-trained tower vectors
     have a dot product on the logit scale, which a frozen tower cannot rescale; the MLP
     reads them instead), early stopping on a carved 10 % of the fine-tuning data, then a

@@ -19,7 +19,8 @@ labels.
 
 Next-item pretraining (``tfrec_p5.tasks.next_item.NextItemTask``) is not wired in: it
 trains on per-user history batches, not on the (user, item) pair batches the other heads
-share, so it needs a second dataset interleaved with the first (see docs_pretrain.md).
+share, so it needs a second dataset interleaved with the first (README, 'Pretraining
+tasks').
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class PretrainConfig(Config):
     loss is a *sum* over the batch (``tfrs.tasks.Retrieval``), the rating loss a mean,
     so ``rating: 1`` is a light auxiliary task; ``rating: 1000`` (comparable scales)
     overfit the visible labels on the ML-100K validation slice (see
-    ``benchmarks/RESULTS_pretrain.md``).
+    ``benchmarks/RESULTS.md``).
     """
 
     tasks: tuple[str, ...] = PRETRAIN_TASKS
@@ -121,7 +122,7 @@ class PretrainConfig(Config):
         if "next_item" in bad:
             raise ValueError("next_item pretraining is not supported yet: NextItemTask "
                              "trains on per-user history batches, not the pair batches "
-                             "retrieval/rating share (see docs_pretrain.md)")
+                             "retrieval/rating share (see the README, 'Pretraining tasks')")
         if bad:
             raise ValueError(f"unknown pretraining task(s) {bad}; known: "
                              f"{list(PRETRAIN_TASKS)}")
