@@ -34,7 +34,7 @@ from tfrec_p5.data.interactions import ITEM, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, pointwise_dataset
 from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
-from tfrec_p5.towers.side_features import HISTORY_FEATURES
+from tfrec_p5.towers.side_features import HISTORY_FEATURES, side_features_for
 
 log = logging.getLogger(__name__)
 
@@ -231,12 +231,7 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
     vocabs = vocabs or Vocabularies.build(train)
     fit_table, validation = carve_validation(train, validation, config.validation_fraction,
                                              seed)
-    side = None
-    if config.use_side_features and (train.user_features or train.item_features):
-        side = SideFeatures.build(train, vocabs, config.user_features, config.item_features,
-                                  max_tokens=config.max_text_tokens)
-    if config.history_len > 0:
-        side = (side or SideFeatures()).with_histories(fit_table, vocabs, config.history_len)
+    side = side_features_for(config, train, vocabs, fit_table)
     global_mean = float(np.mean(fit_table.rating))
     rating_range = train.rating_range or (float(np.min(train.rating)),
                                           float(np.max(train.rating)))

@@ -45,7 +45,7 @@ from tfrec_p5.tasks.retrieval import (
     item_frequencies,
 )
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
-from tfrec_p5.towers.side_features import HISTORY_FEATURES
+from tfrec_p5.towers.side_features import HISTORY_FEATURES, side_features_for
 
 log = logging.getLogger(__name__)
 TASKS = ("rating", "retrieval", "ranking")
@@ -360,12 +360,7 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
     active = config.active()
     if not active:
         raise ValueError("no task has a positive weight")
-    side = None
-    if config.use_side_features and (train.user_features or train.item_features):
-        side = SideFeatures.build(train, vocabs, config.user_features, config.item_features,
-                                  max_tokens=config.max_text_tokens)
-    if config.history_len > 0:
-        side = (side or SideFeatures()).with_histories(fit_table, vocabs, config.history_len)
+    side = side_features_for(config, train, vocabs, fit_table)
     if side is not None and not config.use_side_features:
         side = side.select([n for n in side.user if n in HISTORY_FEATURES],
                            [n for n in side.item if n in HISTORY_FEATURES])

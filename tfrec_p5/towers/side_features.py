@@ -225,3 +225,23 @@ class SideFeatures:
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise DataError(f"cannot read side features: {err}", path=str(directory)) from err
         return cls(sides["user"], sides["item"])
+
+
+def side_features_for(config, train: Interactions, vocabs: Vocabularies,
+                      fit_table: Interactions | None = None) -> SideFeatures | None:
+    """The side features a tower config asks for, or ``None``.
+
+    ``config`` is any config with ``use_side_features``, ``user_features``,
+    ``item_features``, ``max_text_tokens`` and ``history_len`` (``RatingConfig``,
+    ``UnifiedConfig``): the declared features of ``train`` when ``use_side_features``,
+    plus the implicit ``rated_items`` / ``rated_by`` histories of ``fit_table`` (the rows
+    the model fits on, default ``train``) when ``history_len > 0``.
+    """
+    side = None
+    if config.use_side_features and (train.user_features or train.item_features):
+        side = SideFeatures.build(train, vocabs, config.user_features, config.item_features,
+                                  max_tokens=config.max_text_tokens)
+    if config.history_len > 0:
+        side = (side or SideFeatures()).with_histories(
+            fit_table if fit_table is not None else train, vocabs, config.history_len)
+    return side
