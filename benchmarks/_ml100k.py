@@ -56,3 +56,10 @@ def load_ml100k(path: str) -> tuple[data.Interactions, str]:
                        "user_occupation_label": "categorical",
                        "movie_genres": "multi_categorical", "movie_title": "text"})
     return table, "benchmarks/_ml100k.py fallback parser"
+
+
+def load_tfrs_split(path: str) -> tuple[data.Interactions, str, data.Split]:
+    """ML-100K from ``path`` and its exact TFRS-tutorial 80/20 split (``tfrs_split_seed42.tsv``
+    in the same folder): the split every ML-100K benchmark reports on."""
+    table, how = load_ml100k(path)
+    return table, how, data.tfrs_split(table, os.path.join(path, "tfrs_split_seed42.tsv"))

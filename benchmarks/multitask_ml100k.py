@@ -21,7 +21,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _ml100k import load_ml100k  # noqa: E402  (imports tfrec_p5 first)
+from _ml100k import load_tfrs_split  # noqa: E402  (imports tfrec_p5 first)
 
 from tfrec_p5 import data  # noqa: E402
 from tfrec_p5.models.unified import UnifiedConfig, train_unified  # noqa: E402
@@ -39,8 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
-    table, _ = load_ml100k(args.data)
-    split = data.tfrs_split(table, os.path.join(args.data, "tfrs_split_seed42.tsv"))
+    table, _, split = load_tfrs_split(args.data)
     train, test = split.train, split.test
     vocabs = data.Vocabularies.build(train)
     inner = data.random_split(train, 0.9, seed=args.seed)

@@ -35,7 +35,7 @@ from tfrec_p5 import data
 from tfrec_p5.models import RatingConfig, evaluate_rating, train_rating
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _ml100k import load_ml100k  # noqa: E402
+from _ml100k import load_tfrs_split  # noqa: E402
 
 FOLD_SEED = 2024
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -151,8 +151,7 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=os.path.join(RESULTS, "rating_ml100k.json"))
     args = p.parse_args(argv)
     start = time.time()
-    table, how = load_ml100k(args.data)
-    split = data.tfrs_split(table, os.path.join(args.data, "tfrs_split_seed42.tsv"))
+    table, how, split = load_tfrs_split(args.data)
     train, test = split.train, split.test
     sel = data.random_split(train, 0.9, seed=42)  # selection slice (never test)
     default = RatingConfig()

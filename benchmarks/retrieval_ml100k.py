@@ -33,7 +33,7 @@ import tfrec_p5  # noqa: F401  (before TensorFlow: sets TF_USE_LEGACY_KERAS)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tensorflow as tf  # noqa: E402
 import tensorflow_recommenders as tfrs  # noqa: E402
-from _ml100k import load_ml100k  # noqa: E402  (imports tfrec_p5 first)
+from _ml100k import load_tfrs_split  # noqa: E402  (imports tfrec_p5 first)
 
 from tfrec_p5 import data  # noqa: E402
 from tfrec_p5.evaluation import EASE, MostPopular  # noqa: E402
@@ -172,8 +172,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     t_start = time.perf_counter()
-    table, how = load_ml100k(args.data)
-    split = data.tfrs_split(table, os.path.join(args.data, "tfrs_split_seed42.tsv"))
+    table, how, split = load_tfrs_split(args.data)
     train, test = split.train, split.test
     vocabs = data.Vocabularies.build(train)
     inner = data.random_split(train, 0.9, seed=args.seed)

@@ -25,7 +25,7 @@ import tfrec_p5  # noqa: F401  (before TensorFlow: sets TF_USE_LEGACY_KERAS)
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tensorflow as tf  # noqa: E402
-from _ml100k import load_ml100k  # noqa: E402  (imports tfrec_p5 first)
+from _ml100k import load_tfrs_split  # noqa: E402  (imports tfrec_p5 first)
 
 from tfrec_p5 import data  # noqa: E402
 from tfrec_p5.data.vocabulary import Vocabulary  # noqa: E402
@@ -80,8 +80,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="/work/shared/data/ml-100k")
     parser.add_argument("--out", default="benchmarks/results/serving_latency.json")
     args = parser.parse_args(argv)
-    table, _ = load_ml100k(args.data)
-    split = data.tfrs_split(table, os.path.join(args.data, "tfrs_split_seed42.tsv"))
+    table, _, split = load_tfrs_split(args.data)
     trained = train_unified(split.train, None, UnifiedConfig(), verbose=0)
     result = {"machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__},
               "k": 10, "note": "shared 2-CPU machine; other jobs were running"}
