@@ -93,7 +93,8 @@ def run_b(train: Interactions, mask: np.ndarray, visible: Interactions, test: In
     pre = pretrain(train, config=pcfg, rating_mask=mask, seed=seed, verbose=0)
     t_pre = time.perf_counter() - t
     tuned = finetune(pre.backbone, visible, config=fcfg, seed=seed, verbose=0)
-    return tuned.predict_ratings(test), t_pre, time.perf_counter() - t - t_pre, pre
+    return (tuned.predict_ratings(test), t_pre, time.perf_counter() - t - t_pre, pre,
+            tuned.finetune_config.freeze)
 
 
 def run_control(train: Interactions, visible: Interactions, test: Interactions, seed: int,
@@ -115,49 +116,115 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------- selection
-def select(train: Interactions, fractions: list[float], log, heads: dict | None = None,
-           weights: tuple[float, ...] | None = None,
-           freeze: tuple[tuple[str, float], ...] | None = None) -> dict:
-    """Pick pretraining weights / freeze mode / backbone LR / head regularization on a
-    validation slice of train (never on test)."""
+def select(train: Interactions, fractions: list[float], log,
+           pretrains: dict[str, dict] | None = None,
+           finetunes: dict[str, dict] | None = None, baseline: bool = True) -> dict:
+    """Try pretraining configs x fine-tuning configs on a validation slice of train (never
+    on test): ``pretrains`` / ``finetunes`` map a name to ``PretrainConfig`` /
+    ``FinetuneConfig`` changes (``"rating"``: ``RatingConfig`` fields of the head)."""
     sl = data.random_split(train, 0.9, seed=42)
     fit, val = sl.train, sl.test
     results = []
-    heads = heads or {"default": {}, "no_dot": {"use_dot": False},
-                      "bias_l2=1e-3": {"bias_l2": 1e-3},
-                      "no_dot+bias_l2=1e-3": {"use_dot": False, "bias_l2": 1e-3}}
+    pretrains = pretrains or {"r1": {}}
+    finetunes = finetunes or {"towers": {}}
     for fraction in fractions:
         mask = visible_mask(fit, fraction, 42)
         visible = fit.take(np.flatnonzero(mask))
         cold = cold_rows(visible, val)
-        pred, secs = run_a(visible, val, 42)
-        row = {"fraction": fraction, "arm": "a", "val_rmse": rmse(pred, val),
-               "val_cold_rmse": rmse(pred, val, cold), "seconds": secs}
-        results.append(row)
-        log(row)
-        for rating_weight in weights or SELECT_RATING_WEIGHTS:
-            pcfg = PretrainConfig(weights={"retrieval": 1.0, "rating": rating_weight})
+        if baseline:
+            pred, secs = run_a(visible, val, 42)
+            row = {"fraction": fraction, "arm": "a", "val_rmse": rmse(pred, val),
+                   "val_cold_rmse": rmse(pred, val, cold), "val_cold_rows": int(cold.sum()),
+                   "seconds": secs}
+            results.append(row)
+            log(row)
+        for pname, pchanges in pretrains.items():
+            pcfg = PretrainConfig.from_dict({**PRETRAIN_DEFAULTS, **pchanges})
             pre = pretrain(fit, config=pcfg, rating_mask=mask, seed=42, verbose=0)
-            for freeze_mode, scale in freeze or SELECT_FREEZE:
-                for head, changes in heads.items():
-                    fcfg = FinetuneConfig(freeze=freeze_mode, backbone_lr_scale=scale,
-                                          rating=RatingConfig(**changes))
-                    t = time.perf_counter()
+            for fname, fchanges in finetunes.items():
+                t = time.perf_counter()
+                if fname == "pretraining_head":  # no fine-tuning: pretrain's own head
+                    pred, freeze_used = pre.trained.predict_ratings(val), "-"
+                else:
+                    fcfg = FinetuneConfig.from_dict({**FINETUNE_DEFAULTS, **fchanges})
                     tuned = finetune(pre.backbone, visible, config=fcfg, seed=42, verbose=0)
-                    pred = tuned.predict_ratings(val)
-                    row = {"fraction": fraction, "arm": "b", "rating_weight": rating_weight,
-                           "freeze": freeze_mode, "backbone_lr_scale": scale, "head": head,
-                           "val_rmse": rmse(pred, val),
-                           "val_cold_rmse": rmse(pred, val, cold),
-                           "seconds": time.perf_counter() - t}
-                    results.append(row)
-                    log(row)
+                    pred, freeze_used = tuned.predict_ratings(val), tuned.finetune_config.freeze
+                row = {"fraction": fraction, "arm": "b", "pretrain": pname,
+                       "finetune": fname, "freeze_used": freeze_used,
+                       "val_rmse": rmse(pred, val), "val_cold_rmse": rmse(pred, val, cold),
+                       "seconds": time.perf_counter() - t}
+                results.append(row)
+                log(row)
     return {"slice": "random_split(train, 0.9, seed=42): 72k fit / 8k validation",
-            "runs": results}
+            "pretrains": pretrains, "finetunes": finetunes, "runs": results}
 
 
-SELECT_RATING_WEIGHTS = (0.0, 1.0)
-SELECT_FREEZE = (("towers", 0.1), ("embeddings", 0.1))
+# ---------------------------------------------------------------------- next item
+def next_item_run(table: Interactions, seeds: list[int], weights: list[float], log,
+                  arms: tuple[str, ...] = ("scratch", "pretrained", "pretrained_no_seq"),
+                  finetune_changes: dict | None = None) -> dict:
+    """Sequential transfer on ML-100K leave-one-out (each user's last item = test, second
+    last = validation): a next-item model fine-tuned from a backbone pretrained with
+    retrieval + rating + next_item vs the same architecture from scratch (``scratch``) vs a
+    backbone pretrained without next_item (``pretrained_no_seq``: fresh encoder).
+    Selection (early stopping) uses the validation item only; test = full-ranking
+    HR@10 / NDCG@10 with every history item excluded."""
+    from tfrec_p5.models.sequential import ranking_metrics, ranking_queries
+
+    split = data.leave_one_out(table)
+    history = Interactions.concat(split.train, split.validation)
+    fcfg = FinetuneConfig.from_dict({**NEXT_ITEM_FINETUNE, **(finetune_changes or {})})
+    runs = []
+    for seed in seeds:
+        for weight in weights:
+            row: dict = {"seed": seed, "next_item_weight": weight}
+            t = time.perf_counter()
+            pcfg = PretrainConfig.from_dict(PRETRAIN_DEFAULTS)
+            pre = pretrain(split.train, tasks=["retrieval", "rating", "next_item"],
+                           weights={"next_item": weight}, config=pcfg,
+                           validation=split.validation, seed=seed, verbose=0)
+            row["pretrain_seconds"] = time.perf_counter() - t
+            row["pretrain_next_item_loss"] = pre.trained.history["next_item_loss"]
+            row["pretrain_val"] = {k: v for k, v in pre.metrics.items() if "next_item" in k}
+            q = ranking_queries(history, split.test, pre.trained.vocabs, pcfg.sequential.max_len)
+            row["pretraining_head_test"] = ranking_metrics(pre.backbone.next_item_head, q,
+                                                           ks=(10,))
+            backbones = {"pretrained": pre.backbone}
+            if "pretrained_no_seq" in arms and weight == weights[0]:
+                backbones["pretrained_no_seq"] = pretrain(
+                    split.train, tasks=["retrieval", "rating"], config=pcfg, seed=seed,
+                    verbose=0).backbone
+            if "scratch" in arms and weight == weights[0]:
+                import tensorflow as tf
+
+                tf.keras.utils.set_random_seed(seed)
+                backbones["scratch"] = fresh_backbone(split.train, pcfg)
+            for arm, bb in backbones.items():
+                t = time.perf_counter()
+                cfg = fcfg.replace(freeze="none") if arm == "scratch" else fcfg
+                tuned = finetune(bb, split.train, task="next_item", config=cfg,
+                                 validation=split.validation, seed=seed, verbose=0)
+                q = ranking_queries(history, split.test, tuned.vocabs, tuned.head.max_len)
+                row[arm] = {"val": tuned.best_metrics, "best_epoch": tuned.best_epoch,
+                            "test": ranking_metrics(tuned.head, q, ks=(10,)),
+                            "seconds": time.perf_counter() - t}
+            runs.append(row)
+            log(row)
+    return {"split": "leave_one_out(ML-100K): train / validation item / test item",
+            "finetune": fcfg.to_dict(), "runs": runs}
+
+
+#: Next-item fine-tuning (every arm): the Beauty SASRec learning rate and a patience that
+#: lets a from-scratch model converge; early stopping on the validation item's NDCG@10.
+NEXT_ITEM_FINETUNE: dict = {"task": "next_item", "freeze": "lower_lr", "learning_rate": 2e-3,
+                            "epochs": 200, "patience": 10,
+                            "sequential": {"batch_size": 128}}
+
+#: Base of every ``--select`` grid entry (the defaults before the issue-#5 follow-up, so
+#: recorded selection rounds rerun unchanged); each entry adds its own changes.
+PRETRAIN_DEFAULTS: dict = {"weights": {"retrieval": 1.0, "rating": 1.0}, "history_len": 0}
+FINETUNE_DEFAULTS: dict = {"freeze": "towers", "bias_prior": 0.0,
+                           "rating": {"use_dot": False}}
 
 
 # ---------------------------------------------------------------------- main
@@ -168,16 +235,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--select", action="store_true", help="only the validation selection")
     p.add_argument("--select-fractions", type=float, nargs="+", default=[0.1])
     p.add_argument("--select-round", default="selection", help="key of this selection round")
-    p.add_argument("--select-weights", type=float, nargs="+", help="pretraining rating "
-                   "loss weights to try (retrieval weight 1)")
-    p.add_argument("--select-freeze", nargs="+", help="MODE:SCALE entries to try")
-    p.add_argument("--select-heads", metavar="JSON", help='{"name": {RatingConfig fields}}')
+    p.add_argument("--select-pretrains", metavar="JSON",
+                   help='{"name": {PretrainConfig changes}} to try')
+    p.add_argument("--select-finetunes", metavar="JSON",
+                   help='{"name": {FinetuneConfig changes}} to try')
+    p.add_argument("--select-no-baseline", action="store_true")
+    p.add_argument("--next-item", action="store_true", help="only the next-item transfer "
+                   "run (ML-100K leave-one-out)")
+    p.add_argument("--next-item-weights", type=float, nargs="+", default=[100.0])
+    p.add_argument("--next-item-arms", nargs="+",
+                   default=["scratch", "pretrained", "pretrained_no_seq"])
+    p.add_argument("--next-item-finetune", metavar="JSON", help="FinetuneConfig changes")
+    p.add_argument("--next-item-round", default="next_item")
     p.add_argument("--control", type=float, nargs="*", metavar="FRACTION",
                    help="also run arm a0 (at these label fractions; no value: all)")
     p.add_argument("--no-retrieval", action="store_true")
     p.add_argument("--no-baseline", action="store_true", help="skip arm (a)")
     p.add_argument("--rating-weight", type=float, default=1.0)
-    p.add_argument("--freeze", default="towers")
+    p.add_argument("--freeze", default="auto")
+    p.add_argument("--bias-prior", type=float, default=3.0)
+    p.add_argument("--history-len", type=int, default=128, help="pretraining implicit "
+                   "rated_items / rated_by width (0: none)")
     p.add_argument("--backbone-lr-scale", type=float, default=0.1)
     p.add_argument("--head", default='{"use_dot": false}', metavar="JSON",
                    help="RatingConfig fields of the fine-tuned rating head")
@@ -201,19 +279,27 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.out, encoding="utf-8") as f:
             previous = json.load(f)
         result = {**previous, **result}
+    if args.next_item:
+        result[args.next_item_round] = next_item_run(
+            table, args.seeds, args.next_item_weights, log, tuple(args.next_item_arms),
+            json.loads(args.next_item_finetune) if args.next_item_finetune else None)
+        result[args.next_item_round]["seconds"] = time.perf_counter() - started
+        _write(args.out, result)
+        return 0
     if args.select:
-        freeze = tuple((m, float(x)) for m, _, x in (f.partition(":") for f in
-                                                      args.select_freeze or []))
         result[args.select_round] = select(
             train, args.select_fractions, log,
-            json.loads(args.select_heads) if args.select_heads else None,
-            tuple(args.select_weights) if args.select_weights else None, freeze or None)
+            json.loads(args.select_pretrains) if args.select_pretrains else None,
+            json.loads(args.select_finetunes) if args.select_finetunes else None,
+            baseline=not args.select_no_baseline)
         result[args.select_round]["seconds"] = time.perf_counter() - started
         _write(args.out, result)
         return 0
 
-    pcfg = PretrainConfig(weights={"retrieval": 1.0, "rating": args.rating_weight})
+    pcfg = PretrainConfig(weights={"retrieval": 1.0, "rating": args.rating_weight},
+                          history_len=args.history_len)
     fcfg = FinetuneConfig(freeze=args.freeze, backbone_lr_scale=args.backbone_lr_scale,
+                          bias_prior=args.bias_prior,
                           rating=RatingConfig(**json.loads(args.head)))
     result["config"] = {"pretrain": pcfg.to_dict(), "finetune": fcfg.to_dict(),
                         "baseline": RatingConfig().to_dict()}
@@ -228,12 +314,14 @@ def main(argv: list[str] | None = None) -> int:
                 pred_a, sec_a = np.full(len(test), np.nan), 0.0
             else:
                 pred_a, sec_a = run_a(visible, test, seed)
-            pred_b, sec_pre, sec_ft, pre = run_b(train, mask, visible, test, seed, pcfg, fcfg)
+            pred_b, sec_pre, sec_ft, pre, freeze_used = run_b(train, mask, visible, test, seed,
+                                                              pcfg, fcfg)
             row = {"seed": seed, "fraction": fraction, "visible_labels": int(mask.sum()),
                    "cold_test_rows": int(cold.sum()),
                    "cold_users": int(len(np.unique(test.user_id[cold]))),
                    "a_rmse": rmse(pred_a, test), "a_cold_rmse": rmse(pred_a, test, cold),
                    "b_rmse": rmse(pred_b, test), "b_cold_rmse": rmse(pred_b, test, cold),
+                   "b_freeze": freeze_used,
                    "a_seconds": sec_a, "b_pretrain_seconds": sec_pre,
                    "b_finetune_seconds": sec_ft}
             if args.control is not None and (not args.control or fraction in args.control):
@@ -293,7 +381,8 @@ def retrieval_run(train: Interactions, test: Interactions, pre, seed: int, log) 
     out["finetuned_seconds"] = time.perf_counter() - t
     tf.keras.utils.set_random_seed(seed)
     t = time.perf_counter()
-    scratch = finetune(fresh_backbone(train, pre.config), sub,
+    # Same towers, features (implicit histories included) built from the 25 % it sees.
+    scratch = finetune(fresh_backbone(sub, pre.config, vocabs=pre.backbone.vocabs), sub,
                        config=cfg.replace(freeze="none"), seed=seed, verbose=0)
     out["scratch_recall@10"] = recall(scratch)
     out["scratch_seconds"] = time.perf_counter() - t

@@ -68,6 +68,13 @@ GRID = {
     "hist64_full_softmax_temp0.2_drop50": dict(temperature=0.2, history_dropout=0.5),
     "hist128_full_softmax_temp0.2": dict(temperature=0.2, embedding_dim=128),
     "hist64_full_softmax_temp0.2_item_bias": dict(temperature=0.2, item_bias=True),
+    # session 2 probes around the default (temp 0.3, dropout 0.25, dim 64)
+    "hist128_full_softmax_temp0.3": dict(temperature=0.3, embedding_dim=128),
+    "hist128_full_softmax_temp0.3_drop40": dict(temperature=0.3, embedding_dim=128,
+                                                history_dropout=0.4),
+    "hist64_full_softmax_temp0.4": dict(temperature=0.4),
+    "hist64_full_softmax_temp0.3_wd1e-4": dict(temperature=0.3, weight_decay=1e-4),
+    "hist64_full_softmax_temp0.3_lr1e-3": dict(temperature=0.3, learning_rate=1e-3),
 }
 
 

@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                                    verbose=1)
         module = sequential_module(trained.vocabs, trained.head, top_k=config.top_k)
         test = evaluate_next_items(module.signature, split.test, history)
-        val = evaluate_next_items(module.signature, split.validation, split.train)
+        # After a refit the validation item is training data: report the selection run's
+        # validation numbers instead of re-scoring it.
+        val = trained.best_metrics if config.refit else \
+            evaluate_next_items(module.signature, split.validation, split.train)
         run = {"seed": seed, "best_epoch": trained.best_epoch,
                "epochs_run": trained.epochs_run,
                "train_seconds": round(trained.train_seconds, 1),

@@ -43,7 +43,7 @@ def saved(split, tmp_path_factory):
     out = tmp_path_factory.mktemp("bb") / "backbone"
     pre = pretrain(split.train, tasks=["retrieval", "rating"],
                    weights={"retrieval": 1.0, "rating": 100.0},
-                   config=PretrainConfig(epochs=1, embedding_dim=8, **FAST),
+                   config=PretrainConfig(epochs=1, embedding_dim=8, history_len=16, **FAST),
                    label_fraction=0.5, out=out, verbose=0)
     return pre, str(out)
 
@@ -82,6 +82,7 @@ def test_round_trip_identical_outputs_and_manifest(saved):
     assert m["weights"]["rating"] == 100.0 and "package_version" in m
     assert m["feature_spec"] == loaded.feature_spec()
     assert "train_loss" in m["metrics"]
+    assert m["history"]["rating_loss"] == [m["metrics"]["train_rating_loss"]]
     # no pickle anywhere: only JSON, npz (loaded with allow_pickle=False) and checkpoints
     names = {n for _, _, files in os.walk(path) for n in files}
     assert not any(n.endswith((".pkl", ".pickle")) for n in names)
@@ -193,10 +194,42 @@ def test_finetune_retrieval_and_next_item_note(saved, split):
         epochs=1, validation_fraction=0.0, **FAST), verbose=0)
     metrics = tuned.evaluate(split.test, ks=(10,), factorized_ks=())
     assert 0.0 <= metrics["retrieval_recall@10"] <= 1.0
-    with pytest.raises(ValueError, match="next_item"):
-        PretrainConfig(tasks=("retrieval", "next_item"))
+    with pytest.raises(ValueError, match="unknown pretraining task"):
+        PretrainConfig(tasks=("retrieval", "clicks"))
     with pytest.raises(ValueError, match="freeze"):
         FinetuneConfig(freeze="half")
+
+
+def test_implicit_histories_use_every_interaction(saved, split):
+    """``history_len``: the backbone's rated_items come from all pretraining rows, also
+    those whose rating was masked (label_fraction=0.5 in the fixture)."""
+    backbone = load_backbone(saved[1])
+    table = backbone.side_features.user["rated_items"].values
+    train = split.train
+    users = backbone.vocabs.user.lookup(train.user_id)
+    items = backbone.vocabs.item.lookup(train.item_id)
+    for u in np.unique(users)[:20]:
+        mine = set(items[users == u].tolist())
+        if len(mine) <= table.shape[1]:
+            assert set(table[u][table[u] > 0].tolist()) == mine
+    assert saved[0].backbone.manifest["labels_visible"] < len(train)
+
+
+def test_auto_freeze_and_bias_prior(split):
+    from tfrec_p5.pretraining.finetuner import _add_bias_prior, resolve_freeze
+    from tfrec_p5.tasks.rating import RatingHead
+
+    rows = split.train.take(np.arange(1500))           # ~5 labels per user
+    per_user = len(rows) / len(np.unique(rows.user_id))
+    auto = FinetuneConfig(freeze="auto")
+    assert resolve_freeze(auto, rows) == "towers"
+    assert resolve_freeze(auto.replace(auto_labels_per_user=per_user), rows) == "lower_lr"
+    assert resolve_freeze(FinetuneConfig(freeze="none"), rows) == "none"
+    head = RatingHead(10, 5)
+    _add_bias_prior(head, 3.0, 1500)                   # lambda = prior / rows
+    head.user_bias(tf.constant([1, 2], tf.int64))
+    head.user_bias.embeddings.assign(tf.fill((10, 1), 2.0))
+    assert float(tf.add_n(head.user_bias.losses)) == pytest.approx(3.0 / 1500 * 10 * 4.0)
 
 
 # ---------------------------------------------------------------------- CLI

@@ -15,6 +15,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
+from _sequences import cyclic_interactions  # tests/ is on sys.path
 
 from tfrec_p5 import data
 from tfrec_p5.data.interactions import Interactions
@@ -37,23 +38,13 @@ SMALL = dict(embedding_dim=16, max_len=8, num_blocks=1, dropout=0.1, learning_ra
              batch_size=32, steps_per_execution=4, patience=50)
 
 
-def _cyclic(num_users: int = 160, num_items: int = 40, length: int = 9,
-            seed: int = 0) -> Interactions:
-    rng = np.random.default_rng(seed)
-    users, items, ts = [], [], []
-    for u in range(num_users):
-        start = rng.integers(num_items)
-        for t in range(length):
-            users.append(f"u{u}")
-            items.append(f"i{(start + t) % num_items}")
-            ts.append(t)
-    return Interactions.from_columns({"user_id": users, "item_id": items, "timestamp": ts})
+_cyclic = cyclic_interactions
 
 
 @pytest.fixture(scope="module")
 def trained():
     split = data.leave_one_out(_cyclic())
-    config = SequentialConfig(epochs=12, **SMALL)
+    config = SequentialConfig(epochs=12, refit=False, **SMALL)  # the selected model itself
     return split, train_sequential(split.train, split.validation, config, seed=1)
 
 
@@ -196,6 +187,31 @@ def test_training_beats_most_popular(trained):
     assert got["hr@10"] > 0.6 > ref["hr@10"] + 0.3
     assert model.best_epoch >= 1 and model.history[0]["epoch"] == 1
     assert got == pytest.approx(model.best_metrics)  # best weights restored
+
+
+def test_refit_adds_the_validation_items_and_keeps_the_selection_metrics():
+    table = _cyclic(num_users=60, num_items=30, length=6, seed=2)
+    users, items = table.user_id.copy(), table.item_id.copy().astype(object)
+    items[4] = "i_only_in_validation"  # user u0's second-to-last event (time 4 of 0..5)
+    items[11] = "i_only_in_test"        # user u1's last event
+    table = Interactions.from_columns({"user_id": users, "item_id": items,
+                                       "timestamp": table.timestamp})
+    split = data.leave_one_out(table)
+    assert "i_only_in_validation" not in set(split.train.item_id)
+    assert "i_only_in_validation" in set(split.validation.item_id)
+    assert "i_only_in_test" in set(split.test.item_id)
+    config = SequentialConfig(epochs=3, **SMALL)
+    assert config.refit  # the documented default
+    model = train_sequential(split.train, split.validation, config, seed=0)
+    selected = train_sequential(split.train, split.validation, config.replace(refit=False),
+                                seed=0)
+    assert model.vocabs.item.lookup(np.array(["i_only_in_validation"]))[0] > 0
+    assert selected.vocabs.item.lookup(np.array(["i_only_in_validation"]))[0] == 0
+    assert model.vocabs.item.lookup(np.array(["i_only_in_test"]))[0] == 0  # never trained
+    refit_rows = [r for r in model.history if r.get("refit")]
+    assert len(refit_rows) == model.best_epoch >= 1
+    assert model.epochs_run == selected.epochs_run + model.best_epoch
+    assert model.best_metrics == pytest.approx(selected.best_metrics)
 
 
 def test_sampled_softmax_option_learns():

@@ -78,6 +78,9 @@ class TrainResult:
     module: ServingModule
     config: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: Validation metrics measured before a final refit folded the validation part into
+    #: training (sequential); reported instead of re-scoring what is now training data.
+    validation_metrics: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -278,12 +281,61 @@ def _describe(table: Interactions) -> str:
     return f"{len(table):,} rows, {table.num_users:,} users, {table.num_items:,} items"
 
 
+def backup_epochs(backup_dir: str) -> int | None:
+    """Epochs completed in a ``BackupAndRestore`` backup (``None``: nothing to resume).
+
+    Why read the checkpoint: the folder alone does not say whether an epoch was saved
+    (Keras removes only ``chief/`` after a finished fit); the checkpoint's
+    ``ckpt_saved_epoch`` is the 0-based epoch it was written at, so the number of
+    finished epochs is one more.
+
+        backup_epochs("saved_models/demo/.backup-rating")   # -> 2 after 2 epochs, or None
+    """
+    import tensorflow as tf
+
+    latest = tf.train.latest_checkpoint(os.path.join(backup_dir, "chief"))
+    if latest is None:
+        return None
+    try:
+        epoch = int(tf.train.load_checkpoint(latest).get_tensor(
+            "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (tf.errors.OpError, ValueError):
+        return None  # unreadable backup: Keras starts over
+    return epoch + 1 if epoch >= 0 else None
+
+
+#: Tasks that train under ``--strategy`` other than ``default`` (``tfrec_p5.distribute``).
+DISTRIBUTED_TASKS = ("rating", "retrieval", "ranking", "all")
+
+
+def _strategy(name: str | None, task: str | None = None):
+    """``--strategy`` → a ``tf.distribute.Strategy``. A worker / ps task of a
+    ``parameter_server`` cluster (per ``TF_CONFIG``) serves here and never returns, so the
+    same command runs on every machine of the cluster."""
+    from tfrec_p5 import distribute
+
+    name = name or "default"
+    if distribute.is_server_task(name):
+        distribute.serve_forever()
+    if name != "default" and task is not None and task not in DISTRIBUTED_TASKS:
+        raise CliError(f"--strategy {name} supports --task {', '.join(DISTRIBUTED_TASKS)}, "
+                       f"not {task!r}", status=2)
+    try:
+        return distribute.resolve_strategy(name)
+    except ValueError as err:
+        raise CliError(str(err), status=2) from err
+
+
 # ---------------------------------------------------------------------- commands
 def _cmd_train(args: argparse.Namespace) -> int:
     task = _task(args.task)
+    strategy = _strategy(getattr(args, "strategy", None), task.name)
+    from tfrec_p5 import distribute
     config_overrides = _read_config(args.config)  # fail fast, before loading data
     from tfrec_p5.data import load
-    from tfrec_p5.export.saved_model import export
+    from tfrec_p5.export.saved_model import export, validate_export_dir
+
+    validate_export_dir(args.out)  # a bad --out fails now, not after training
 
     info = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
     table = load(args.data)
@@ -303,8 +355,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     out = os.fspath(args.out)
     backup_dir = os.path.join(out, BACKUP_PREFIX + task.name)
-    if os.path.isdir(backup_dir):
-        print(f"resuming from {backup_dir} (an earlier run was interrupted)", file=info)
+    done = backup_epochs(backup_dir) if os.path.isdir(backup_dir) else None
+    if done is not None:
+        print(f"resuming from epoch {done} (the last epoch an interrupted run completed; "
+              f"backup {backup_dir})", file=info)
     request = TrainRequest(train=train, validation=validation, seed=args.seed,
                            epochs=args.epochs, batch_size=args.batch_size,
                            config=config_overrides, log_dir=args.log_dir,
@@ -312,7 +366,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                            options={"weights": args.weights, "top_k": args.top_k,
                                     "include_seen": args.include_seen})
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
-    with redirect:  # Keras progress bars print to stdout
+    with redirect, distribute.use_strategy(strategy):  # Keras progress bars print to stdout
         result = task.train(request)
 
     module = result.module
@@ -322,22 +376,31 @@ def _cmd_train(args: argparse.Namespace) -> int:
     for part, part_table, before in parts:
         if part_table is None or len(part_table) == 0:
             continue
-        values = _run_evaluate(task, module.signature, part_table, before)
+        if part == "validation" and result.validation_metrics is not None:
+            values = dict(result.validation_metrics)
+        else:
+            values = _run_evaluate(task, module.signature, part_table, before)
         rows.append((part, len(part_table), values))
         metrics.update(_flat(part, len(part_table), values))
 
     metadata = {
         "data": args.data, "split": args.split, "seed": args.seed,
+        "deterministic": bool(getattr(args, "deterministic", False)),
         "test_data": args.test_data, "validation": validation_note,
         "sizes": {"data": len(table), "train": len(train),
                   "validation": len(validation) if validation is not None else 0,
                   "test": len(test) if test is not None else 0,
                   "test_data": len(test_data) if test_data is not None else 0},
         "config": {task.name: dict(result.config)},
+        "strategy": getattr(args, "strategy", None) or "default",
         **dict(result.metadata),
     }
-    path = export(module, out, metadata=metadata, metrics=metrics)
-    shutil.rmtree(backup_dir, ignore_errors=True)
+    # multi_worker: every worker saves (saving may run collective ops), only the chief
+    # into --out; the others into a temporary folder that is removed.
+    with distribute.write_dir(out, strategy) as target:
+        path = export(module, target, metadata=metadata, metrics=metrics)
+    if distribute.is_chief(strategy):
+        shutil.rmtree(backup_dir, ignore_errors=True)
 
     print(_format_table(rows), file=info)
     print(f"exported {path} (signatures: {', '.join(module.signature_names())})", file=info)
@@ -454,12 +517,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics JSON on stdout "
                    "(progress goes to stderr)")
     p.add_argument("--quiet", action="store_true", help="no Keras progress bar")
+    p.add_argument("--deterministic", action="store_true", help="bit-identical reruns "
+                   "(same seed and data): oneDNN off and TF op determinism; a bit slower")
     p.add_argument("--weights", metavar="TASK=W,...", help="--task all: loss weight per head, "
                    "e.g. rating=1,retrieval=1,ranking=0 (0 switches a head off)")
     p.add_argument("--top-k", type=int, default=100, help="items the exported recommend "
                    "signature returns (default 100)")
     p.add_argument("--include-seen", action="store_true", help="recommend may return the "
                    "user's training items (default: excluded)")
+    p.add_argument("--strategy", default="default",
+                   choices=["default", "mirrored", "multi_worker", "parameter_server"],
+                   help="tf.distribute strategy (default: one process). multi_worker and "
+                   "parameter_server read the cluster from TF_CONFIG; run the same command "
+                   "on every task (parameter-server workers / ps then just serve). "
+                   "--batch-size is the global batch")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="export folder, e.g. saved_models/NAME (versions 1, 2, ... inside)")
     p.set_defaults(func=_cmd_train)
@@ -497,13 +568,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _import_tensorflow_quietly() -> None:
+def _import_tensorflow_quietly(warm_up: bool = True) -> None:
     """Import TensorFlow and run one op with file descriptor 2 pointed at /dev/null.
 
     Why: TF's C++ runtime logs oneDNN/CUDA banners to stderr before its logging is
     configured (``TF_CPP_MIN_LOG_LEVEL`` cannot silence them), which would bury our one-line
     errors. Python exceptions still surface (fd 2 is restored first); ``TFREC_P5_DEBUG=1``
-    skips this.
+    skips this. ``warm_up=False`` imports without running the op: ``--strategy
+    multi_worker`` must configure collective ops before the first op runs.
     """
     if "tensorflow" in sys.modules:
         return
@@ -518,11 +590,34 @@ def _import_tensorflow_quietly() -> None:
         os.dup2(devnull, 2)
         import tensorflow as tf
 
-        tf.constant(0) + 0  # device initialisation logs once, here
+        if warm_up:
+            tf.constant(0) + 0  # device initialisation logs once, here
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def deterministic_ops(before_import: bool) -> None:
+    """``--deterministic``: bit-identical runs for the same seed, data and machine.
+
+    Why two steps: oneDNN's CPU kernels (on by default in TensorFlow) may sum in a different
+    order from run to run (metrics then differ in the 8th digit), and they can only be
+    switched off *before* TensorFlow is imported (``TF_ENABLE_ONEDNN_OPTS=0``); op
+    determinism (``tf.config.experimental.enable_op_determinism``) is set after the
+    import. Costs some CPU speed, hence opt-in.
+    """
+    if before_import:
+        if "tensorflow" in sys.modules:
+            print(f"{PROG}: note: --deterministic: TensorFlow was imported already, so "
+                  "oneDNN stays on (set TF_ENABLE_ONEDNN_OPTS=0 before importing it)",
+                  file=sys.stderr)
+        else:
+            os.environ["TF_ENABLE_ONEDNN_OPTS"] = "0"
+        return
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -536,8 +631,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
     debug = os.environ.get("TFREC_P5_DEBUG", "") not in ("", "0")
     try:
+        deterministic = getattr(args, "deterministic", False)
+        if deterministic:
+            deterministic_ops(before_import=True)
         if not debug:
-            _import_tensorflow_quietly()
+            _import_tensorflow_quietly(
+                warm_up=getattr(args, "strategy", None) != "multi_worker")
+        if deterministic:
+            deterministic_ops(before_import=False)
         return args.func(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (rerun the same train command to resume from its "

@@ -13,12 +13,24 @@ Features are ``{"user_id": int64, "item_id": int64}`` (indices into the vocabula
 OOV); labels are ratings (pointwise) or absent (retrieval pairs). Side features are not
 streamed: towers look them up by ID from tables built at training time (see
 ``tfrec_p5.towers``), which keeps the pipeline as cheap for rich data as for bare IDs.
+
+Distributed training (``tfrec_p5.distribute``) uses the same builders with one keyword:
+
+* ``distributed=True`` (Mirrored / MultiWorkerMirrored): the same batches in the same
+  order, written as ``index stream → .batch(global_batch) → gather`` with
+  ``AutoShardPolicy.DATA``, so ``tf.distribute`` can split every *global* batch into
+  per-replica slices (it needs a real ``batch`` op to do that) and each worker trains
+  on its slice of exactly the batch a single process would see;
+* ``input_context=ctx`` (ParameterServer, inside a ``DatasetCreator``): this worker's
+  shard of the rows (``ctx.input_pipeline_id``), per-replica batches, repeated forever
+  (the coordinator counts the steps).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +38,7 @@ import tensorflow as tf
 
 from tfrec_p5.data.errors import DataError
 from tfrec_p5.data.interactions import ITEM, USER, Interactions
-from tfrec_p5.data.vocabulary import Vocabulary
+from tfrec_p5.data.vocabulary import HashedVocabulary, Vocabulary
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -35,19 +47,45 @@ AUTOTUNE = tf.data.AUTOTUNE
 class Vocabularies:
     """The user and item vocabularies of one training split."""
 
-    user: Vocabulary
-    item: Vocabulary
+    user: Vocabulary | HashedVocabulary
+    item: Vocabulary | HashedVocabulary
 
     @classmethod
-    def build(cls, train: Interactions, min_count: int = 1) -> Vocabularies:
-        return cls(Vocabulary.build(train.user_id, min_count, name=USER),
-                   Vocabulary.build(train.item_id, min_count, name=ITEM))
+    def build(cls, train: Interactions, min_count: int = 1,
+              hash_buckets: Mapping[str, int] | int | None = None) -> Vocabularies:
+        """Vocabularies of ``train``.
+
+        * ``min_count``: IDs seen fewer times in ``train`` map to the OOV row (0).
+        * ``hash_buckets``: ``{"user_id": 2_000_000, "item_id": 1_000_000}`` (or one int
+          for both) hashes that side instead (``HashedVocabulary``; no per-ID list kept
+          for users, the most frequent ID per row kept for items, which the
+          ``recommend`` export returns). ``min_count`` does not apply to a hashed side.
+
+            Vocabularies.build(train, min_count=2)
+            Vocabularies.build(train, hash_buckets={"user_id": 1 << 21})  # items: a list
+        """
+        buckets = normalize_hash_buckets(hash_buckets)
+        out = []
+        for column, values, keep in ((USER, train.user_id, False),
+                                     (ITEM, train.item_id, True)):
+            if buckets.get(column):
+                out.append(HashedVocabulary.build(values, buckets[column], name=column,
+                                                  keep_tokens=keep))
+            else:
+                out.append(Vocabulary.build(values, min_count, name=column))
+        return cls(*out)
+
+    @property
+    def hash_buckets(self) -> dict[str, int]:
+        """``{column: buckets}`` of the hashed sides (empty when none is hashed)."""
+        return {name: v.num_buckets for name, v in ((USER, self.user), (ITEM, self.item))
+                if getattr(v, "hashed", False)}
 
     def encode(self, table: Interactions) -> dict[str, np.ndarray]:
         return {USER: self.user.lookup(table.user_id), ITEM: self.item.lookup(table.item_id)}
 
     def save(self, directory: str | os.PathLike) -> None:
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, exist_ok=True)  # JSON; a hashed side stores its bucket count
         self.user.save(os.path.join(directory, "user_vocab.json"))
         self.item.save(os.path.join(directory, "item_vocab.json"))
 
@@ -57,17 +95,38 @@ class Vocabularies:
                    Vocabulary.load(os.path.join(directory, "item_vocab.json")))
 
 
+def normalize_hash_buckets(hash_buckets: Mapping[str, int] | int | None) -> dict[str, int]:
+    """``None`` / ``N`` / ``{"user_id": N}`` → ``{column: N}`` (unknown columns rejected)."""
+    if hash_buckets is None:
+        return {}
+    if isinstance(hash_buckets, int):
+        return {USER: int(hash_buckets), ITEM: int(hash_buckets)}
+    out = {str(k): int(v) for k, v in dict(hash_buckets).items() if v}
+    unknown = sorted(set(out) - {USER, ITEM})
+    if unknown:
+        raise ValueError(f"hash_buckets keys must be {USER!r} / {ITEM!r}, got {unknown}")
+    return out
+
+
 def batched_dataset(tensors, batch_size: int, shuffle: bool = False, seed: int | None = None,
-                    drop_remainder: bool = False) -> tf.data.Dataset:
+                    drop_remainder: bool = False, *, distributed: bool = False,
+                    input_context: tf.distribute.InputContext | None = None
+                    ) -> tf.data.Dataset:
     """Batches of ``tensors`` (a nest of equal-length arrays), reshuffled every epoch.
 
     The permutation is drawn once per pass with ``tf.random.shuffle`` (seeded, so runs
     repeat) and applied with ``tf.gather``: a full shuffle at memory speed.
+
+    ``distributed`` / ``input_context``: see the module docstring (``tf.distribute``
+    input); ``distributed=True`` yields the same batches as the default.
     """
     flat = tf.nest.flatten(tensors)
     n = int(flat[0].shape[0])
     if n == 0:
         raise DataError("cannot build a dataset from an empty table")
+    if distributed or input_context is not None:
+        return _distributed_batches(tensors, n, batch_size, shuffle, seed, drop_remainder,
+                                    input_context)
     n_batches = n // batch_size if drop_remainder else math.ceil(n / batch_size)
     # Wrapped in a dict so that tf.data never unpacks a (features, label) tuple into args.
     base = tf.data.Dataset.from_tensors({"t": tensors})
@@ -93,31 +152,70 @@ def batched_dataset(tensors, batch_size: int, shuffle: bool = False, seed: int |
         tf.data.experimental.assert_cardinality(n_batches)).prefetch(AUTOTUNE)
 
 
+def _distributed_batches(tensors, n: int, batch_size: int, shuffle: bool, seed: int | None,
+                         drop_remainder: bool,
+                         input_context: tf.distribute.InputContext | None) -> tf.data.Dataset:
+    """``batched_dataset`` for ``tf.distribute``: row-index stream → batch → gather.
+
+    The permutation is the one ``batched_dataset`` draws (same seed, same stateless
+    shuffle), so ``distributed=True`` gives identical global batches. ``tf.distribute``
+    rebatches them into per-replica slices (it looks for the ``batch`` op) and shards the
+    slices across workers (``AutoShardPolicy.DATA``: every worker holds the in-memory
+    tensors; there are no files to shard). With ``input_context`` (ParameterServer) the
+    rows are sharded here by worker and the stream repeats forever.
+    """
+    if shuffle:
+        draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+        order = draws.map(lambda draw: tf.random.experimental.stateless_shuffle(
+            tf.range(n), seed=tf.stack([draw, tf.constant(0, tf.int64)])))
+    else:
+        order = tf.data.Dataset.from_tensors(tf.range(n))
+    rows = order.unbatch()
+    if input_context is not None:
+        rows = rows.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
+    ds = rows.batch(batch_size, drop_remainder=drop_remainder).map(
+        lambda idx: tf.nest.map_structure(lambda a: tf.gather(a, idx), tensors),
+        num_parallel_calls=AUTOTUNE, deterministic=True)
+    if input_context is not None:
+        return ds.repeat().prefetch(AUTOTUNE)
+    n_batches = n // batch_size if drop_remainder else math.ceil(n / batch_size)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(
+        AUTOTUNE).with_options(options)
+
+
 def pointwise_dataset(table: Interactions, vocabs: Vocabularies, batch_size: int = 8192,
-                      shuffle: bool = False, seed: int | None = None) -> tf.data.Dataset:
-    """``({"user_id", "item_id"}, rating)`` batches for rating / ranking heads."""
+                      shuffle: bool = False, seed: int | None = None,
+                      **distribution) -> tf.data.Dataset:
+    """``({"user_id", "item_id"}, rating)`` batches for rating / ranking heads.
+
+    ``distribution``: ``distributed=True`` or ``input_context=ctx`` (``batched_dataset``).
+    """
     if table.rating is None:
         raise DataError("pointwise examples need a 'rating' column", path=table.source or None,
                         field="rating")
     ids = vocabs.encode(table)
     tensors = ({k: tf.constant(v) for k, v in ids.items()},
                tf.constant(table.rating, dtype=tf.float32))
-    return batched_dataset(tensors, batch_size, shuffle, seed)
+    return batched_dataset(tensors, batch_size, shuffle, seed, **distribution)
 
 
 def retrieval_dataset(table: Interactions, vocabs: Vocabularies, batch_size: int = 8192,
                       shuffle: bool = False, seed: int | None = None,
-                      with_rating: bool = False) -> tf.data.Dataset:
+                      with_rating: bool = False, **distribution) -> tf.data.Dataset:
     """``{"user_id", "item_id"}`` positive-pair batches (in-batch negatives for retrieval).
 
     With ``with_rating=True`` the features also carry ``"rating"`` (for multi-task models).
+    ``distribution``: ``distributed=True`` or ``input_context=ctx`` (``batched_dataset``).
     """
     feats = {k: tf.constant(v) for k, v in vocabs.encode(table).items()}
     if with_rating:
         if table.rating is None:
             raise DataError("with_rating=True needs a 'rating' column", field="rating")
         feats["rating"] = tf.constant(table.rating, dtype=tf.float32)
-    return batched_dataset(feats, batch_size, shuffle, seed)
+    return batched_dataset(feats, batch_size, shuffle, seed, **distribution)
 
 
 def user_histories(table: Interactions, vocabs: Vocabularies,

@@ -27,6 +27,7 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from tfrec_p5.data.vocabulary import EMPTY_BUCKET
 from tfrec_p5.export.serving import USER_ID_SPEC, ServingModule
 
 ITEM_LIST_SPEC = tf.TensorSpec([None, None], tf.string, name="item_ids")
@@ -58,7 +59,9 @@ class RetrievalIndex(tf.Module):
         self.item_vectors_t = tf.Variable(item_vectors[1:].T.copy(), trainable=False,
                                           name="item_vectors_t")  # [d, I-1]: no transpose
         prior = np.zeros(len(item_vectors), np.float32) if item_prior is None \
-            else np.asarray(item_prior, np.float32)
+            else np.asarray(item_prior, np.float32).copy()
+        # Hashed item vocabularies: a bucket no training item hashed into is never served.
+        prior[1:][np.asarray(item_tokens).astype(str) == EMPTY_BUCKET] = -np.inf
         self.item_prior = tf.Variable(prior[1:], trainable=False, name="item_prior")
         self.item_tokens = tf.Variable(np.asarray(item_tokens).astype(object), trainable=False,
                                        dtype=tf.string, name="item_tokens")

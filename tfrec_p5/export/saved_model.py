@@ -14,16 +14,38 @@ overwritten: if another export takes the number first, we retry with the next on
 ``assets.extra/`` is TF Serving's place for files it should carry along but not read, so
 the metadata (data source, split, seed, metrics, vocabulary sizes, rating range, package
 version, tasks, config) travels with the version it describes.
+
+Reliability rules (tested in ``tests/test_reliability_export.py``):
+
+* **Killed mid-export**: only the hidden ``.tmp-export-<host>-<pid>-*`` folder is
+  half-written; it never has an all-digit name, so neither TF Serving nor
+  ``list_versions`` / ``load_export`` sees it. The next ``export`` into the same folder
+  removes leftovers whose process is gone (same host) or that are older than a day.
+* **Concurrent exports** to one name get distinct versions (``os.rename`` onto an
+  existing, non-empty version fails, and we retry with the next number).
+* **Tampering / truncation**: ``metadata.json`` records the size and SHA-256 of every
+  file of the version; ``load_export`` checks them before loading and raises one
+  ``ExportError`` naming the file (exports without that record are loaded unchecked).
+* **Export paths** (``validate_export_dir``): used exactly as given, never joined to
+  anything or expanded (``~``, ``$VAR``), so an absolute target only happens when the
+  caller passes an absolute path. Rejected: an empty path, NUL or other control
+  characters, any ``..`` component (``../x``, ``a/../../b``: no way out of
+  ``saved_models/``), and a folder that is itself a version (holds ``saved_model.pb``) or
+  one of our temporary folders.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import errno
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -37,8 +59,12 @@ EXTRA_DIR = "assets.extra"
 METADATA_FILE = "metadata.json"
 METRICS_FILE = "metrics.json"
 TMP_PREFIX = ".tmp-export-"
+#: A leftover temporary folder this old is removed even if its owner cannot be checked.
+STALE_TMP_SECONDS = 24 * 3600
 #: Bumped when the metadata layout changes incompatibly.
 METADATA_FORMAT = "tfrec_p5.export/1"
+#: ``metadata.json`` key holding ``{relative path: {"bytes": n, "sha256": hex}}``.
+FILES_KEY = "files"
 
 
 class ExportError(ValueError):
@@ -46,23 +72,159 @@ class ExportError(ValueError):
 
 
 # ---------------------------------------------------------------------- versions
+def _is_version_name(name: str) -> bool:
+    """All ASCII digits, as TF Serving requires (``str.isdigit`` alone accepts ``"²"``)."""
+    return name.isascii() and name.isdigit()
+
+
 def list_versions(base_dir: str | os.PathLike) -> list[int]:
     """Sorted version numbers of the complete exports (``N/saved_model.pb``) in ``base_dir``."""
     try:
         names = os.listdir(base_dir)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return sorted(int(n) for n in names
-                  if n.isdigit() and os.path.isfile(os.path.join(base_dir, n, "saved_model.pb")))
+    return sorted(int(n) for n in names if _is_version_name(n)
+                  and os.path.isfile(os.path.join(base_dir, n, "saved_model.pb")))
 
 
 def next_version(base_dir: str | os.PathLike) -> int:
     """One more than the highest all-digit entry in ``base_dir`` (complete or not), ≥ 1."""
     try:
-        nums = [int(n) for n in os.listdir(base_dir) if n.isdigit()]
-    except FileNotFoundError:
+        nums = [int(n) for n in os.listdir(base_dir) if _is_version_name(n)]
+    except (FileNotFoundError, NotADirectoryError):
         nums = []
     return max(nums, default=0) + 1
+
+
+def validate_export_dir(base_dir: str | os.PathLike) -> str:
+    """``base_dir`` as a string, if it is an acceptable export target; else ``ExportError``.
+
+    The rule (see the module docstring): the path is used as given -- relative paths stay
+    relative to the working directory, nothing is expanded -- and it may not be empty,
+    contain NUL / control characters or a ``..`` component, or name a version folder or
+    one of our temporary folders.
+
+        validate_export_dir("saved_models/demo")      # -> "saved_models/demo"
+        validate_export_dir("saved_models/../../etc") # ExportError
+    """
+    if isinstance(base_dir, bytes):
+        raise ExportError(f"export path must be text, got bytes {base_dir!r}")
+    path = os.fspath(base_dir)
+    if not path.strip():
+        raise ExportError("export path is empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+        raise ExportError(f"export path {path!r} contains NUL or control characters")
+    parts = re.split(r"[/\\]+", path)
+    if ".." in parts:
+        raise ExportError(f"export path {path!r} contains '..'; name the folder directly "
+                          "(e.g. saved_models/NAME), paths may not climb out of it")
+    name = os.path.basename(os.path.normpath(path))
+    if name.startswith(TMP_PREFIX):
+        raise ExportError(f"export path {path!r} is a temporary export folder")
+    if os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise ExportError(f"export path {path!r} is a version folder (it holds "
+                          "saved_model.pb); export to its parent, the model folder")
+    return path
+
+
+def _host_tag() -> str:
+    return re.sub(r"[^A-Za-z0-9.]", "_", socket.gethostname())[:64] or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else (or cannot tell: keep it)
+    return True
+
+
+def clean_stale_tmp(base_dir: str | os.PathLike) -> list[str]:
+    """Remove temporary export folders left by killed exports; return their names.
+
+    A folder ``.tmp-export-<host>-<pid>-*`` is stale when ``<host>`` is this machine and
+    process ``<pid>`` no longer exists, or (any name with our prefix) when it is older than
+    ``STALE_TMP_SECONDS``. A running export's folder is never touched. Errors are ignored:
+    a leftover is harmless (TF Serving and ``list_versions`` skip non-digit names).
+    """
+    removed = []
+    try:
+        names = [n for n in os.listdir(base_dir) if n.startswith(TMP_PREFIX)]
+    except OSError:
+        return removed
+    host = _host_tag()
+    now = time.time()
+    for name in names:
+        path = os.path.join(base_dir, name)
+        owner = name[len(TMP_PREFIX):].rsplit("-", 2)
+        dead = (len(owner) == 3 and owner[0] == host and owner[1].isdigit()
+                and not _pid_alive(int(owner[1])))
+        try:
+            old = now - os.path.getmtime(path) > STALE_TMP_SECONDS
+        except OSError:
+            continue
+        if dead or old:
+            shutil.rmtree(path, ignore_errors=True)
+            if not os.path.exists(path):
+                removed.append(name)
+    return removed
+
+
+def file_digest(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"bytes": size, "sha256": hex}`` of one file (read in 1 MiB blocks)."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+            size += len(block)
+    return {"bytes": size, "sha256": h.hexdigest()}
+
+
+def _file_digests(version_dir: str) -> dict[str, dict[str, Any]]:
+    """``{relative path: digest}`` of every file of a version except ``metadata.json``."""
+    out = {}
+    skip = os.path.join(EXTRA_DIR, METADATA_FILE)
+    for root, _, files in os.walk(version_dir):
+        for name in files:
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, version_dir)
+            if rel != skip:
+                out[rel.replace(os.sep, "/")] = file_digest(full)
+    return dict(sorted(out.items()))
+
+
+def verify_export(version_dir: str | os.PathLike,
+                  metadata: Mapping[str, Any] | None = None) -> None:
+    """Check the files of a version against the sizes and SHA-256 in its metadata.
+
+    Raises one ``ExportError`` naming the first missing, truncated or modified file.
+    Exports written before checksums were recorded (no ``files`` key) pass unchecked.
+    """
+    version_dir = os.fspath(version_dir)
+    meta = load_metadata(version_dir) if metadata is None else metadata
+    files = meta.get(FILES_KEY) if isinstance(meta, Mapping) else None
+    if not files:
+        return
+    if not isinstance(files, Mapping):
+        raise ExportError(f"export {version_dir!r}: metadata '{FILES_KEY}' is not an object")
+    for rel, want in files.items():
+        full = os.path.join(version_dir, *str(rel).split("/"))
+        if not os.path.isfile(full):
+            raise ExportError(f"export {version_dir!r} is incomplete: {rel} is missing")
+        try:
+            got = file_digest(full)
+            size, sha = int(want["bytes"]), str(want["sha256"])
+        except (OSError, TypeError, KeyError, ValueError) as err:
+            raise ExportError(f"export {version_dir!r}: cannot check {rel}: {err}") from err
+        if got["bytes"] != size:
+            raise ExportError(f"export {version_dir!r} is corrupt: {rel} has {got['bytes']} "
+                              f"bytes, {size} were written (truncated or modified)")
+        if got["sha256"] != sha:
+            raise ExportError(f"export {version_dir!r} is corrupt: {rel} was modified after "
+                              "export (SHA-256 mismatch)")
 
 
 def resolve_export(path: str | os.PathLike) -> str:
@@ -92,9 +254,14 @@ def load_metadata(version_dir: str | os.PathLike) -> dict[str, Any]:
         return {}
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as err:
-        raise ExportError(f"cannot read export metadata {path}: {err}") from err
+            meta = json.load(f)
+    except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError
+        raise ExportError(f"cannot read export metadata {path}: "
+                          f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+                          ) from err
+    if not isinstance(meta, dict):
+        raise ExportError(f"export metadata {path} must hold a JSON object")
+    return meta
 
 
 def load_export(path: str | os.PathLike) -> tuple[Any, str, dict[str, Any]]:
@@ -105,13 +272,15 @@ def load_export(path: str | os.PathLike) -> tuple[Any, str, dict[str, Any]]:
                                             item_id=tf.constant(["i2"]))["rating"]
     """
     version_dir = resolve_export(path)
+    metadata = load_metadata(version_dir)
+    verify_export(version_dir, metadata)  # truncated / tampered files: one clear error
     try:
         loaded = tf.saved_model.load(version_dir)
     except Exception as err:  # noqa: BLE001  TF raises many types for a corrupt SavedModel
         raise ExportError(f"cannot load SavedModel {version_dir!r}: "
                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                           ) from err
-    return loaded, version_dir, load_metadata(version_dir)
+    return loaded, version_dir, metadata
 
 
 # ---------------------------------------------------------------------- writing
@@ -146,7 +315,9 @@ def export(model: ServingModule | tf.keras.Model, base_dir: str | os.PathLike, *
     ``rating_range`` into a module with ``predict_rating``/``serving_default``.
     ``metadata`` (and ``metrics``, also written to ``assets.extra/metrics.json``) land in
     ``assets.extra/metadata.json``, completed with version, signatures, tasks, vocabulary
-    sizes, rating range, package and TensorFlow versions.
+    sizes, rating range, package and TensorFlow versions, and the size and SHA-256 of every
+    file (checked by ``load_export``). ``base_dir`` must pass ``validate_export_dir`` (no
+    ``..``, no control characters; used as given, never made absolute by us).
 
         export(trained.model, "saved_models/ml100k", vocabs=trained.vocabs,
                rating_range=(1.0, 5.0))                 # -> "saved_models/ml100k/1"
@@ -160,11 +331,13 @@ def export(model: ServingModule | tf.keras.Model, base_dir: str | os.PathLike, *
         add_rating_signatures(module, model, rating_range)
     signatures = module.signatures()
 
-    base_dir = os.fspath(base_dir)
+    base_dir = validate_export_dir(base_dir)
     if os.path.exists(base_dir) and not os.path.isdir(base_dir):
         raise ExportError(f"export target {base_dir!r} exists and is not a folder")
     os.makedirs(base_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=TMP_PREFIX, dir=base_dir)
+    clean_stale_tmp(base_dir)
+    # Owner in the name, so a later export can tell a dead leftover from a running one.
+    tmp = tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{_host_tag()}-{os.getpid()}-", dir=base_dir)
     try:
         # mkdtemp makes the folder 0700; a server running as another user must read it.
         umask = os.umask(0)
@@ -188,6 +361,7 @@ def export(model: ServingModule | tf.keras.Model, base_dir: str | os.PathLike, *
         if metrics is not None:
             meta["metrics"] = dict(metrics)
             _write_json(os.path.join(tmp, EXTRA_DIR, METRICS_FILE), metrics)
+        meta[FILES_KEY] = _file_digests(tmp)
         version = next_version(base_dir)
         while True:
             target = os.path.join(base_dir, str(version))

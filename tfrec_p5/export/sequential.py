@@ -55,7 +55,8 @@ def _window(module: ServingModule, history: tf.Tensor, max_len: int):
     width = tf.maximum(tf.minimum(tf.reduce_max(tf.concat([n, [0]], 0)), max_len), 1)
     pos = n[:, None] - width + tf.range(width)[None]                     # [B, W]
     safe = tf.clip_by_value(pos, 0, tf.maximum(length - 1, 0))
-    gathered = tf.gather(tf.concat([idx, tf.zeros_like(idx[:, :1])], 1), safe, batch_dims=1)
+    pad = tf.zeros([tf.shape(idx)[0], 1], idx.dtype)  # works for a [B, 0] history too
+    gathered = tf.gather(tf.concat([idx, pad], 1), safe, batch_dims=1)
     return idx, tf.where(pos >= 0, gathered, tf.zeros_like(gathered))
 
 

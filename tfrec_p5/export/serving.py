@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_p5.data.pipeline import Vocabularies
-from tfrec_p5.data.vocabulary import OOV_INDEX, Vocabulary
+from tfrec_p5.data.vocabulary import OOV_INDEX, HashedVocabulary, Vocabulary
 
 #: Input specs shared by all signatures: a batch of raw string IDs.
 USER_ID_SPEC = tf.TensorSpec([None], tf.string, name="user_id")
@@ -50,17 +50,22 @@ class IdLookup(tf.Module):
 
     A ``tf.lookup.StaticHashTable`` with the numbering of ``Vocabulary`` (and of
     ``Vocabulary.string_lookup()``), but no Keras object, so the export loads with bare
-    TensorFlow.
+    TensorFlow. For a ``HashedVocabulary`` there is no table: the lookup is the in-graph
+    hash ``1 + tf.strings.to_hash_bucket_fast(id, buckets)`` (``tf.keras.layers.Hashing``'s
+    op), so a 10M-user model exports without a 10M-entry table.
 
         lookup = IdLookup(Vocabulary(["u1", "u2"]))
         lookup(tf.constant(["u2", "nobody"]))   # -> [2, 0]
     """
 
-    def __init__(self, vocab: Vocabulary, name: str | None = None) -> None:
+    def __init__(self, vocab: Vocabulary | HashedVocabulary, name: str | None = None) -> None:
         super().__init__(name=name or f"{vocab.name or 'id'}_lookup")
         self.size = len(vocab)  # tokens + OOV row
         self.table = None
-        if len(vocab.tokens):
+        # A hashed vocabulary: 1 + FarmHash64(id) mod buckets, the op behind
+        # tf.keras.layers.Hashing, so the export needs no table and no Keras.
+        self.hash_buckets = vocab.num_buckets if getattr(vocab, "hashed", False) else None
+        if self.hash_buckets is None and len(vocab.tokens):
             init = tf.lookup.KeyValueTensorInitializer(
                 tf.constant(vocab.tokens.astype(object), tf.string),
                 tf.constant(np.arange(1, len(vocab.tokens) + 1, dtype=np.int64)))
@@ -68,6 +73,8 @@ class IdLookup(tf.Module):
 
     def __call__(self, ids: tf.Tensor) -> tf.Tensor:
         ids = tf.convert_to_tensor(ids, tf.string)
+        if self.hash_buckets is not None:
+            return tf.strings.to_hash_bucket_fast(ids, self.hash_buckets) + 1
         if self.table is None:  # empty vocabulary: everything is OOV
             return tf.zeros_like(ids, dtype=tf.int64)
         return self.table.lookup(ids)

@@ -17,6 +17,11 @@ what each of these buys on MovieLens-100K.
 The model is a functional ``tf.keras.Model`` with inputs ``{"user_id", "item_id"}`` (int64
 vocabulary indices, 0 = OOV) and output ``[B, 1]``, so ``model.fit(pointwise_dataset(...))``
 works as is. The TFRS tutorial architecture is ``RatingConfig.tutorial()``.
+
+Scale: ``train_rating(..., strategy="multi_worker")`` trains on ``tf.distribute``
+(``tfrec_p5.distribute``); ``RatingConfig(hash_buckets={"user_id": 2_000_000})`` hashes
+user IDs instead of building a vocabulary, ``min_count=5`` sends rare IDs to the OOV row
+(``tfrec_p5.towers.tower`` has the memory arithmetic).
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from tfrec_p5 import distribute
 from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import ITEM, USER, Interactions
-from tfrec_p5.data.pipeline import Vocabularies, pointwise_dataset
+from tfrec_p5.data.pipeline import Vocabularies, normalize_hash_buckets, pointwise_dataset
 from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
 from tfrec_p5.towers.side_features import HISTORY_FEATURES, side_features_for
@@ -82,8 +88,15 @@ class RatingConfig(Config):
     steps_per_execution: int = 16
     validation_fraction: float = 0.1  # carved from train when no validation is given
     refit_full: bool = True  # after early stopping on the carved slice, retrain on all
+    min_count: int = 1          # IDs seen fewer times in train map to the OOV row
+    # {"user_id": N, "item_id": M}: hash that side into N buckets (no vocabulary)
+    hash_buckets: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.hash_buckets = normalize_hash_buckets(self.hash_buckets)
+        self.min_count = int(self.min_count)
+        if self.min_count < 1:
+            raise ValueError(f"min_count must be at least 1, got {self.min_count}")
         self.hidden_units = tuple(int(u) for u in self.hidden_units)
         for name in ("user_features", "item_features"):
             value = getattr(self, name)
@@ -205,7 +218,8 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
                  *, vocabs: Vocabularies | None = None, seed: int = 42,
                  callbacks: Sequence[tf.keras.callbacks.Callback] = (), verbose: int = 1,
                  log_dir: str | os.PathLike | None = None,
-                 backup_dir: str | os.PathLike | None = None) -> TrainedRating:
+                 backup_dir: str | os.PathLike | None = None,
+                 strategy: tf.distribute.Strategy | str | None = None) -> TrainedRating:
     """Train a rating model with early stopping on validation RMSE.
 
     * ``vocabs`` default to ``Vocabularies.build(train)``; side-feature tables are built
@@ -220,6 +234,11 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
       ``BackupAndRestore``: rerunning the same call after an interruption resumes from the
       last finished epoch (early-stopping state restarts with it).
     * Seeds: ``tf.keras.utils.set_random_seed(seed)`` (Python, numpy, TF) and the shuffle.
+    * ``strategy``: a ``tf.distribute.Strategy`` or a name (``default``, ``mirrored``,
+      ``multi_worker``, ``parameter_server``; ``tfrec_p5.distribute.resolve_strategy``);
+      ``None`` = the strategy in scope (the default one: plain single-process training).
+      The model and optimizer are built in ``strategy.scope()``; ``config.batch_size``
+      is the global batch.
     """
     if log_dir is not None:
         try:
@@ -228,37 +247,53 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
             raise ImportError("train_rating(log_dir=...) writes TensorBoard logs and needs "
                               "the 'tensorboard' package: pip install tensorboard") from err
     tf.keras.utils.set_random_seed(seed)
-    vocabs = vocabs or Vocabularies.build(train)
+    strategy = distribute.resolve_strategy(strategy)
+    vocabs = vocabs or Vocabularies.build(train, config.min_count, config.hash_buckets)
     fit_table, validation = carve_validation(train, validation, config.validation_fraction,
                                              seed)
     side = side_features_for(config, train, vocabs, fit_table)
     global_mean = float(np.mean(fit_table.rating))
     rating_range = train.rating_range or (float(np.min(train.rating)),
                                           float(np.max(train.rating)))
-    model = build_rating_model(vocabs, side, config, global_mean=global_mean,
-                               rating_range=rating_range)
-    compile_rating_model(model, config)
+    with distribute.scope(strategy):
+        model = build_rating_model(vocabs, side, config, global_mean=global_mean,
+                                   rating_range=rating_range)
+        per_call = distribute.steps_per_execution(strategy, config.steps_per_execution)
+        compile_rating_model(model, config.replace(steps_per_execution=per_call))
 
-    train_ds = pointwise_dataset(fit_table, vocabs, config.batch_size, shuffle=True,
-                                 seed=seed)
-    val_ds = None
+    train_ds, steps = distribute.fit_input(strategy, lambda **kw: pointwise_dataset(
+        fit_table, vocabs, config.batch_size, shuffle=True, seed=seed, **kw))
+    val_ds = val_steps = None
     cbs: list[tf.keras.callbacks.Callback] = []
     if backup_dir is not None:
         cbs.append(tf.keras.callbacks.BackupAndRestore(str(backup_dir)))
     if validation is not None:
         val_batch = max(config.batch_size, 8192)
-        val_ds = pointwise_dataset(validation, vocabs, val_batch)
+        val_ds, val_steps = distribute.fit_input(strategy, lambda **kw: pointwise_dataset(
+            validation, vocabs, val_batch, **kw))
         if config.patience > 0:
             cbs.append(tf.keras.callbacks.EarlyStopping(
                 monitor="val_rmse", mode="min", patience=config.patience,
                 restore_best_weights=True))
     if log_dir is not None:
-        cbs.append(tf.keras.callbacks.TensorBoard(str(log_dir), profile_batch=0))
+        if distribute.is_parameter_server(strategy):
+            log.warning("train_rating: TensorBoard does not support ParameterServerStrategy;"
+                        " no logs written")
+        else:
+            cbs.append(tf.keras.callbacks.TensorBoard(str(log_dir), profile_batch=0))
     cbs.extend(callbacks)
     hist = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs,
-                     verbose=verbose)
+                     verbose=verbose, steps_per_epoch=steps, validation_steps=val_steps)
     stopped = next((cb.stopped_epoch for cb in cbs
                     if isinstance(cb, tf.keras.callbacks.EarlyStopping)), 0)
+    if distribute.is_parameter_server(strategy):  # serve / evaluate from plain variables
+        def rebuild() -> tf.keras.Model:
+            plain = build_rating_model(vocabs, side, config, global_mean=global_mean,
+                                       rating_range=rating_range)
+            return compile_rating_model(plain, config)
+        probe_x = next(iter(pointwise_dataset(fit_table, vocabs, 256)))[0]
+        model = distribute.unsharded_copy(model, rebuild,
+                                          probe=lambda m: m(probe_x, training=False))
     history = dict(hist.history)
     if config.refit_full and fit_table is not train and "val_rmse" in history:
         # ``hist.epoch`` holds the real epoch numbers, also after a BackupAndRestore resume.
@@ -267,7 +302,8 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
                  best_epochs)
         refit = train_rating(train, None, config.replace(
             refit_full=False, validation_fraction=0.0, epochs=best_epochs), vocabs=vocabs,
-            seed=seed, callbacks=callbacks, verbose=verbose, log_dir=log_dir)
+            seed=seed, callbacks=callbacks, verbose=verbose, log_dir=log_dir,
+            strategy=strategy)
         refit.history = {**{f"search_{k}": v for k, v in history.items()}, **refit.history}
         refit.stopped_epoch = stopped
         return refit
@@ -276,8 +312,16 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
 
 def predict_ratings(model: tf.keras.Model, table: Interactions, vocabs: Vocabularies,
                     batch_size: int = 8192) -> np.ndarray:
-    """Predicted ratings for the rows of ``table``, shape ``[n]`` (unknown IDs → OOV)."""
+    """Predicted ratings for the rows of ``table``, shape ``[n]`` (unknown IDs → OOV).
+
+    A model trained under a ``tf.distribute`` strategy is called batch by batch in this
+    process (``model.predict`` would shard the rows across the workers)."""
     ids = vocabs.encode(table)
+    if not distribute.is_default(model.distribute_strategy):
+        preds = [model({USER: tf.constant(ids[USER][s:s + batch_size]),
+                        ITEM: tf.constant(ids[ITEM][s:s + batch_size])}, training=False)
+                 for s in range(0, len(table), batch_size)]
+        return np.concatenate([np.asarray(p, np.float64).reshape(-1) for p in preds])
     preds = model.predict({USER: ids[USER], ITEM: ids[ITEM]}, batch_size=batch_size,
                           verbose=0)
     return np.asarray(preds, dtype=np.float64).reshape(-1)

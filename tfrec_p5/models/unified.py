@@ -16,6 +16,12 @@ model's config the model trains to the same numbers as ``train_rating``.
 
 ``trained.user_vectors()`` / ``trained.item_vectors()`` give the retrieval index tables
 the export precomputes (``tfrec_p5.export.retrieval``).
+
+``train_unified(..., strategy="multi_worker")`` trains on ``tf.distribute``
+(``tfrec_p5.distribute``): towers, heads and optimizer are built in ``strategy.scope()``,
+mean-reduced head losses average over the global batch and regularization losses are
+divided by the replica count, so a 2-worker run follows a 1-process run with the same
+global batch. ``UnifiedConfig(hash_buckets=..., min_count=...)`` bound the ID tables.
 """
 
 from __future__ import annotations
@@ -30,13 +36,21 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfrec_p5 import distribute
 from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import ITEM, RATING, USER, Interactions
-from tfrec_p5.data.pipeline import Vocabularies, pointwise_dataset, retrieval_dataset
+from tfrec_p5.data.pipeline import (
+    Vocabularies,
+    batched_dataset,
+    normalize_hash_buckets,
+    pointwise_dataset,
+    retrieval_dataset,
+)
 from tfrec_p5.data.splits import carve_validation
+from tfrec_p5.data.vocabulary import EMPTY_BUCKET
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
 from tfrec_p5.tasks.base import Head
-from tfrec_p5.tasks.ranking import RankingHead, listwise_dataset
+from tfrec_p5.tasks.ranking import CANDIDATES, RankingHead, listwise_dataset, listwise_examples
 from tfrec_p5.tasks.rating import RatingHead
 from tfrec_p5.tasks.retrieval import (
     HistoryEncoder,
@@ -111,6 +125,25 @@ class UnifiedModel(tfrs.Model):
         """Pair scores of the default head (lets Keras build / summarize the model)."""
         return self.score(features)
 
+    def train_step(self, inputs):
+        """``tfrs.Model.train_step``; under a multi-replica strategy the regularization
+        losses are divided by the replica count (each replica adds them, the optimizer
+        sums the replicas' gradients). One replica: exactly the TFRS step."""
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if replicas == 1:
+            return super().train_step(inputs)
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(inputs, training=True)
+            regularization_loss = tf.reduce_sum(
+                [tf.reduce_sum(x) for x in self.losses]) / replicas
+            total_loss = loss + regularization_loss
+        gradients = tape.gradient(total_loss, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(gradients, self.trainable_variables, strict=True))
+        metrics = {metric.name: metric.result() for metric in self.metrics}
+        metrics.update(loss=loss, regularization_loss=regularization_loss,
+                       total_loss=total_loss)
+        return metrics
+
 
 # ---------------------------------------------------------------------- configuration
 @dataclass
@@ -164,8 +197,15 @@ class UnifiedConfig(Config):
     validation_fraction: float = 0.0
     refit_full: bool = False        # after early stopping, retrain on all of train
     validate_retrieval: bool = True  # per-epoch val Recall@K when there is validation data
+    # large vocabularies (see tfrec_p5.towers.tower)
+    min_count: int = 1              # IDs seen fewer times in train map to the OOV row
+    hash_buckets: dict[str, int] = field(default_factory=dict)  # {"user_id": N, ...}
 
     def __post_init__(self) -> None:
+        self.hash_buckets = normalize_hash_buckets(self.hash_buckets)
+        self.min_count = int(self.min_count)
+        if self.min_count < 1:
+            raise ValueError(f"min_count must be at least 1, got {self.min_count}")
         if isinstance(self.rating, Mapping):
             self.rating = RatingConfig.from_dict(self.rating)
         for name in ("user_features", "item_features"):
@@ -195,7 +235,8 @@ class UnifiedConfig(Config):
                    batch_size=r.batch_size, epochs=r.epochs, patience=r.patience,
                    steps_per_execution=r.steps_per_execution,
                    validation_fraction=r.validation_fraction,
-                   refit_full=bool(getattr(r, "refit_full", False)))
+                   refit_full=bool(getattr(r, "refit_full", False)),
+                   min_count=r.min_count, hash_buckets=dict(r.hash_buckets))
         return base.replace(**changes)
 
 
@@ -253,6 +294,9 @@ class TrainedUnified:
         uv, iv, prior = self._index_cache
         scores = uv[np.asarray(user_index)] @ iv.T + prior[None, :]
         scores[:, 0] = -np.inf
+        tokens = self.vocabs.item.tokens if self.vocabs.item.hashed else None
+        if tokens is not None:  # hashed items: buckets no training item fell into
+            scores[:, 1:][:, tokens == EMPTY_BUCKET] = -np.inf
         return scores
 
     def predict_ratings(self, table: Interactions, batch_size: int = 8192) -> np.ndarray:
@@ -349,6 +393,20 @@ class _EpochTimer(tf.keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._t)
 
 
+def build_model(model: tfrs.Model, dataset: tf.data.Dataset,
+                strategy: tf.distribute.Strategy | None = None) -> None:
+    """Create ``model``'s variables by running ``compute_loss`` on the first batch of
+    ``dataset`` in inference mode: directly for the default strategy, in the coordinator's
+    scope for parameter servers, in a replica context (``strategy.run``, so metrics can
+    update) for mirrored / multi-worker."""
+    batch = next(iter(dataset))
+    if distribute.is_default(strategy) or distribute.is_parameter_server(strategy):
+        with distribute.scope(strategy):
+            model.compute_loss(batch, training=False)
+        return
+    strategy.run(lambda b: model.compute_loss(b, training=False), args=(batch,))
+
+
 def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConfig, *,
                   fit_table: Interactions | None = None) -> tuple[UnifiedModel, dict]:
     """The model for ``config`` and the tables it was built from (side features, ...).
@@ -411,7 +469,8 @@ def train_unified(train: Interactions, validation: Interactions | None,
                   config: UnifiedConfig, *, vocabs: Vocabularies | None = None,
                   seed: int = 42, callbacks: Sequence[tf.keras.callbacks.Callback] = (),
                   verbose: int = 1, log_dir: str | os.PathLike | None = None,
-                  backup_dir: str | os.PathLike | None = None) -> TrainedUnified:
+                  backup_dir: str | os.PathLike | None = None,
+                  strategy: tf.distribute.Strategy | str | None = None) -> TrainedUnified:
     """Train the active heads of ``config`` jointly on ``train``.
 
     Data: pointwise ``(features, rating)`` batches when only the rating head is on (the
@@ -420,41 +479,61 @@ def train_unified(train: Interactions, validation: Interactions | None,
     ``validation`` (or ``config.validation_fraction`` of train, carved as
     ``train_rating`` does) drives early stopping on ``val_rmse`` when ``patience > 0`` and
     the rating head is on.
+
+    ``strategy``: as ``train_rating`` (a ``tf.distribute.Strategy``, a name, or ``None``
+    for the one in scope); ``config.batch_size`` is the global batch.
     """
     tf.keras.utils.set_random_seed(seed)
-    vocabs = vocabs or Vocabularies.build(train)
+    strategy = distribute.resolve_strategy(strategy)
+    vocabs = vocabs or Vocabularies.build(train, config.min_count, config.hash_buckets)
     fit_table, validation = carve_validation(train, validation, config.validation_fraction,
                                              seed)
-    model, tables = build_unified(train, vocabs, config, fit_table=fit_table)
-    kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
-    model.compile(optimizer=_OPTIMIZERS[config.optimizer.lower()](
-        learning_rate=config.learning_rate, **kwargs),
-        steps_per_execution=config.steps_per_execution)
+    with distribute.scope(strategy):
+        model, tables = build_unified(train, vocabs, config, fit_table=fit_table)
+        kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
+        model.compile(optimizer=_OPTIMIZERS[config.optimizer.lower()](
+            learning_rate=config.learning_rate, **kwargs),
+            steps_per_execution=distribute.steps_per_execution(
+                strategy, config.steps_per_execution))
+    if not distribute.is_default(strategy):
+        distribute.make_losses_distributable(model)
 
     active = list(model.heads)
     with_rating = any(t in active for t in ("rating", "ranking"))
     listwise_only = active == ["ranking"] and config.listwise is not None
 
-    def make(table: Interactions, batch_size: int, shuffle: bool) -> tf.data.Dataset:
+    def make(table: Interactions, batch_size: int, shuffle: bool,
+             **dist) -> tf.data.Dataset:
         if listwise_only:
-            return listwise_dataset(table, vocabs, config.list_size, config.lists_per_user,
-                                    batch_size, shuffle, seed)
+            if not dist:
+                return listwise_dataset(table, vocabs, config.list_size,
+                                        config.lists_per_user, batch_size, shuffle, seed)
+            ex = listwise_examples(table, vocabs, config.list_size, config.lists_per_user,
+                                   seed)  # = listwise_dataset, with the distribution kwargs
+            ex[ITEM] = ex[CANDIDATES][:, 0]
+            return batched_dataset({k: tf.constant(v) for k, v in ex.items()}, batch_size,
+                                   shuffle, seed, **dist)
         if active == ["rating"]:
-            return pointwise_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed)
+            return pointwise_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed,
+                                     **dist)
         return retrieval_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed,
-                                 with_rating=with_rating)
+                                 with_rating=with_rating, **dist)
 
-    train_ds = make(fit_table, config.batch_size, True)
+    train_ds, steps = distribute.fit_input(
+        strategy, lambda **kw: make(fit_table, config.batch_size, True, **kw))
     cbs: list[tf.keras.callbacks.Callback] = []
+    if backup_dir is not None or distribute.is_parameter_server(strategy):
+        # Build the variables before fit (BackupAndRestore needs them; the parameter-server
+        # coordinator must create them outside the scheduled steps) on one batch: inference
+        # mode draws no random numbers, so the initial weights are the ones fit would make.
+        build_model(model, make(fit_table, config.batch_size, True), strategy)
     if backup_dir is not None:
-        # BackupAndRestore needs built variables: build them on one batch (inference mode
-        # draws no random numbers, so the initial weights are the ones fit would create).
-        model.compute_loss(next(iter(train_ds)), training=False)
         cbs.append(tf.keras.callbacks.BackupAndRestore(str(backup_dir)))
-    val_ds = None
+    val_ds = val_steps = None
     if validation is not None and "rating" in active and config.patience > 0:
         val_batch = max(config.batch_size, 8192)
-        val_ds = make(validation, val_batch, False)
+        val_ds, val_steps = distribute.fit_input(
+            strategy, lambda **kw: make(validation, val_batch, False, **kw))
         cbs.append(tf.keras.callbacks.EarlyStopping(
             monitor="val_rmse", mode="min", patience=config.patience,
             restore_best_weights=True))
@@ -467,20 +546,31 @@ def train_unified(train: Interactions, validation: Interactions | None,
                 monitor=monitor, mode="max", patience=config.patience,
                 restore_best_weights=True))
     if log_dir is not None:
-        cbs.append(tf.keras.callbacks.TensorBoard(str(log_dir), profile_batch=0))
+        if distribute.is_parameter_server(strategy):
+            log.warning("train_unified: TensorBoard does not support ParameterServerStrategy;"
+                        " no logs written")
+        else:
+            cbs.append(tf.keras.callbacks.TensorBoard(str(log_dir), profile_batch=0))
     timer = _EpochTimer()
     cbs.append(timer)
     cbs.extend(callbacks)
     hist = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs,
-                     verbose=verbose)
+                     verbose=verbose, steps_per_epoch=steps, validation_steps=val_steps)
     history = dict(hist.history)
+    if distribute.is_parameter_server(strategy):  # serve / evaluate from plain variables
+        probe_ds = make(fit_table, config.batch_size, False)
+        probe_x = UnifiedModel._features(next(iter(probe_ds)))
+        model = distribute.unsharded_copy(
+            model, lambda: build_unified(train, vocabs, config, fit_table=fit_table)[0],
+            lambda plain: build_model(plain, probe_ds), probe=lambda m: m.score(probe_x))
     if config.refit_full and fit_table is not train and monitor in history:
         # As train_rating: the best epoch count found on validation, refit on all rows.
         values = np.asarray(history[monitor])
         best_epochs = int(np.argmin(values) if monitor == "val_rmse" else np.argmax(values)) + 1
         refit = train_unified(train, None, config.replace(
             refit_full=False, validation_fraction=0.0, epochs=best_epochs), vocabs=vocabs,
-            seed=seed, callbacks=callbacks, verbose=verbose, log_dir=log_dir)
+            seed=seed, callbacks=callbacks, verbose=verbose, log_dir=log_dir,
+            strategy=strategy)
         refit.history = {**{f"search_{k}": v for k, v in history.items()}, **refit.history}
         return refit
     return TrainedUnified(model, vocabs, config, tables["side_features"], history,

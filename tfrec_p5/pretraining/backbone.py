@@ -24,6 +24,13 @@ specs) is checked against the tower files, the vocabularies and the side feature
 load, so a backbone assembled from mismatched parts fails with a ``BackboneError`` naming
 the file and field instead of silently mis-aligning rows.
 
+Broken files: the manifest records the size and SHA-256 of every file (``checksums``),
+``load_backbone`` checks them first, and any other failure while reading a part is turned
+into a ``BackboneError`` too, so a truncated, tampered or half-written backbone fails with
+one message naming the file. ``save_backbone`` deletes an existing manifest before
+writing and writes the new one last: a save killed half-way leaves a folder without a
+manifest, which ``load_backbone`` refuses.
+
 Vocabulary growth (``grow_vocabulary`` / ``grow_backbone``): old tokens keep their old
 indices and new tokens are appended (most frequent first), so every pretrained row stays
 where it was and is copied bit for bit.
@@ -31,6 +38,7 @@ where it was and is copied bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -45,6 +53,8 @@ from tfrec_p5._version import __version__
 from tfrec_p5.data.interactions import ITEM, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies
 from tfrec_p5.data.vocabulary import Vocabulary
+from tfrec_p5.export.saved_model import file_digest
+from tfrec_p5.tasks.next_item import NextItemTask, load_next_item_head, save_next_item_head
 from tfrec_p5.towers import SideFeatures, Tower, load_tower, save_tower
 from tfrec_p5.towers.side_features import HISTORY_FEATURES, FeatureTable, tokenize
 
@@ -64,6 +74,8 @@ FILES = {
 }
 _SPEC_KEYS = ("class", "num_ids", "embedding_dim", "output_dim", "feature_dim", "l2",
               "features")
+#: The parts' sub-folders; every file in them is listed in the manifest's ``checksums``.
+PART_DIRS = ("vocab", "side_features", "user_tower", "item_tower", "next_item")
 
 
 class BackboneError(ValueError):
@@ -88,6 +100,8 @@ class Backbone:
     vocabs: Vocabularies
     side_features: SideFeatures
     manifest: dict[str, Any] = field(default_factory=dict)
+    #: The pretrained next-item head (its encoder reads ``item_tower``), if pretrained.
+    next_item_head: NextItemTask | None = None
 
     def feature_spec(self) -> dict[str, dict]:
         """The towers' shape description stored in (and checked against) the manifest."""
@@ -126,10 +140,19 @@ def save_backbone(backbone: Backbone, directory: str | os.PathLike, *,
     """
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
+    # No manifest while the parts are half-written: a killed save is refused on load.
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(directory, MANIFEST))
     backbone.vocabs.save(os.path.join(directory, "vocab"))
     backbone.side_features.save(os.path.join(directory, "side_features"))
     save_tower(_built(backbone.user_tower), os.path.join(directory, "user_tower"))
     save_tower(_built(backbone.item_tower), os.path.join(directory, "item_tower"))
+    next_item = None
+    if backbone.next_item_head is not None:
+        saved = save_next_item_head(backbone.next_item_head,
+                                    os.path.join(directory, "next_item"))
+        next_item = {"config": saved["config"],
+                     "files": ["next_item/head.json", "next_item/weights.npz"]}
     meta = {**dict(backbone.manifest), **dict(manifest or {})}
     meta.update({
         "format": BACKBONE_FORMAT, "format_version": FORMAT_VERSION,
@@ -139,13 +162,63 @@ def save_backbone(backbone: Backbone, directory: str | os.PathLike, *,
         "vocab_sizes": {USER: len(backbone.vocabs.user), ITEM: len(backbone.vocabs.item)},
         "feature_spec": backbone.feature_spec(),
         "files": dict(FILES),
+        "checksums": _part_digests(directory),
     })
+    meta.pop("next_item", None)
+    if next_item is not None:
+        meta["next_item"] = next_item
     backbone.manifest = meta
     path = os.path.join(directory, MANIFEST)
-    with open(path, "w", encoding="utf-8") as f:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(_jsonable(meta), f, indent=2, sort_keys=True)
         f.write("\n")
+    os.replace(tmp, path)  # the manifest appears complete or not at all
     return path
+
+
+def _part_digests(directory: str) -> dict[str, dict[str, Any]]:
+    """``{relative path: {"bytes", "sha256"}}`` of every file in the part folders."""
+    out = {}
+    for part in PART_DIRS:
+        for root, _, files in os.walk(os.path.join(directory, part)):
+            for name in files:
+                full = os.path.join(root, name)
+                rel = os.path.relpath(full, directory).replace(os.sep, "/")
+                out[rel] = file_digest(full)
+    return dict(sorted(out.items()))
+
+
+def verify_checksums(directory: str | os.PathLike, meta: Mapping[str, Any]) -> None:
+    """Compare the part files with the manifest's ``checksums`` (sizes and SHA-256).
+
+    ``BackboneError`` naming the first missing, truncated or modified file; a manifest
+    without ``checksums`` (written before they were recorded) passes unchecked.
+    """
+    directory = os.fspath(directory)
+    sums = meta.get("checksums")
+    if sums is None:
+        return
+    manifest_path = os.path.join(directory, MANIFEST)
+    if not isinstance(sums, Mapping):
+        raise BackboneError("manifest checksums must be an object", path=manifest_path,
+                            field="checksums")
+    for rel, want in sums.items():
+        rel = str(rel)
+        full = os.path.join(directory, *rel.split("/"))
+        if ".." in rel.split("/") or not os.path.isfile(full):
+            raise BackboneError(f"missing backbone file {rel!r}", path=full, field="checksums")
+        try:
+            got = file_digest(full)
+            size, sha = int(want["bytes"]), str(want["sha256"])
+        except (OSError, TypeError, KeyError, ValueError) as err:
+            raise BackboneError(f"cannot check {rel!r}: {err}", path=full) from err
+        if got["bytes"] != size:
+            raise BackboneError(f"corrupt backbone file: {got['bytes']} bytes, {size} were "
+                                "saved (truncated or modified)", path=full)
+        if got["sha256"] != sha:
+            raise BackboneError("corrupt backbone file: modified after it was saved "
+                                "(SHA-256 mismatch)", path=full)
 
 
 def _plain(obj: Any) -> Any:
@@ -208,6 +281,7 @@ def load_backbone(directory: str | os.PathLike, *,
     """
     directory = os.fspath(directory)
     meta = read_manifest(directory)
+    verify_checksums(directory, meta)
     for key, rel in FILES.items():
         if not os.path.isfile(os.path.join(directory, rel)):
             raise BackboneError(f"missing backbone file {rel!r}",
@@ -240,14 +314,14 @@ def load_backbone(directory: str | os.PathLike, *,
                     field=f"feature_spec.{side}.{key}")
         try:
             towers[side] = load_tower(os.path.join(directory, f"{side}_tower"))
-        except (tf.errors.OpError, ValueError, KeyError) as err:
-            raise BackboneError(f"cannot restore {side} tower weights: {err}",
+        except Exception as err:  # noqa: BLE001  TF / Keras raise many types here
+            raise BackboneError(f"cannot restore {side} tower weights: {_first_line(err)}",
                                 path=os.path.join(directory, f"{side}_tower", "weights"),
                                 ) from err
     try:
         vocabs = Vocabularies.load(os.path.join(directory, "vocab"))
-    except ValueError as err:
-        raise BackboneError(str(err), path=os.path.join(directory, "vocab")) from err
+    except Exception as err:  # noqa: BLE001
+        raise BackboneError(_first_line(err), path=os.path.join(directory, "vocab")) from err
     for side, vocab in (("user", vocabs.user), ("item", vocabs.item)):
         if len(vocab) != spec[side]["num_ids"]:
             raise BackboneError(
@@ -256,8 +330,9 @@ def load_backbone(directory: str | os.PathLike, *,
                 field=f"feature_spec.{side}.num_ids")
     try:
         side_features = SideFeatures.load(os.path.join(directory, "side_features"))
-    except ValueError as err:
-        raise BackboneError(str(err), path=os.path.join(directory, "side_features")) from err
+    except Exception as err:  # noqa: BLE001  e.g. zipfile.BadZipFile, EOFError
+        raise BackboneError(_first_line(err),
+                            path=os.path.join(directory, "side_features")) from err
     for side, tables in (("user", side_features.user), ("item", side_features.item)):
         found = [t.spec() for t in tables.values()]
         if _plain(found) != spec[side]["features"]:
@@ -266,7 +341,20 @@ def load_backbone(directory: str | os.PathLike, *,
                 f"tower's feature spec {[f['name'] for f in spec[side]['features']]}",
                 path=os.path.join(directory, FILES["side_features_json"]),
                 field=f"feature_spec.{side}.features")
-    return Backbone(towers["user"], towers["item"], vocabs, side_features, meta)
+    head = None
+    if meta.get("next_item") is not None:
+        folder = os.path.join(directory, "next_item")
+        try:
+            head = load_next_item_head(folder, towers["item"])
+        except Exception as err:  # noqa: BLE001
+            raise BackboneError(f"cannot restore the next-item encoder: {_first_line(err)}",
+                                path=folder, field="next_item") from err
+    return Backbone(towers["user"], towers["item"], vocabs, side_features, meta, head)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
 
 
 # ---------------------------------------------------------------------- growth
@@ -417,5 +505,6 @@ def grow_backbone(backbone: Backbone, data: Interactions, *, seed: int = 0) -> B
     item_tower = _grow_tower(backbone.item_tower, n_new["item"], item_tables, seed + 1)
     manifest = {**backbone.manifest, "grown": {
         "user": [n_old["user"], n_new["user"]], "item": [n_old["item"], n_new["item"]]}}
+    head = backbone.next_item_head
     return Backbone(user_tower, item_tower, vocabs, SideFeatures(user_tables, item_tables),
-                    manifest)
+                    manifest, None if head is None else head.clone(item_tower))

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
 from typing import Any
 
@@ -41,16 +42,27 @@ def _parse_weights(spec: str | None) -> dict[str, float]:
     return out
 
 
-def _split(table, spec: str, seed: int):
+def _split(table, spec: str, seed: int, *, prefer_validation: bool = False):
+    """``(train, held-out)``: the split's test part, or (``prefer_validation``, for
+    pretraining metrics) its own validation part when it has one (leave-one-out: the
+    item right after each user's training items, which next-item validation ranks)."""
     from tfrec_p5.data import parse_split
 
     split = parse_split(spec, table, seed=seed)
-    return (table, None) if split is None else (split.train, split.test)
+    if split is None:
+        return table, None
+    if prefer_validation and split.validation is not None and len(split.validation):
+        return split.train, split.validation
+    return split.train, split.test
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain on the training part of ``--data`` and write the backbone to ``--out``."""
-    from tfrec_p5.cli import CliError, _read_config
+    from tfrec_p5.cli import CliError, _read_config, _strategy
+
+    # --strategy (tfrec_p5.distribute): parameter-server worker / ps tasks serve here.
+    strategy = _strategy(getattr(args, "strategy", None))
+    from tfrec_p5 import distribute
 
     overrides = _read_config(args.config)
     if os.path.exists(os.path.join(args.out, "manifest.json")) and not args.overwrite:
@@ -72,14 +84,26 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         raise CliError(str(err), status=2) from err
     info = sys.stderr if args.json else sys.stdout
     table = load(args.data)
-    train, test = _split(table, args.split, args.seed)
+    train, test = _split(table, args.split, args.seed, prefer_validation=True)
     print(f"pretrain on {args.data} ({args.split}, seed {args.seed}): {len(train):,} "
           f"training rows; tasks {', '.join(tasks)}", file=info)
+    # Like `train`: a killed run leaves a BackupAndRestore checkpoint; the same command
+    # resumes from its last finished epoch.
+    from tfrec_p5.cli import BACKUP_PREFIX, backup_epochs
+
+    backup_dir = os.path.join(args.out, BACKUP_PREFIX + "pretrain")
+    done = backup_epochs(backup_dir) if os.path.isdir(backup_dir) else None
+    if done is not None:
+        print(f"resuming from epoch {done} (the last epoch an interrupted run completed; "
+              f"backup {backup_dir})", file=info)
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect:
         pre = pretrain(train, weights=_parse_weights(args.weights) or None, config=config,
                        label_fraction=args.label_fraction, validation=test, seed=args.seed,
-                       out=args.out, data_spec=args.data, verbose=0 if args.quiet else 1)
+                       out=args.out, data_spec=args.data, verbose=0 if args.quiet else 1,
+                       backup_dir=backup_dir, strategy=strategy)
+    if distribute.is_chief(strategy):
+        shutil.rmtree(backup_dir, ignore_errors=True)
     manifest = dict(pre.backbone.manifest)
     manifest.update(split=args.split)
     print(f"backbone {args.out}: tasks {manifest['tasks']}, {manifest['epochs']} epochs, "
@@ -97,7 +121,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
     overrides = _read_config(args.config)
     from tfrec_p5.data import load
-    from tfrec_p5.export.saved_model import export
+    from tfrec_p5.export.saved_model import export, validate_export_dir
+
+    validate_export_dir(args.out)  # a bad --out fails now, not after training
     from tfrec_p5.pretraining.backbone import load_backbone
     from tfrec_p5.pretraining.finetuner import FinetuneConfig, finetune, serving_module
 
@@ -112,19 +138,29 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     backbone = load_backbone(args.backbone)  # fail fast, before loading data
     info = sys.stderr if args.json else sys.stdout
     table = load(args.data)
-    train, test = _split(table, args.split, args.seed)
+    validation = None
+    if args.task == "next_item":
+        # next-item validation is the split's own (leave-one-out: each user's second-last
+        # item); without one, finetune carves each user's last training item.
+        from tfrec_p5.data import parse_split
+
+        split = parse_split(args.split, table, seed=args.seed)
+        train, validation, test = (table, None, None) if split is None else \
+            (split.train, split.validation, split.test)
+    else:
+        train, test = _split(table, args.split, args.seed)
     print(f"finetune {args.backbone} for {args.task} (freeze {config.freeze}) on "
           f"{args.data} ({args.split}, seed {args.seed}): {len(train):,} training rows",
           file=info)
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect:
-        tuned = finetune(backbone, train, config=config, seed=args.seed,
-                         verbose=0 if args.quiet else 1)
+        tuned = finetune(backbone, train, config=config, validation=validation,
+                         seed=args.seed, verbose=0 if args.quiet else 1)
     module = serving_module(tuned, k=args.top_k)
-    task = _task(args.task)
+    task = _task("sequential" if args.task == "next_item" else args.task)
     rows, metrics = [], {}
     if test is not None and len(test):
-        values = _run_evaluate(task, module.signature, test, (train,))
+        values = _run_evaluate(task, module.signature, test, (train, validation))
         rows.append(("test", len(test), values))
         metrics.update(_flat("test", len(test), values))
     grown = tuned.backbone.manifest.get("grown") if tuned.backbone else None
@@ -135,7 +171,8 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                               ("data", "tasks", "weights", "epochs", "metrics",
                                "package_version", "format_version")},
         "backbone_grown": grown, "config": {"finetune": config.to_dict()},
-        "epochs_run": len(tuned.history.get("loss", [])),
+        "epochs_run": tuned.epochs_run if isinstance(tuned.history, list)
+        else len(tuned.history.get("loss", [])),
     }
     path = export(module, args.out, metadata=metadata, metrics=metrics)
     if rows:
@@ -155,11 +192,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--data", default="synthetic", metavar="SPEC", help="data spec "
                    "(default: synthetic)")
     p.add_argument("--split", default="random:0.8", metavar="SPEC", help="pretrain on the "
-                   "training part of this split (random:F, temporal:F, tfrs:PATH, none); the "
-                   "test part is only evaluated (default random:0.8)")
+                   "training part of this split (random:F, temporal:F, leave-one-out, "
+                   "tfrs:PATH, none); the test part (leave-one-out: the validation part) is "
+                   "only evaluated (default random:0.8)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--tasks", default="retrieval,rating", help="comma-separated: retrieval, "
-                   "rating (default both; rating is dropped for data without ratings)")
+                   "rating, next_item (default retrieval,rating; rating is dropped for data "
+                   "without ratings; next_item orders each user's rows by timestamp)")
     p.add_argument("--weights", metavar="TASK=W,...", help="loss weight per task")
     p.add_argument("--label-fraction", type=float, help="share of training ratings the "
                    "rating task sees (default all)")
@@ -167,6 +206,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--config", metavar="FILE.json", help="PretrainConfig overrides (JSON)")
     p.add_argument("--overwrite", action="store_true", help="replace a backbone in --out")
+    p.add_argument("--strategy", default="default",
+                   choices=["default", "mirrored", "multi_worker", "parameter_server"],
+                   help="tf.distribute strategy (see 'tfrec-p5 train --help'); multi_worker "
+                   "and parameter_server read TF_CONFIG; --batch-size is the global batch")
+    p.add_argument("--deterministic", action="store_true", help="bit-identical reruns "
+                   "(oneDNN off, TF op determinism; see 'train --help')")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     p.add_argument("--quiet", action="store_true", help="no Keras progress bar")
     p.add_argument("--out", required=True, metavar="DIR", help="backbone folder, e.g. "
@@ -178,13 +223,16 @@ def add_parsers(sub) -> None:
                        "--task head, train on the training part of --data, report test "
                        "metrics, export to --out/<version>/ like 'train' does.")
     p.add_argument("--backbone", required=True, metavar="DIR")
-    p.add_argument("--task", default="rating", choices=["rating", "retrieval"])
+    p.add_argument("--task", default="rating", choices=["rating", "retrieval", "next_item"],
+                   help="next_item: the backbone's item tower + its pretrained next-item "
+                   "encoder (use --split leave-one-out); exports next_items / score_items")
     p.add_argument("--data", default="synthetic", metavar="SPEC")
     p.add_argument("--split", default="random:0.8", metavar="SPEC")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--freeze", choices=["none", "towers", "embeddings", "lower_lr"],
+    p.add_argument("--freeze", choices=["none", "towers", "embeddings", "lower_lr", "auto"],
                    help="what to freeze (default towers: only the new head trains; lower_lr: "
-                   "everything trains, the backbone at --backbone-lr-scale x the LR)")
+                   "everything trains, the backbone at --backbone-lr-scale x the LR; auto: "
+                   "towers with few labels per user, lower_lr with many)")
     p.add_argument("--backbone-lr-scale", type=float)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)

@@ -17,10 +17,19 @@ labels.
                    out="backbones/ml100k")
     pre.backbone.user_tower                         # the pretrained user tower
 
-Next-item pretraining (``tfrec_p5.tasks.next_item.NextItemTask``) is not wired in: it
-trains on per-user history batches, not on the (user, item) pair batches the other heads
-share, so it needs a second dataset interleaved with the first (README, 'Pretraining
-tasks').
+*Next-item* (``tfrec_p5.tasks.next_item.NextItemTask``) is self-supervised too: each
+user's interactions in time order, every prefix predicting the item that followed. Its
+batches are per-user histories, not (user, item) pairs, so ``pretrain`` zips the pair
+batches with history batches (``length_bucketed_dataset``, repeated; by default sized so
+one epoch is one pass over both) into one batch dict, and ``PretrainModel.compute_loss``
+adds the weighted next-item loss to the others in the same step. The encoder reads items
+through the shared ``ItemTower``, so its gradients shape the item embeddings the
+backbone saves; the encoder itself is saved too (``Backbone.next_item_head``), so
+``finetune(..., task="next_item")`` starts from it.
+
+    pre = pretrain(train, tasks=["retrieval", "rating", "next_item"],
+                   weights={"next_item": 100.0}, out="backbones/ml100k_seq")
+    pre.trained.history["next_item_loss"]           # per-epoch next-item loss
 """
 
 from __future__ import annotations
@@ -35,18 +44,28 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
+from tfrec_p5 import distribute
 from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import ITEM, RATING, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, batched_dataset
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
-from tfrec_p5.models.unified import TrainedUnified, UnifiedConfig, UnifiedModel
+from tfrec_p5.models.sequential import (
+    SequentialConfig,
+    length_bucketed_dataset,
+    next_item_examples,
+    ranking_metrics,
+    ranking_queries,
+)
+from tfrec_p5.models.unified import TrainedUnified, UnifiedConfig, UnifiedModel, build_model
 from tfrec_p5.pretraining.backbone import Backbone, save_backbone
+from tfrec_p5.tasks.next_item import HISTORY, NEXT_ITEM, NextItemTask
 from tfrec_p5.tasks.rating import RatingHead
 from tfrec_p5.tasks.retrieval import RetrievalHead, history_csr, item_frequencies
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
 
 log = logging.getLogger(__name__)
-PRETRAIN_TASKS = ("retrieval", "rating")
+PRETRAIN_TASKS = ("retrieval", "rating", "next_item")
+PAIR_TASKS = ("retrieval", "rating")  # heads reading (user, item) pair batches
 RATING_MASK = "rating_mask"
 
 
@@ -70,6 +89,44 @@ class MaskedRatingHead(RatingHead):
         return self.ranking(labels=labels, predictions=pred, sample_weight=weight)
 
 
+def _has_inputs(task: str, features: Mapping[str, tf.Tensor]) -> bool:
+    if task == "next_item":
+        return HISTORY in features and NEXT_ITEM in features
+    return USER in features and ITEM in features
+
+
+class PretrainModel(UnifiedModel):
+    """``UnifiedModel`` for mixed batches: a head runs only if its inputs are in the batch,
+    and each head's loss is tracked as a metric (``history["next_item_loss"]``, ...).
+
+    Why: a pretraining batch carries (user, item) pairs *and* user histories, but a
+    validation batch may carry only pairs. Which heads run is decided from the batch's
+    keys when Keras traces the step (Python at trace time only), so the compiled
+    training step is the same graph every step.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.task_losses = [tf.keras.metrics.Mean(name=f"{t}_loss") for t in self.heads]
+
+    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+        features = self._features(inputs)
+        user_vec, item_vec = self.tower_outputs(features, training)
+        losses = []
+        for (name, weight), tracker in zip(self.loss_weights.items(), self.task_losses,
+                                           strict=True):
+            if not _has_inputs(name, features):
+                continue
+            loss = self.heads[name].compute_loss(features, user_vec, item_vec,
+                                                 training=training)
+            tracker.update_state(loss)
+            losses.append(weight * loss)
+        if not losses:
+            raise ValueError(f"the batch ({sorted(features)}) feeds none of the heads "
+                             f"{list(self.heads)}")
+        return tf.add_n(losses)
+
+
 @dataclass
 class PretrainConfig(Config):
     """Towers, heads and training of the pretraining run.
@@ -78,13 +135,16 @@ class PretrainConfig(Config):
     with the full-catalog softmax and log-Q correction reading the *user tower* (no
     separate history encoder, so the collaborative signal lands in the towers the
     backbone saves), the rating head of ``RatingConfig``. Loss scales: the retrieval
-    loss is a *sum* over the batch (``tfrs.tasks.Retrieval``), the rating loss a mean,
-    so ``rating: 1`` is a light auxiliary task; ``rating: 1000`` (comparable scales)
-    overfit the visible labels on the ML-100K validation slice (see
-    ``benchmarks/RESULTS.md``).
+    loss is a *sum* over the batch (``tfrs.tasks.Retrieval``), the rating and next-item
+    losses are means, so ``rating: 1`` is a light auxiliary task; ``rating: 1000``
+    (comparable scales) overfit the visible labels on the ML-100K validation slice (see
+    ``benchmarks/RESULTS.md``). ``next_item`` (off by default; its weight defaults to 1)
+    uses ``sequential``'s head shape; ``history_len`` adds the implicit ``rated_items`` /
+    ``rated_by`` features built from every pretraining interaction (default 128: on the
+    ML-100K validation slice they cut the label-cold users' RMSE most, see RESULTS.md).
     """
 
-    tasks: tuple[str, ...] = PRETRAIN_TASKS
+    tasks: tuple[str, ...] = PAIR_TASKS  # + "next_item" to pretrain the sequential head
     weights: dict[str, float] = field(default_factory=lambda: {"retrieval": 1.0,
                                                                "rating": 1.0})
     # towers
@@ -96,8 +156,14 @@ class PretrainConfig(Config):
     user_features: tuple[str, ...] | None = None
     item_features: tuple[str, ...] | None = None
     max_text_tokens: int = 16
+    # >0: rated_items / rated_by tower features from *all* pretraining interactions
+    history_len: int = 128
     # heads
     rating: RatingConfig = field(default_factory=RatingConfig)
+    # next-item head: SequentialConfig's max_len, encoder, num_blocks, num_heads, ffn_dim,
+    # dropout, loss, num_negatives (the tower width is embedding_dim above)
+    sequential: SequentialConfig = field(default_factory=SequentialConfig)
+    next_item_batch_size: int | None = None  # None: one pass over the histories per epoch
     temperature: float | None = 0.2
     log_q: bool = True
     full_softmax: bool = True
@@ -113,16 +179,14 @@ class PretrainConfig(Config):
     def __post_init__(self) -> None:
         if isinstance(self.rating, Mapping):
             self.rating = RatingConfig.from_dict(self.rating)
+        if isinstance(self.sequential, Mapping):
+            self.sequential = SequentialConfig.from_dict(self.sequential)
         self.tasks = tuple(self.tasks)
         for name in ("user_features", "item_features"):
             if getattr(self, name) is not None:
                 setattr(self, name, tuple(getattr(self, name)))
         self.weights = {str(k): float(v) for k, v in dict(self.weights).items()}
         bad = [t for t in self.tasks if t not in PRETRAIN_TASKS]
-        if "next_item" in bad:
-            raise ValueError("next_item pretraining is not supported yet: NextItemTask "
-                             "trains on per-user history batches, not the pair batches "
-                             "retrieval/rating share (see the README, 'Pretraining tasks')")
         if bad:
             raise ValueError(f"unknown pretraining task(s) {bad}; known: "
                              f"{list(PRETRAIN_TASKS)}")
@@ -158,6 +222,10 @@ def fresh_backbone(train: Interactions, config: PretrainConfig | None = None, *,
     if config.use_side_features and (train.user_features or train.item_features):
         side = SideFeatures.build(train, vocabs, config.user_features, config.item_features,
                                   max_tokens=config.max_text_tokens)
+    if config.history_len > 0:
+        # Who-rated-what needs no labels: every pretraining interaction feeds it, so a
+        # user with few visible ratings still has a full implicit history.
+        side = side.with_histories(train, vocabs, config.history_len)
     kwargs = {"embedding_dim": config.embedding_dim, "output_dim": config.tower_output_dim,
               "feature_dim": config.feature_dim, "l2": config.l2}
     user_tower = UserTower.from_vocab(vocabs, side, **kwargs)
@@ -192,13 +260,53 @@ def _sized(ds: tf.data.Dataset, n: int, batch_size: int) -> tf.data.Dataset:
     return ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
 
 
+def _with_histories(pairs: tf.data.Dataset | None, data: Interactions,
+                    vocabs: Vocabularies, config: PretrainConfig,
+                    seed: int) -> tf.data.Dataset:
+    """The training batches with next-item history rows merged in.
+
+    Pair batches (if any) set the epoch length; the history batches
+    (``length_bucketed_dataset``: one row per user, every prefix a target) are repeated
+    alongside and merged into the same dict, so one step trains every head. Their batch
+    size defaults to ``ceil(users / pair steps)``: one pass over the histories per epoch.
+    """
+    examples = next_item_examples(data, vocabs, config.sequential.max_len)
+    rows = len(examples[HISTORY])
+    if rows == 0:
+        raise ValueError("next_item pretraining needs users with two or more interactions")
+    examples = {HISTORY: examples[HISTORY], NEXT_ITEM: examples[NEXT_ITEM]}
+    if pairs is None:
+        return length_bucketed_dataset(examples, config.next_item_batch_size
+                                       or config.sequential.batch_size, seed=seed)
+    steps = int(pairs.cardinality().numpy())
+    batch = config.next_item_batch_size or math.ceil(rows / steps)
+    histories = length_bucketed_dataset(examples, batch, seed=seed).repeat()
+    merged = tf.data.Dataset.zip((pairs, histories)).map(lambda p, h: {**p, **h})
+    return merged.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(
+        tf.data.AUTOTUNE)
+
+
+def _next_item_validation(head: NextItemTask | None, data: Interactions,
+                          validation: Interactions, vocabs: Vocabularies) -> dict[str, float]:
+    """Full-ranking HR/NDCG@10 of the pretrained next-item head on ``validation`` when it
+    holds one next item per user (a leave-one-out split); else nothing."""
+    if head is None or len(np.unique(validation.user_id)) != len(validation):
+        return {}
+    queries = ranking_queries(data, validation, vocabs, head.max_len)
+    if not len(queries):
+        return {}
+    return {f"validation_next_item_{k}": v
+            for k, v in ranking_metrics(head, queries, ks=(10,)).items()}
+
+
 def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
              weights: Mapping[str, float] | None = None, *,
              config: PretrainConfig | None = None, rating_mask: np.ndarray | None = None,
              label_fraction: float | None = None, validation: Interactions | None = None,
              vocabs: Vocabularies | None = None, seed: int = 42,
              out: str | os.PathLike | None = None, data_spec: str | None = None,
-             verbose: int = 1) -> Pretrained:
+             verbose: int = 1, backup_dir: str | os.PathLike | None = None,
+             strategy: tf.distribute.Strategy | str | None = None) -> Pretrained:
     """Pretrain the towers of a ``UnifiedModel`` on ``tasks`` and (with ``out``) save the
     backbone.
 
@@ -206,14 +314,31 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
       data: the training interactions (or a data spec for ``tfrec_p5.data.load``); all of
         it is used: pass the training part of your split, never the test part.
       tasks, weights: override ``config.tasks`` / ``config.weights`` (loss weight per
-        task; 0 switches a task off).
+        task; 0 switches a task off). Tasks: ``retrieval``, ``rating``, ``next_item``
+        (each user's rows in timestamp order; see the module docstring).
       rating_mask / label_fraction: which rows' ratings the rating task sees (boolean
         mask, or a random fraction drawn with ``seed``); default: all.
       validation: held-out rows; their rating RMSE / retrieval Recall@10 go to the
         manifest's metrics (and ``val_loss`` drives early stopping if ``patience > 0``).
       out: backbone folder (``save_backbone``); the manifest records data, tasks,
         weights, epochs, metrics and the config.
+      backup_dir: adds ``BackupAndRestore``: rerunning the same call after an interruption
+        (a killed job) resumes from the last finished epoch; removed when ``fit`` ends.
+      strategy: a ``tf.distribute.Strategy`` or a name (``tfrec_p5.distribute``); ``None``
+        = the one in scope (default: one process). The whole run happens in its scope;
+        with ``multi_worker`` only the chief writes ``out``. ``next_item`` pretraining
+        is single-process only.
     """
+    strategy = distribute.resolve_strategy(strategy)
+    if not distribute.is_default(strategy) and not tf.distribute.has_strategy():
+        # Towers, heads and optimizer are created in the strategy's scope; every worker
+        # saves (saving may run collective ops), only the chief into ``out``.
+        with strategy.scope(), distribute.write_dir(out or ".", strategy) as target:
+            return pretrain(data, tasks, weights, config=config, rating_mask=rating_mask,
+                            label_fraction=label_fraction, validation=validation,
+                            vocabs=vocabs, seed=seed, out=None if out is None else target,
+                            data_spec=data_spec, verbose=verbose, backup_dir=backup_dir,
+                            strategy=strategy)
     if isinstance(data, str):
         from tfrec_p5.data import load
 
@@ -251,41 +376,85 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
         heads["rating"] = MaskedRatingHead.from_rating_config(
             config.rating, len(vocabs.user), len(vocabs.item), global_mean=global_mean,
             rating_range=rating_range)
-    model = UnifiedModel(backbone.user_tower, backbone.item_tower, heads,
-                         {t: config.weight(t) for t in heads})
+    if "next_item" in active:
+        if data.timestamp is None:
+            log.warning("pretrain: no timestamps; next_item reads each user's rows in "
+                        "table order")
+        seq = config.sequential
+        heads["next_item"] = NextItemTask(
+            seq.max_len, kind=seq.encoder, num_blocks=seq.num_blocks,
+            num_heads=seq.num_heads, ffn_dim=seq.ffn_dim, dropout=seq.dropout,
+            loss=seq.loss, num_negatives=seq.num_negatives,
+            item_probabilities=item_frequencies(data, vocabs) if seq.loss == "sampled"
+            else None)
+    model = PretrainModel(backbone.user_tower, backbone.item_tower, heads,
+                          {t: config.weight(t) for t in heads})
     model.compile(optimizer=_OPTIMIZERS[config.optimizer.lower()](
-        learning_rate=config.learning_rate), steps_per_execution=config.steps_per_execution)
+        learning_rate=config.learning_rate),
+        steps_per_execution=distribute.steps_per_execution(strategy,
+                                                           config.steps_per_execution))
+    if not distribute.is_default(strategy):
+        if "next_item" in heads:
+            raise ValueError("next_item pretraining does not support tf.distribute yet")
+        distribute.make_losses_distributable(model)
 
     def make(table: Interactions, row_mask: np.ndarray | None, shuffle: bool,
-             batch_size: int) -> tf.data.Dataset:
+             batch_size: int, **dist) -> tf.data.Dataset:
         ids = vocabs.encode(table)
         feats = {USER: tf.constant(ids[USER]), ITEM: tf.constant(ids[ITEM])}
         if "rating" in active:
             feats[RATING] = tf.constant(table.rating, tf.float32)
             feats[RATING_MASK] = tf.constant(row_mask.astype(np.float32))
+        if dist:  # tf.distribute input (see tfrec_p5.distribute.fit_input)
+            return batched_dataset(feats, batch_size, shuffle, seed, **dist)
         return _sized(batched_dataset(feats, batch_size, shuffle, seed), len(table),
                       batch_size)
 
-    train_ds = make(data, mask, True, config.batch_size)
-    val_ds, cbs = None, []
-    if validation is not None and len(validation):
+    pair_tasks = [t for t in heads if t in PAIR_TASKS]
+    train_ds, steps = distribute.fit_input(strategy, lambda **kw: make(
+        data, mask, True, config.batch_size, **kw)) if pair_tasks else (None, None)
+    if "next_item" in heads:
+        train_ds = _with_histories(train_ds, data, vocabs, config, seed)
+    val_ds, val_steps, cbs = None, None, []
+    if backup_dir is not None:
+        # BackupAndRestore restores into built variables: build them on one batch
+        # (inference mode draws no random numbers), as train_unified does.
+        build_model(model, train_ds if distribute.is_default(strategy)
+                    else make(data, mask, True, config.batch_size), strategy)
+        cbs.append(tf.keras.callbacks.BackupAndRestore(str(backup_dir)))
+        from tfrec_p5.cli import backup_epochs
+
+        # Resuming after N epochs: open (and drop) N iterators so the remaining epochs
+        # draw the shuffles an uninterrupted run would have drawn for them.
+        for _ in range(backup_epochs(str(backup_dir)) or 0):
+            iter(train_ds)
+    elif distribute.is_parameter_server(strategy):  # the coordinator creates the variables
+        build_model(model, make(data, mask, True, config.batch_size), strategy)
+    if validation is not None and len(validation) and pair_tasks:
         val_mask = np.ones(len(validation), bool) if validation.rating is not None else None
-        val_ds = make(validation, val_mask, False, max(config.batch_size, 4096))
+        val_ds, val_steps = distribute.fit_input(strategy, lambda **kw: make(
+            validation, val_mask, False, max(config.batch_size, 4096), **kw))
         if config.patience > 0:
             cbs.append(tf.keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=config.patience, restore_best_weights=True))
     hist = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs,
-                     verbose=verbose)
-    history = {k: [float(x) for x in v] for k, v in hist.history.items()}
+                     verbose=verbose, steps_per_epoch=steps, validation_steps=val_steps)
+    history = {k: [float(x) for x in v] for k, v in hist.history.items()
+               if k != "val_next_item_loss"}  # validation batches carry no histories
+    if "next_item" in heads:
+        backbone.next_item_head = heads["next_item"]
     splits, values = history_csr(data, vocabs)
-    trained = TrainedUnified(model, vocabs, UnifiedConfig(weights={t: 1.0 for t in heads}),
+    trained = TrainedUnified(model, vocabs, UnifiedConfig(weights={t: 1.0 for t in pair_tasks}),
                              backbone.side_features, history, splits, values,
                              item_frequencies(data, vocabs), global_mean, rating_range)
     seconds = time.perf_counter() - started
     metrics = {f"train_{k}": v[-1] for k, v in history.items() if not k.startswith("val_")}
     if validation is not None and len(validation):
-        metrics.update({f"validation_{k}": v for k, v in
-                        trained.evaluate(validation, ks=(10,), factorized_ks=()).items()})
+        if pair_tasks:
+            metrics.update({f"validation_{k}": v for k, v in
+                            trained.evaluate(validation, ks=(10,), factorized_ks=()).items()})
+        metrics.update(_next_item_validation(heads.get("next_item"), data, validation,
+                                             vocabs))
     pre = Pretrained(backbone, trained, config, metrics, None, seconds)
     if out is not None:
         manifest = {
@@ -295,7 +464,8 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
             "epochs": len(history.get("loss", [])),
             "label_fraction": float(mask.mean()) if mask is not None else None,
             "labels_visible": int(mask.sum()) if mask is not None else 0,
-            "metrics": metrics, "seconds": round(seconds, 2), "seed": seed,
+            "metrics": metrics, "history": history, "seconds": round(seconds, 2),
+            "seed": seed,
             "config": config.to_dict(), "rating_range": rating_range,
             "global_mean": global_mean,
         }

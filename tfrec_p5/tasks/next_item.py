@@ -32,7 +32,10 @@ Losses:
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -133,6 +136,36 @@ class NextItemTask(Head):
         return tf.nn.sparse_softmax_cross_entropy_with_logits(
             labels=tf.zeros_like(t), logits=logits)
 
+    # ------------------------------------------------------------------ reuse
+    def head_config(self) -> dict[str, Any]:
+        """The constructor arguments (JSON-able, without ``item_probabilities``)."""
+        return {**self.encoder_args, "loss": self.loss_kind,
+                "num_negatives": self.num_negatives}
+
+    def encoder_weights(self) -> list[tf.Variable]:
+        """The encoder's own variables (positions, blocks, norms) in creation order,
+        *without* the shared item tower's: what a backbone saves next to its towers."""
+        encoder = self._check_bound()
+        if not encoder.built:
+            encoder(tf.zeros((1, 1), tf.int64))
+        shared = {id(v) for v in self.item_tower.weights}
+        return [w for w in encoder.weights if id(w) not in shared]
+
+    def clone(self, item_tower) -> NextItemTask:
+        """A new head with this one's shape and encoder weights, bound to ``item_tower``.
+
+        Why: fine-tuning and vocabulary growth rebuild the item tower; the pretrained
+        encoder must follow it (its weights do not depend on the catalog size). With a
+        grown catalog the sampled-loss distribution falls back to uniform.
+        """
+        probs = self._item_probabilities
+        if probs is not None and len(probs) != int(item_tower.num_ids):
+            probs = None
+        new = NextItemTask(**self.head_config(), item_probabilities=probs)
+        new.bind(None, item_tower)
+        copy_encoder_weights(self, new)
+        return new
+
     # ------------------------------------------------------------------ inference
     def query(self, history: tf.Tensor, training: bool = False) -> tf.Tensor:
         """``[B, d]`` state after the newest item of each left-padded history."""
@@ -148,3 +181,68 @@ class NextItemTask(Head):
         q = self.query(features[HISTORY], training=training)
         items = self._check_bound().embed_items(tf.cast(features["item_id"], tf.int64))
         return tf.reduce_sum(q * items, axis=-1)
+
+
+def copy_encoder_weights(source: NextItemTask, target: NextItemTask) -> None:
+    """Assign ``source``'s encoder weights to ``target`` (same shape; both bound).
+
+    Raises ``ValueError`` naming the first variable whose shape differs."""
+    src, dst = source.encoder_weights(), target.encoder_weights()
+    if len(src) != len(dst):
+        raise ValueError(f"next-item encoders differ: {len(src)} vs {len(dst)} variables")
+    for a, b in zip(src, dst, strict=True):
+        if tuple(a.shape) != tuple(b.shape):
+            raise ValueError(f"next-item encoder variable {b.name} has shape {b.shape}, "
+                             f"the source {a.shape}")
+        b.assign(a)
+
+
+HEAD_FILE, WEIGHTS_FILE = "head.json", "weights.npz"
+
+
+def save_next_item_head(head: NextItemTask, directory: str | os.PathLike) -> dict[str, Any]:
+    """Write the head's config (``head.json``) and encoder weights (``weights.npz``, no
+    pickle) to ``directory``; return the JSON written. The item tower is not saved here
+    (a backbone saves it once for every task)."""
+    os.makedirs(directory, exist_ok=True)
+    weights = head.encoder_weights()
+    meta = {"class": type(head).__name__, "config": head.head_config(),
+            "weights": [{"name": w.name, "shape": list(w.shape)} for w in weights]}
+    arrays = {f"w{i}": w.numpy() for i, w in enumerate(weights)}
+    if head._item_probabilities is not None:
+        arrays["item_probabilities"] = head._item_probabilities
+    np.savez(os.path.join(directory, WEIGHTS_FILE), **arrays)
+    with open(os.path.join(directory, HEAD_FILE), "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=2)
+    return meta
+
+
+def load_next_item_head(directory: str | os.PathLike, item_tower) -> NextItemTask:
+    """Rebuild a head saved by ``save_next_item_head`` on ``item_tower``.
+
+    Raises ``ValueError`` (message names the file) if the files are unreadable or the
+    weights do not fit the config."""
+    path = os.path.join(directory, HEAD_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        with np.load(os.path.join(directory, WEIGHTS_FILE), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        probs = arrays.get("item_probabilities")
+        if probs is not None and len(probs) != int(item_tower.num_ids):
+            probs = None
+        head = NextItemTask(**meta["config"], item_probabilities=probs)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: cannot read the next-item head: {err}") from err
+    head.bind(None, item_tower)
+    weights = head.encoder_weights()
+    if len(weights) != len(meta["weights"]) or any(f"w{i}" not in arrays
+                                                   for i in range(len(weights))):
+        raise ValueError(f"{path}: {len(meta['weights'])} saved encoder weights, the "
+                         f"config builds {len(weights)}")
+    for i, w in enumerate(weights):
+        if tuple(arrays[f"w{i}"].shape) != tuple(w.shape):
+            raise ValueError(f"{path}: encoder weight {i} ({w.name}) has shape "
+                             f"{tuple(arrays[f'w{i}'].shape)}, expected {tuple(w.shape)}")
+        w.assign(arrays[f"w{i}"])
+    return head

@@ -7,7 +7,14 @@
 """
 
 from tfrec_p5.towers.side_features import FeatureTable, SideFeatures, tokenize
-from tfrec_p5.towers.tower import ItemTower, Tower, UserTower, load_tower, save_tower
+from tfrec_p5.towers.tower import (
+    ItemTower,
+    Tower,
+    UserTower,
+    embedding_memory_bytes,
+    load_tower,
+    save_tower,
+)
 
-__all__ = ["FeatureTable", "ItemTower", "SideFeatures", "Tower", "UserTower", "load_tower",
-           "save_tower", "tokenize"]
+__all__ = ["FeatureTable", "ItemTower", "SideFeatures", "Tower", "UserTower",
+           "embedding_memory_bytes", "load_tower", "save_tower", "tokenize"]

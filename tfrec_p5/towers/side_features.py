@@ -7,7 +7,9 @@ as for bare IDs, and a serving signature needs only IDs.
 
 Built from the *training* split only, row ``i`` describes the ID with vocabulary index
 ``i``; row 0 (the OOV ID) holds the default "unknown" value, so an unseen user gets the
-same representation at evaluation time as at serving time.
+same representation at evaluation time as at serving time. With a hashed vocabulary
+(``HashedVocabulary``) row ``i`` is a hash bucket and describes the first training ID
+that hashed there.
 
     vocabs = Vocabularies.build(train)
     side = SideFeatures.build(train, vocabs)            # all declared side features
@@ -60,11 +62,12 @@ class FeatureTable:
     values: np.ndarray
     vocab: tuple[str, ...] = ()
     stats: tuple[float, float] = (0.0, 1.0)  # numeric: (mean, std) used to standardize
+    size: int | None = None  # rows when the values index a hashed vocabulary (no tokens)
 
     @property
     def cardinality(self) -> int:
         """Embedding rows the feature needs: its values plus the 0 = unknown row."""
-        return len(self.vocab) + 1
+        return int(self.size) if self.size is not None else len(self.vocab) + 1
 
     @property
     def width(self) -> int:
@@ -127,6 +130,14 @@ def _build_feature(name: str, kind: str, column: np.ndarray, id_index: np.ndarra
     raise DataError(f"side feature '{name}' has unknown kind {kind!r}", field=name)
 
 
+def _id_feature(name: str, table: np.ndarray, vocab) -> FeatureTable:
+    """A multi-categorical feature whose values are rows of ``vocab``; a hashed
+    vocabulary has no token list, so only its size is recorded."""
+    if getattr(vocab, "hashed", False):
+        return FeatureTable(name, "multi_categorical", table, (), size=len(vocab))
+    return FeatureTable(name, "multi_categorical", table, tuple(vocab.tokens))
+
+
 @dataclass(frozen=True)
 class SideFeatures:
     """User and item side-feature tables of one training split (both may be empty)."""
@@ -182,10 +193,8 @@ class SideFeatures:
         item_table = np.zeros((len(vocabs.item), max_len), dtype=np.int32)
         item_table[item_idx] = raters
         user_table[0] = item_table[0] = 0  # the OOV ID has no history
-        user = {**self.user, "rated_items": FeatureTable(
-            "rated_items", "multi_categorical", user_table, tuple(vocabs.item.tokens))}
-        item = {**self.item, "rated_by": FeatureTable(
-            "rated_by", "multi_categorical", item_table, tuple(vocabs.user.tokens))}
+        user = {**self.user, "rated_items": _id_feature("rated_items", user_table, vocabs.item)}
+        item = {**self.item, "rated_by": _id_feature("rated_by", item_table, vocabs.user)}
         return SideFeatures(user, item)
 
     def select(self, user: Sequence[str] | None = None,
@@ -204,7 +213,9 @@ class SideFeatures:
         meta, arrays = {}, {}
         for side, feats in (("user", self.user), ("item", self.item)):
             meta[side] = [{"name": f.name, "kind": f.kind, "vocab": list(f.vocab),
-                           "stats": list(f.stats)} for f in feats.values()]
+                           "stats": list(f.stats),
+                           **({"size": f.size} if f.size is not None else {})}
+                          for f in feats.values()]
             for f in feats.values():
                 arrays[f"{side}/{f.name}"] = f.values
         with open(os.path.join(directory, "side_features.json"), "w", encoding="utf-8") as fh:
@@ -220,7 +231,8 @@ class SideFeatures:
                          allow_pickle=False) as npz:
                 sides = {side: {m["name"]: FeatureTable(
                     m["name"], m["kind"], npz[f"{side}/{m['name']}"], tuple(m["vocab"]),
-                    tuple(m.get("stats", (0.0, 1.0)))) for m in meta.get(side, [])}
+                    tuple(m.get("stats", (0.0, 1.0))), m.get("size"))
+                    for m in meta.get(side, [])}
                     for side in ("user", "item")}
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise DataError(f"cannot read side features: {err}", path=str(directory)) from err

@@ -19,6 +19,31 @@ Rebuild and reload (the tables are weights, so the config stays small and JSON-a
 With no side features and ``output_dim=None`` a tower is exactly ``Embedding(n, dim)``, the
 TFRS tutorial tower; every feature is optional and can be dropped with
 ``SideFeatures.select``.
+
+Large ID spaces: hashed IDs and frequency cut-offs
+--------------------------------------------------
+The ID embedding is the big tensor. Its training memory is
+
+    rows × dim × bytes per value × (1 + optimizer slots)
+
+with one slot per table for Adagrad, two for Adam (first and second moments), none for
+SGD. 10M users × 32 dims × 4 bytes (float32) × 3 (Adam) = 3.84 GB; 1M items × 32 × 4 × 3 =
+384 MB. ``embedding_memory_bytes`` computes it. Measured (``benchmarks/scale.py``, 2M users
+× 1M items): with Adagrad the peak above the process's baseline is the formula + ~0.1 GB;
+tf-keras's Adam decays both slots over *every* row each step (full-table temporaries), so
+budget ~2.5× the formula with Adam. Two knobs bound ``rows``:
+
+* ``hash_buckets`` (``RatingConfig`` / ``UnifiedConfig``: ``{"user_id": N, "item_id": M}``):
+  the tower's rows are ``N + 1`` hash buckets (``tf.keras.layers.Hashing``, see
+  ``HashedVocabulary``) instead of one row per distinct ID, so no per-ID vocabulary is
+  built and memory is set by ``N``, not by the catalog. The tower also accepts the raw
+  string IDs (it hashes them itself), and exports hash in-graph the same way.
+* ``min_count`` (same configs): IDs seen fewer than ``min_count`` times in training get
+  no row; they share the trained OOV row 0 (``Vocabulary.build``).
+
+    tower = UserTower(2_000_001, embedding_dim=32, hash_buckets=2_000_000)
+    tower(tf.constant(["u17", "someone-new"]))                 # [2, 32]
+    embedding_memory_bytes(2_000_001, 32, optimizer="adam")   # 768_000_384
 """
 
 from __future__ import annotations
@@ -34,6 +59,18 @@ from tfrec_p5.data.pipeline import Vocabularies
 from tfrec_p5.towers.side_features import FeatureTable, SideFeatures
 
 _PACKAGE = "tfrec_p5"
+#: Per-table optimizer state (slot variables) of the optimizers the configs offer.
+OPTIMIZER_SLOTS = {"sgd": 0, "adagrad": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
+
+
+def embedding_memory_bytes(rows: int, dim: int, optimizer: str = "adam",
+                           bytes_per_value: int = 4) -> int:
+    """Training memory of one ``rows × dim`` table: values + the optimizer's slots.
+
+        embedding_memory_bytes(1_000_001, 32, "adam")     # 384_000_384 (3 × 128 MB)
+    """
+    slots = OPTIMIZER_SLOTS[optimizer.lower()]
+    return int(rows) * int(dim) * int(bytes_per_value) * (1 + slots)
 
 
 @tf.keras.utils.register_keras_serializable(package=_PACKAGE)
@@ -52,14 +89,25 @@ class Tower(tf.keras.Model):
         penalty every step).
       tables: ``{name: np.ndarray}`` initial per-ID tables; omit when rebuilding from a
         config (weights loading fills them).
+      hash_buckets: the ID rows are hash buckets (``num_ids == hash_buckets + 1``, row 0
+        reserved); the tower then also takes string IDs and hashes them with
+        ``tf.keras.layers.Hashing`` (same numbering as ``HashedVocabulary``).
     """
 
     def __init__(self, num_ids: int, embedding_dim: int = 32, output_dim: int | None = None,
                  features: Sequence[Mapping] = (), feature_dim: int | None = None,
                  l2: float = 0.0, tables: Mapping[str, np.ndarray] | None = None,
-                 **kwargs) -> None:
+                 hash_buckets: int | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_ids = int(num_ids)
+        self.hash_buckets = None if hash_buckets is None else int(hash_buckets)
+        if self.hash_buckets is not None and self.num_ids != self.hash_buckets + 1:
+            raise ValueError(f"a hashed tower has hash_buckets + 1 rows; got num_ids="
+                             f"{self.num_ids}, hash_buckets={self.hash_buckets}")
+        self.hashing = None
+        if self.hash_buckets is not None:
+            self.hashing = tf.keras.layers.Hashing(num_bins=self.hash_buckets, name="hashing")
+            self.hashing.build((None,))  # no weights; built so that SavedModels serialize it
         self.embedding_dim = int(embedding_dim)
         self.output_dim = None if output_dim is None else int(output_dim)
         self.features = [dict(f) for f in features]
@@ -105,6 +153,11 @@ class Tower(tf.keras.Model):
         return self.output_dim or self.embedding_dim
 
     def call(self, ids: tf.Tensor) -> tf.Tensor:
+        if ids.dtype == tf.string:
+            if self.hashing is None:
+                raise TypeError(f"{self.name} takes vocabulary indices; map string IDs with "
+                                "Vocabulary.lookup (or build the tower with hash_buckets)")
+            ids = self.hashing(ids) + 1
         parts = [self.id_embedding(ids)]
         for spec in self.features:
             name, kind = spec["name"], spec["kind"]
@@ -124,7 +177,8 @@ class Tower(tf.keras.Model):
     def get_config(self) -> dict:
         return {"num_ids": self.num_ids, "embedding_dim": self.embedding_dim,
                 "output_dim": self.output_dim, "features": self.features,
-                "feature_dim": self.feature_dim, "l2": self.l2, "name": self.name}
+                "feature_dim": self.feature_dim, "l2": self.l2,
+                "hash_buckets": self.hash_buckets, "name": self.name}
 
     @classmethod
     def from_config(cls, config: dict) -> Tower:
@@ -147,6 +201,7 @@ class UserTower(Tower):
     def from_vocab(cls, vocabs: Vocabularies, side_features: SideFeatures | None = None,
                    **kwargs) -> UserTower:
         kwargs.setdefault("name", "user_tower")
+        kwargs.setdefault("hash_buckets", vocabs.hash_buckets.get("user_id"))
         return cls.from_tables(len(vocabs.user),
                                side_features.user if side_features else None, **kwargs)
 
@@ -159,6 +214,7 @@ class ItemTower(Tower):
     def from_vocab(cls, vocabs: Vocabularies, side_features: SideFeatures | None = None,
                    **kwargs) -> ItemTower:
         kwargs.setdefault("name", "item_tower")
+        kwargs.setdefault("hash_buckets", vocabs.hash_buckets.get("item_id"))
         return cls.from_tables(len(vocabs.item),
                                side_features.item if side_features else None, **kwargs)
 

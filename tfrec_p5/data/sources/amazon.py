@@ -14,6 +14,10 @@ attribute IDs become the item feature ``item_attributes`` (int64 ``[n, k]``, pad
 -1, ``multi_categorical``); items without attributes get an all ``-1`` row. Options:
 ``attributes=PATH`` picks another file, ``attributes=none`` skips it,
 ``on_bad_lines=skip`` drops malformed lines (counted in a log line) instead of failing.
+
+The file is UTF-8 (a byte-order mark is removed); any whitespace separates fields; IDs
+follow the rules of ``_parsing`` (no control characters, at most ``MAX_ID_CHARS``); an item
+may repeat in a user's sequence (it is a history), a user may not have two lines.
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ import numpy as np
 from tfrec_p5.data.errors import DataError
 from tfrec_p5.data.interactions import ITEM, TIMESTAMP, USER, Interactions
 from tfrec_p5.data.sources import register
-from tfrec_p5.data.sources._parsing import BadLines, SkipLine
+from tfrec_p5.data.sources._parsing import (
+    CONTROL_CHARS,
+    MAX_ID_CHARS,
+    BadLines,
+    SkipLine,
+    check_id,
+    iter_text_lines,
+)
 
 ATTRIBUTES = "item_attributes"
 
@@ -77,25 +88,28 @@ def load_amazon(path: str, attributes: str | None = None, on_bad_lines: str = "e
     lengths: list[int] = []
     items: list[str] = []
     first_line: dict[str, int] = {}
-    with open(file, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                if len(parts) < 2:
-                    bad.bad(f"user {parts[0]!r} has no items (expected 'user item item ...')",
-                            lineno)
-                if parts[0] in first_line:
-                    bad.bad(f"user {parts[0]!r} already had a line at line "
-                            f"{first_line[parts[0]]} (one line per user, in time order)",
-                            lineno, "user_id")
-            except SkipLine:
-                continue
-            first_line[parts[0]] = lineno
-            users.append(parts[0])
-            lengths.append(len(parts) - 1)
-            items.extend(parts[1:])
+    for lineno, line in iter_text_lines(file, "utf-8-sig"):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            if (CONTROL_CHARS.search("".join(parts))
+                    or max(len(p) for p in parts) > MAX_ID_CHARS):
+                for i, part in enumerate(parts):  # name the offending field
+                    check_id(part, bad, lineno, "item_id" if i else "user_id")
+            if len(parts) < 2:
+                bad.bad(f"user {parts[0]!r} has no items (expected 'user item item ...')",
+                        lineno)
+            if parts[0] in first_line:
+                bad.bad(f"user {parts[0]!r} already had a line at line "
+                        f"{first_line[parts[0]]} (one line per user, in time order)",
+                        lineno, "user_id")
+        except SkipLine:
+            continue
+        first_line[parts[0]] = lineno
+        users.append(parts[0])
+        lengths.append(len(parts) - 1)
+        items.extend(parts[1:])
     bad.report()
     if not users:
         raise DataError("empty file: no 'user item ...' lines", path=str(file))

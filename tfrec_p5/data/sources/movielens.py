@@ -12,7 +12,11 @@ same names, dtypes and encodings as TFDS ``movielens/100k-ratings`` / ``1m-ratin
 The folder type is detected from its files: ``u.data``/``u.item``/``u.user`` (100K, tab
 and ``|`` separated) or ``ratings.dat``/``movies.dat``/``users.dat`` (1M, ``::``
 separated). All files are latin-1. Rows keep ``u.data`` / ``ratings.dat`` order (the TFRS
-split file ``tfrs_split_seed42.tsv`` indexes ``u.data`` rows).
+split file ``tfrs_split_seed42.tsv`` indexes ``u.data`` rows). Bad lines (``DataError``
+with file and line, or skipped and counted with ``on_bad_lines=skip``): a wrong field
+count, a control character other than the separator, a second line for a movie or user
+ID, a rating or user/movie unknown to the other files; see ``_parsing`` for the ID,
+rating and timestamp rules. A UTF-8 byte-order mark at the start of a file is removed.
 
 In the table the core columns are canonical (``item_id`` = TFDS ``movie_id``, ``rating`` =
 TFDS ``user_rating``; ``tfds_names`` maps them back); side features keep TFDS names:
@@ -46,8 +50,10 @@ from tfrec_p5.data.errors import DataError
 from tfrec_p5.data.interactions import ITEM, RATING, TIMESTAMP, USER, Interactions
 from tfrec_p5.data.sources import register
 from tfrec_p5.data.sources._parsing import (
+    CONTROL_CHARS,
     BadLines,
     SkipLine,
+    iter_text_lines,
     parse_id,
     parse_rating,
     parse_timestamp,
@@ -128,19 +134,41 @@ def movielens_table(columns: dict[str, np.ndarray], source: str = "") -> Interac
 
 
 # ----------------------------------------------------------------------------- parsing
+_UTF8_BOM_AS_LATIN1 = "\ufeff".encode().decode("latin-1")  # "ï»¿"
+
+
 def _lines(path: Path):
-    """(line number, stripped text) of a latin-1 file; blank lines are skipped."""
-    if not path.exists():
+    """(line number, stripped text) of a latin-1 file; blank lines are skipped, and a UTF-8
+    byte-order mark (which latin-1 reads as ``ï»¿``) is removed from the first line."""
+    if not path.is_file():
         raise DataError("file not found", path=str(path))
-    with open(path, encoding="latin-1", newline=None) as f:
-        for lineno, line in enumerate(f, start=1):
-            text = line.strip()
-            if text:
-                yield lineno, text
+    for lineno, line in iter_text_lines(path, "latin-1"):
+        text = line.strip()
+        if lineno == 1 and text.startswith(_UTF8_BOM_AS_LATIN1):
+            text = text[len(_UTF8_BOM_AS_LATIN1):].strip()
+        if text:
+            yield lineno, text
+
+
+def _digits(text: str, max_len: int = 3) -> bool:
+    """1 to ``max_len`` ASCII digits (``str.isdigit`` also accepts ``"²"``, which ``int``
+    rejects, and ages / codes have a few digits)."""
+    return text.isascii() and text.isdigit() and len(text) <= max_len
+
+
+def _once(ids: dict[str, int], key: str, bad: BadLines, lineno: int, field: str) -> None:
+    """A second line for the same ID would silently replace the first: a bad line."""
+    if key in ids:
+        bad.bad(f"{field} {key!r} is already defined at line {ids[key]}", lineno, field)
+    ids[key] = lineno
 
 
 def _split(text: str, sep: str, n: int, bad: BadLines, lineno: int,
            at_least: bool = False) -> list[str]:
+    # MovieLens files hold no control characters besides the separator: one is damage
+    # (and numpy would silently drop a trailing NUL from a title or zip code).
+    if CONTROL_CHARS.search(text.replace(sep, "") if sep == "\t" else text):
+        bad.bad(f"line contains a control character: {text[:80]!r}", lineno)
     parts = text.split(sep)
     if len(parts) != n and not (at_least and len(parts) > n):
         bad.bad(f"expected {n}{'+' if at_least else ''} {sep!r}-separated fields, got "
@@ -159,6 +187,7 @@ def _genre_row(names: list[str], bad: BadLines, lineno: int) -> list[int]:
 
 def _parse_movies(path: Path, version: str, bad: BadLines) -> dict[str, tuple[str, list[int]]]:
     movies: dict[str, tuple[str, list[int]]] = {}
+    seen: dict[str, int] = {}
     for lineno, text in _lines(path):
         try:
             if version == "100k":
@@ -171,19 +200,23 @@ def _parse_movies(path: Path, version: str, bad: BadLines) -> dict[str, tuple[st
                 parts = _split(text, "::", 3, bad, lineno)
                 names = ["Children" if g == "Children's" else g for g in parts[2].split("|")]
             movie_id = parse_id(parts[0], bad, lineno, "movie_id")
-            movies[movie_id] = (parts[1], _genre_row(names, bad, lineno))
+            genres = _genre_row(names, bad, lineno)
+            _once(seen, movie_id, bad, lineno, "movie_id")
+            movies[movie_id] = (parts[1], genres)
         except SkipLine:
             continue
+    bad.report()
     return movies
 
 
 def _parse_users(path: Path, version: str, bad: BadLines) -> dict[str, tuple]:
     users: dict[str, tuple] = {}
+    seen: dict[str, int] = {}
     for lineno, text in _lines(path):
         try:
             if version == "100k":
                 uid, age, gender, occ, zipc = _split(text, "|", 5, bad, lineno)
-                if not age.isdigit():
+                if not _digits(age):
                     bad.bad(f"age {age!r} is not an integer", lineno, "raw_user_age")
                 if occ not in OCCUPATION_100K:
                     bad.bad(f"unknown occupation {occ!r}", lineno, "user_occupation_text")
@@ -192,21 +225,23 @@ def _parse_users(path: Path, version: str, bad: BadLines) -> dict[str, tuple]:
                 bucket = bucketize_age(int(age))
             else:
                 uid, gender, age, occ_idx, zipc = _split(text, "::", 5, bad, lineno)
-                if not occ_idx.isdigit() or int(occ_idx) >= len(OCCUPATION_1M):
+                if not _digits(occ_idx) or int(occ_idx) >= len(OCCUPATION_1M):
                     bad.bad(f"unknown occupation index {occ_idx!r}", lineno,
                             "user_occupation_label")
                 occ = OCCUPATION_1M[int(occ_idx)]
                 label = "student" if occ in ("K-12 student", "college/grad student") else occ
-                if not age.isdigit():
+                if not _digits(age):
                     bad.bad(f"age {age!r} is not an integer", lineno, "bucketized_user_age")
                 raw_age = None
                 bucket = float(age)
             if gender not in ("M", "F"):
                 bad.bad(f"gender {gender!r} is not M or F", lineno, "user_gender")
             uid = parse_id(uid, bad, lineno, "user_id")
+            _once(seen, uid, bad, lineno, "user_id")
             users[uid] = (gender == "M", bucket, _OCC_INDEX[label], occ, zipc, raw_age)
         except SkipLine:
             continue
+    bad.report()
     return users
 
 

@@ -26,17 +26,59 @@ Generative story (documented noise level):
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from tfrec_p5.data.errors import DataError
 from tfrec_p5.data.interactions import Interactions
 
 GENRE_WORDS = ("action", "comedy", "drama", "horror", "romance", "scifi", "thriller",
                "animation", "documentary", "western", "musical", "mystery")
 
 
+#: Argument bounds ``synthetic`` accepts (a ``DataError`` names the argument otherwise):
+#: at least one of everything, and sizes that fit in memory.
+LIMITS = {"num_users": (1, 10 ** 8), "num_items": (1, 10 ** 8),
+          "num_interactions": (1, 10 ** 9), "dim": (2, 1024), "seed": (0, 2 ** 63 - 1)}
+
+
+def _check_args(values: dict) -> dict:
+    """Validated ``synthetic`` arguments (``synthetic?num_users=abc`` arrives as a string)."""
+    out = {}
+    for name, value in values.items():
+        if name == "noise":
+            ok = isinstance(value, (int, float, np.integer, np.floating)) and \
+                not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 100
+            if not ok:
+                raise DataError(f"synthetic: noise must be a number in [0, 100], got "
+                                f"{value!r:.40}", field="noise")
+            out[name] = float(value)
+            continue
+        lo, hi = LIMITS[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
+                or not lo <= value <= hi:
+            raise DataError(f"synthetic: {name} must be an integer in [{lo}, {hi}], got "
+                            f"{value!r:.40}", field=name)
+        out[name] = int(value)
+    return out
+
+
 def synthetic(num_users: int = 2000, num_items: int = 1000, num_interactions: int = 100_000,
-              dim: int = 8, seed: int = 0, noise: float = 0.5) -> Interactions:
-    """A seeded synthetic interactions table (see module docstring for the model)."""
+              dim: int = 8, seed: int = 0, noise: float = 0.5, **unknown) -> Interactions:
+    """A seeded synthetic interactions table (see module docstring for the model).
+
+    Arguments outside ``LIMITS`` (or unknown ones) are a ``DataError`` naming them.
+    """
+    if unknown:
+        raise DataError(f"unknown synthetic option(s) {sorted(unknown)}; known: "
+                        f"{sorted([*LIMITS, 'noise'])}", field=sorted(unknown)[0])
+    args = _check_args({"num_users": num_users, "num_items": num_items,
+                        "num_interactions": num_interactions, "dim": dim, "seed": seed,
+                        "noise": noise})
+    num_users, num_items, num_interactions = (args["num_users"], args["num_items"],
+                                              args["num_interactions"])
+    dim, seed, noise = args["dim"], args["seed"], args["noise"]
     rng = np.random.default_rng(seed)
     n_genres = min(dim, len(GENRE_WORDS))
     p = rng.normal(0, 1 / np.sqrt(dim), (num_users, dim)).astype(np.float32)

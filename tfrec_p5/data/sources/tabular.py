@@ -22,12 +22,18 @@ Options (URL query or keyword arguments):
   ``utf-8-sig``, which also strips a byte-order mark), ``on_bad_lines=error|skip``.
 
 CSV is read with the stdlib ``csv`` module (streaming, with line numbers, any line
-endings, quoted fields) — no pandas. Parquet needs ``pyarrow`` (the ``parquet`` extra);
-bad parquet rows are reported by 1-based row number.
+endings, quoted fields) — no pandas — over ``iter_text_lines``, which decodes one line at
+a time so a byte sequence invalid in ``encoding`` is reported at its own line. Parquet
+needs ``pyarrow`` (the ``parquet`` extra); bad parquet rows are reported by 1-based row
+number. IDs, ratings and timestamps follow the rules in ``_parsing`` (no control
+characters in IDs, ASCII numbers, float32 ratings, int64 timestamps); a floating-point ID
+column (pandas writes integer IDs with gaps as float64) gives ``1.0`` → ``"1"`` and NaN →
+a missing ID.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import os
 from pathlib import Path
@@ -38,8 +44,11 @@ from tfrec_p5.data.errors import DataError
 from tfrec_p5.data.interactions import ITEM, RATING, TIMESTAMP, USER, Interactions
 from tfrec_p5.data.sources import register
 from tfrec_p5.data.sources._parsing import (
+    CONTROL_CHARS,
+    MAX_ID_CHARS,
     BadLines,
     SkipLine,
+    iter_text_lines,
     parse_id,
     parse_rating,
     parse_rating_range,
@@ -47,6 +56,7 @@ from tfrec_p5.data.sources._parsing import (
 )
 
 _NONE = ("", "none", "false")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _names(value) -> tuple[str, ...]:
@@ -106,49 +116,53 @@ def load_csv(path: str, user: str = USER, item: str = ITEM, rating: str | None =
     delimiter = _separator(str(sep))
     rrange = parse_rating_range(rating_range)
     bad = BadLines(file, on_bad_lines)
-    out: dict[str, list] = {}
-    lineno = 0
     try:
-        with open(file, encoding=encoding, newline="") as f:
-            reader = csv.reader(f, delimiter=delimiter, strict=True)
-            header = next(reader, None)
-            while header is not None and not any(h.strip() for h in header):
-                header = next(reader, None)  # leading blank lines
-            if header is None:
-                raise DataError("empty file: expected a header row and data rows",
-                                path=str(file))
-            header = [h.strip() for h in header]
-            cols = _resolve_columns(header, str(file), user, item, rating, timestamp,
-                                    user_features, item_features)
-            pos = {canon: header.index(name) for canon, name in cols.items()}
-            out = {canon: [] for canon in cols}
-            n_fields = len(header)
-            for row in reader:
-                lineno = reader.line_num
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue  # blank line
-                try:
-                    if len(row) != n_fields:
-                        bad.bad(f"expected {n_fields} fields, got {len(row)}", lineno)
-                    values = {
-                        USER: parse_id(row[pos[USER]], bad, lineno, cols[USER]),
-                        ITEM: parse_id(row[pos[ITEM]], bad, lineno, cols[ITEM]),
-                    }
-                    if RATING in pos:
-                        values[RATING] = parse_rating(row[pos[RATING]], bad, lineno, rrange,
-                                                      cols[RATING])
-                    if TIMESTAMP in pos:
-                        values[TIMESTAMP] = parse_timestamp(row[pos[TIMESTAMP]], bad, lineno,
-                                                            cols[TIMESTAMP])
-                except SkipLine:
-                    continue
-                for canon, p in pos.items():
-                    out[canon].append(values[canon] if canon in values else row[p].strip())
-    except UnicodeDecodeError as err:
-        raise DataError(f"not valid {encoding} text ({err.reason}); pass encoding=latin-1 "
-                        "(or the file's encoding)", path=str(file), line=lineno + 1) from err
-    except csv.Error as err:
-        raise DataError(f"malformed CSV: {err}", path=str(file), line=lineno + 1) from err
+        codecs.lookup(str(encoding))
+    except LookupError as err:
+        raise DataError(f"unknown encoding {encoding!r}", path=str(file),
+                        field="encoding") from err
+    out: dict[str, list] = {}
+    start = 1
+    try:
+        lines = (text for _, text in iter_text_lines(file, str(encoding), keepends=True))
+        reader = csv.reader(lines, delimiter=delimiter, strict=True)
+        header = next(reader, None)
+        while header is not None and not any(h.strip() for h in header):
+            start = reader.line_num + 1
+            header = next(reader, None)  # leading blank lines
+        if header is None:
+            raise DataError("empty file: expected a header row and data rows",
+                            path=str(file))
+        header = [h.strip() for h in header]
+        cols = _resolve_columns(header, str(file), user, item, rating, timestamp,
+                                user_features, item_features)
+        pos = {canon: header.index(name) for canon, name in cols.items()}
+        out = {canon: [] for canon in cols}
+        n_fields = len(header)
+        start = reader.line_num + 1  # first line of the next record (quoted fields span)
+        for row in reader:
+            lineno, start = start, reader.line_num + 1
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue  # blank line
+            try:
+                if len(row) != n_fields:
+                    bad.bad(f"expected {n_fields} fields, got {len(row)}", lineno)
+                values = {
+                    USER: parse_id(row[pos[USER]], bad, lineno, cols[USER]),
+                    ITEM: parse_id(row[pos[ITEM]], bad, lineno, cols[ITEM]),
+                }
+                if RATING in pos:
+                    values[RATING] = parse_rating(row[pos[RATING]], bad, lineno, rrange,
+                                                  cols[RATING])
+                if TIMESTAMP in pos:
+                    values[TIMESTAMP] = parse_timestamp(row[pos[TIMESTAMP]], bad, lineno,
+                                                        cols[TIMESTAMP])
+            except SkipLine:
+                continue
+            for canon, p in pos.items():
+                out[canon].append(values[canon] if canon in values else row[p].strip())
+    except csv.Error as err:  # e.g. a quote never closed: name the record's first line
+        raise DataError(f"malformed CSV: {err}", path=str(file), line=start) from err
     bad.report()
     if not out[USER]:
         raise DataError("no data rows after the header", path=str(file))
@@ -211,26 +225,51 @@ def load_parquet(path: str, user: str = USER, item: str = ITEM, rating: str | No
             flag(np.isnan(values) & ~np.asarray(col.is_null()), "rating is NaN", name)
             flag(np.asarray(col.is_null()), "rating is missing", name)
             flag(np.isinf(values), "rating is not finite", name)
+            with np.errstate(invalid="ignore"):
+                flag(np.isfinite(values) & (np.abs(values) > _FLOAT32_MAX),
+                     "rating is too large (ratings are stored as float32)", name)
             if rrange is not None:
                 with np.errstate(invalid="ignore"):
                     out = ~((values >= rrange[0]) & (values <= rrange[1]))
                 flag(out & np.isfinite(values), f"rating outside the declared range "
                      f"[{rrange[0]:g}, {rrange[1]:g}]", name)
         elif canon == TIMESTAMP:
-            if pa.types.is_timestamp(col.type):
-                col = col.cast(pa.timestamp("s")).cast(pa.int64())
             flag(np.asarray(col.is_null()), "timestamp is missing", name)
             try:
-                values = col.cast(pa.int64()).to_numpy(zero_copy_only=False)
+                if pa.types.is_timestamp(col.type):  # whole seconds since the epoch
+                    col = col.cast(pa.timestamp("s")).cast(pa.int64())
+                # nulls (flagged above) as 0: a null would turn the column into float64,
+                # which rounds timestamps beyond 2**53
+                values = pc.fill_null(col.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
             except pa.ArrowException as err:
                 raise DataError(f"timestamp column is not integer: {err}", path=str(file),
                                 field=name) from err
         else:
-            strings = pc.utf8_trim_whitespace(col.cast(pa.string()))
+            if canon in (USER, ITEM) and pa.types.is_floating(col.type):
+                # pandas stores integer IDs with gaps as float64: 1.0 -> "1", NaN -> missing
+                nan = np.asarray(pc.fill_null(pc.is_nan(col), False))
+                flag(nan, f"{name} is NaN (missing)", name)
+                whole = pc.fill_null(pc.equal(col, pc.floor(col)), False)
+                if pc.all(pc.or_(whole, pc.is_nan(col))).as_py():
+                    try:
+                        col = pc.if_else(pc.is_nan(col), None, col).cast(pa.int64())
+                    except pa.ArrowException:
+                        pass  # beyond int64: keep the float spelling
+            try:
+                strings = pc.utf8_trim_whitespace(col.cast(pa.string()))
+            except pa.ArrowException as err:  # binary that is not UTF-8, nested types
+                raise DataError(f"column {name!r} cannot be read as text: {err}",
+                                path=str(file), field=name) from err
             values = np.asarray(strings.to_numpy(zero_copy_only=False))
             if canon in (USER, ITEM):
                 empty = np.asarray(pc.fill_null(pc.equal(strings, ""), True))
                 flag(empty, f"empty or missing {name}", name)
+                flag(np.asarray(pc.fill_null(pc.greater(pc.utf8_length(strings),
+                                                        MAX_ID_CHARS), False)),
+                     f"{name} is longer than {MAX_ID_CHARS} characters", name)
+                flag(np.asarray(pc.fill_null(pc.match_substring_regex(
+                    strings, CONTROL_CHARS.pattern), False)),
+                     f"{name} contains a control character", name)
             values = np.where(np.asarray(strings.is_null()), "", values).astype(str)
         columns[canon] = values
     bad.report()
