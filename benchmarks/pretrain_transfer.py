@@ -9,7 +9,9 @@ drawn per seed).
   the visible labels, default config (IDs + side features + ``rated_items``/``rated_by``
   implicit features built from the rows it trains on, i.e. the visible ones).
 * (b) ``pretrain`` on all training interactions (retrieval on every row + rating on the
-  visible labels), then ``finetune`` a fresh rating head on the visible labels.
+  visible labels; implicit ``rated_items`` / ``rated_by`` features from every row), then
+  ``finetune`` a fresh rating head on the visible labels (library defaults: ``freeze=
+  "auto"``, bias prior of 3 labels, no dot term).
 * (a0, ``--control``) the architecture of (b) with untrained towers (``fresh_backbone``),
   fine-tuned the same way: isolates the effect of the pretrained weights.
 
@@ -18,13 +20,20 @@ labels), mean ± std over seeds. Retrieval: Recall@10 (``full_ranking_metrics``,
 training items excluded) of a retrieval head fine-tuned from the 25 %-labels backbone vs
 the same towers trained from scratch, both on a random 25 % of the training interactions.
 
-Hyper-parameters of (b) (pretraining loss weights, freeze mode, backbone learning rate)
-were chosen with ``--select`` on a validation slice (10 % of train, ``random_split(train,
-0.9, seed=42)``), never on test.
+``--next-item``: sequential transfer on ML-100K leave-one-out — a next-item model
+fine-tuned from a retrieval + rating + next_item backbone vs from scratch vs from a
+backbone without next_item (``next_item_run``).
 
-    .venv/bin/python benchmarks/pretrain_transfer.py --select        # selection only
+Hyper-parameters of (b) (pretraining loss weights, implicit features, freeze mode, bias
+prior) were chosen with ``--select`` on a validation slice (10 % of train,
+``random_split(train, 0.9, seed=42)``), never on test.
+
+    .venv/bin/python benchmarks/pretrain_transfer.py --select --select-fractions 0.1 \
+        --select-pretrains '{"r1_hist": {"history_len": 128}}' \
+        --select-finetunes '{"towers_p3": {"bias_prior": 3}}'      # selection only
     .venv/bin/python benchmarks/pretrain_transfer.py --seeds 42 43 44 \
-        --fractions 0.1 0.25 1.0 --control
+        --fractions 0.1 0.25 1.0 --control 0.1 0.25
+    .venv/bin/python benchmarks/pretrain_transfer.py --next-item --seeds 42 43 44
     # -> benchmarks/results/pretrain_transfer.json
 """
 

@@ -189,7 +189,7 @@ def test_freeze_modes(saved, split):
     assert all(v > 0 for v in changes["lower_lr"].values())
 
 
-def test_finetune_retrieval_and_next_item_note(saved, split):
+def test_finetune_retrieval_and_config_errors(saved, split):
     tuned = finetune(saved[1], split.train, task="retrieval", config=FinetuneConfig(
         epochs=1, validation_fraction=0.0, **FAST), verbose=0)
     metrics = tuned.evaluate(split.test, ks=(10,), factorized_ks=())

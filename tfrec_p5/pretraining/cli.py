@@ -230,7 +230,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--split", default="random:0.8", metavar="SPEC")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--freeze", choices=["none", "towers", "embeddings", "lower_lr", "auto"],
-                   help="what to freeze (default towers: only the new head trains; lower_lr: "
+                   help="what to freeze (default auto; towers: only the new head trains; lower_lr: "
                    "everything trains, the backbone at --backbone-lr-scale x the LR; auto: "
                    "towers with few labels per user, lower_lr with many)")
     p.add_argument("--backbone-lr-scale", type=float)
