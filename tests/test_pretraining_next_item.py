@@ -17,6 +17,7 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+from _sequences import cyclic_interactions  # tests/ is on sys.path
 
 import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
 from tfrec_p5 import data
@@ -39,17 +40,7 @@ NUM_ITEMS = 120  # > 99 + history: P5's sampled protocol draws 99 unseen negativ
 
 
 def _ring(num_users: int = 200, length: int = 10, seed: int = 0) -> Interactions:
-    rng = np.random.default_rng(seed)
-    users, items, ts = [], [], []
-    for u in range(num_users):
-        start = rng.integers(NUM_ITEMS)
-        for t in range(length):
-            users.append(f"u{u}")
-            items.append(f"i{(start + t) % NUM_ITEMS}")
-            ts.append(t)
-    ratings = rng.integers(1, 6, len(users)).astype(np.float32)
-    return Interactions.from_columns({"user_id": users, "item_id": items, "timestamp": ts,
-                                      "rating": ratings})
+    return cyclic_interactions(num_users, NUM_ITEMS, length, seed=seed, ratings=True)
 
 
 @pytest.fixture(scope="module")

@@ -275,12 +275,7 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
             cbs.append(tf.keras.callbacks.EarlyStopping(
                 monitor="val_rmse", mode="min", patience=config.patience,
                 restore_best_weights=True))
-    if log_dir is not None:
-        if distribute.is_parameter_server(strategy):
-            log.warning("train_rating: TensorBoard does not support ParameterServerStrategy;"
-                        " no logs written")
-        else:
-            cbs.append(tf.keras.callbacks.TensorBoard(str(log_dir), profile_batch=0))
+    cbs.extend(distribute.tensorboard_callbacks(log_dir, strategy, "train_rating"))
     cbs.extend(callbacks)
     hist = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs,
                      verbose=verbose, steps_per_epoch=steps, validation_steps=val_steps)

@@ -545,12 +545,7 @@ def train_unified(train: Interactions, validation: Interactions | None,
             cbs.append(tf.keras.callbacks.EarlyStopping(
                 monitor=monitor, mode="max", patience=config.patience,
                 restore_best_weights=True))
-    if log_dir is not None:
-        if distribute.is_parameter_server(strategy):
-            log.warning("train_unified: TensorBoard does not support ParameterServerStrategy;"
-                        " no logs written")
-        else:
-            cbs.append(tf.keras.callbacks.TensorBoard(str(log_dir), profile_batch=0))
+    cbs.extend(distribute.tensorboard_callbacks(log_dir, strategy, "train_unified"))
     timer = _EpochTimer()
     cbs.append(timer)
     cbs.extend(callbacks)
