@@ -75,23 +75,6 @@ GRID = {
     "hist64_full_softmax_temp0.4": dict(temperature=0.4),
     "hist64_full_softmax_temp0.3_wd1e-4": dict(temperature=0.3, weight_decay=1e-4),
     "hist64_full_softmax_temp0.3_lr1e-3": dict(temperature=0.3, learning_rate=1e-3),
-    # session 3 probes: a residual MLP on the query, user ID + history, log-Q strength
-    "hist64_full_softmax_temp0.3_qmlp256": dict(temperature=0.3, query_hidden_units=(256,)),
-    "hist64_full_softmax_temp0.3_user_id": dict(temperature=0.3, use_user_tower=True),
-    "hist64_full_softmax_temp0.3_logq0.75": dict(temperature=0.3, log_q_strength=0.75),
-    "hist64_full_softmax_temp0.3_logq1.25": dict(temperature=0.3, log_q_strength=1.25),
-    "hist64_full_softmax_temp0.3_wd0.3": dict(temperature=0.3, weight_decay=0.3),
-    "hist64_full_softmax_temp0.3_wd1": dict(temperature=0.3, weight_decay=1.0),
-    "hist128_full_softmax_temp0.3_wd1": dict(temperature=0.3, embedding_dim=128,
-                                             weight_decay=1.0),
-    "hist64_full_softmax_temp0.3_batch512": dict(temperature=0.3, batch_size=512),
-    "hist64_full_softmax_temp0.3_item_item": dict(temperature=0.3, item_item=True),
-    "hist64_full_softmax_temp0.3_item_item_l2": dict(temperature=0.3, item_item=True,
-                                                     item_item_l2=1e-5),
-    "hist64_full_softmax_temp0.3_cos8": dict(temperature=0.3, lr_decay_epochs=8),
-    "hist64_full_softmax_temp0.3_cos12": dict(temperature=0.3, lr_decay_epochs=12),
-    "hist64_full_softmax_temp0.3_cos12_lr5e-3": dict(temperature=0.3, lr_decay_epochs=12,
-                                                     learning_rate=5e-3),
 }
 
 

@@ -27,7 +27,6 @@ global batch. ``UnifiedConfig(hash_buckets=..., min_count=...)`` bound the ID ta
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -181,10 +180,6 @@ class UnifiedConfig(Config):
     leave_target_out: bool = True
     use_user_tower: bool = False
     item_bias: bool = False
-    query_hidden_units: tuple[int, ...] = ()  # residual MLP on the retrieval query
-    log_q_strength: float = 1.0
-    item_item: bool = False         # + a learned item x item "wide" score (catalog²!)
-    item_item_l2: float = 0.0
     popularity_weight: float = 0.0  # inference: + w * log p(item) (score fusion)
     # ranking head
     ranking_hidden_units: tuple[int, ...] = (256, 64)
@@ -194,7 +189,6 @@ class UnifiedConfig(Config):
     # training
     optimizer: str = "adam"
     learning_rate: float = 3e-3
-    lr_decay_epochs: int = 0        # >0: cosine decay of the learning rate to 0 over these
     weight_decay: float = 0.0
     batch_size: int = 1024
     epochs: int = 7
@@ -218,7 +212,6 @@ class UnifiedConfig(Config):
             if getattr(self, name) is not None:
                 setattr(self, name, tuple(getattr(self, name)))
         self.ranking_hidden_units = tuple(int(u) for u in self.ranking_hidden_units)
-        self.query_hidden_units = tuple(int(u) for u in self.query_hidden_units)
         self.weights = {str(k): float(v) for k, v in dict(self.weights).items()}
         unknown = sorted(set(self.weights) - set(TASKS))
         if unknown:
@@ -414,16 +407,6 @@ def build_model(model: tfrs.Model, dataset: tf.data.Dataset,
     strategy.run(lambda b: model.compute_loss(b, training=False), args=(batch,))
 
 
-def _query_network(hidden_units: tuple[int, ...], dim: int) -> tf.keras.Sequential | None:
-    """ReLU layers then a linear layer back to ``dim`` (a residual branch of the query)."""
-    if not hidden_units:
-        return None
-    layers = [tf.keras.layers.Dense(u, activation="relu") for u in hidden_units]
-    return tf.keras.Sequential(
-        [*layers, tf.keras.layers.Dense(dim, kernel_initializer="zeros")],
-        name="query_network")
-
-
 def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConfig, *,
                   fit_table: Interactions | None = None) -> tuple[UnifiedModel, dict]:
     """The model for ``config`` and the tables it was built from (side features, ...).
@@ -472,14 +455,7 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
                 item_probabilities=probs if config.log_q else None,
                 num_hard_negatives=config.num_hard_negatives,
                 full_softmax=config.full_softmax, history=history,
-                use_user_tower=config.use_user_tower, use_item_bias=config.item_bias,
-                query_network=_query_network(config.query_hidden_units, user_tower.dim),
-                log_q_strength=config.log_q_strength,
-                item_item=HistoryEncoder(
-                    splits, values, len(vocabs.item), len(vocabs.item),
-                    dropout=config.history_dropout, leave_target_out=config.leave_target_out,
-                    embeddings_l2=config.item_item_l2, embeddings_initializer="zeros",
-                    name="item_item") if config.item_item else None)
+                use_user_tower=config.use_user_tower, use_item_bias=config.item_bias)
         else:
             heads[task] = RankingHead(config.ranking_hidden_units, listwise=config.listwise)
     model = UnifiedModel(user_tower, item_tower, heads, config.weights)
@@ -487,15 +463,6 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
               "item_probabilities": probs, "global_mean": global_mean,
               "rating_range": rating_range}
     return model, tables
-
-
-def _learning_rate(config: UnifiedConfig, rows: int):
-    """The configured rate, or a cosine decay to 0 over ``lr_decay_epochs`` epochs of
-    ``rows`` (a fixed schedule, so a refit for fewer epochs follows the same curve)."""
-    if config.lr_decay_epochs <= 0:
-        return config.learning_rate
-    steps = config.lr_decay_epochs * max(math.ceil(rows / config.batch_size), 1)
-    return tf.keras.optimizers.schedules.CosineDecay(config.learning_rate, steps)
 
 
 def train_unified(train: Interactions, validation: Interactions | None,
@@ -525,7 +492,7 @@ def train_unified(train: Interactions, validation: Interactions | None,
         model, tables = build_unified(train, vocabs, config, fit_table=fit_table)
         kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
         model.compile(optimizer=_OPTIMIZERS[config.optimizer.lower()](
-            learning_rate=_learning_rate(config, len(fit_table)), **kwargs),
+            learning_rate=config.learning_rate, **kwargs),
             steps_per_execution=distribute.steps_per_execution(
                 strategy, config.steps_per_execution))
     if not distribute.is_default(strategy):

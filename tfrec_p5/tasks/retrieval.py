@@ -77,8 +77,7 @@ class HistoryEncoder(tf.keras.layers.Layer):
 
     def __init__(self, row_splits: np.ndarray, values: np.ndarray, num_items: int, dim: int,
                  dropout: float = 0.5, leave_target_out: bool = True,
-                 embeddings_l2: float = 0.0, embeddings_initializer="uniform",
-                 **kwargs) -> None:
+                 embeddings_l2: float = 0.0, **kwargs) -> None:
         kwargs.setdefault("name", "history_encoder")
         super().__init__(**kwargs)
         self.num_items, self.dim = int(num_items), int(dim)
@@ -89,7 +88,6 @@ class HistoryEncoder(tf.keras.layers.Layer):
                                   name="history_values")
         self.embedding = tf.keras.layers.Embedding(
             self.num_items, self.dim, name="history_embedding",
-            embeddings_initializer=embeddings_initializer,
             embeddings_regularizer=tf.keras.regularizers.L2(embeddings_l2)
             if embeddings_l2 > 0 else None)
 
@@ -133,12 +131,6 @@ class RetrievalHead(Head):
       use_user_tower: add the shared user-tower vector to the query (set False to retrieve
         from the history alone).
       use_item_bias: a learned per-item bias (popularity prior) added to every score.
-      query_network: an optional layer applied to the summed query as a residual branch
-        (``q + query_network(q)``), e.g. ``Sequential([Dense(256, "relu"), Dense(d)])``:
-        lets the query model interactions between history items that a sum cannot.
-      log_q_strength: the log-Q term is ``strength * log p(item)``; 1 is the textbook
-        correction. With ``full_softmax`` it also sets how much popularity the learned
-        scores keep (see ``benchmarks/RESULTS.md``).
       metrics: optional ``tfrs.metrics.FactorizedTopK``; computed only when not training
         (it scores the whole catalog per batch, which is what makes the tutorial slow).
     """
@@ -151,8 +143,6 @@ class RetrievalHead(Head):
                  num_hard_negatives: int | None = None, full_softmax: bool = False,
                  history: HistoryEncoder | None = None, use_user_tower: bool = True,
                  use_item_bias: bool = False, metrics: Sequence | None = None,
-                 query_network: tf.keras.layers.Layer | None = None,
-                 log_q_strength: float = 1.0, item_item: HistoryEncoder | None = None,
                  **kwargs) -> None:
         kwargs.setdefault("name", "retrieval_head")
         super().__init__(**kwargs)
@@ -162,9 +152,6 @@ class RetrievalHead(Head):
         self.use_user_tower = bool(use_user_tower) or history is None
         self.uses_user_tower = self.use_user_tower
         self.use_item_bias = bool(use_item_bias)
-        self.query_network = query_network
-        self.item_item = item_item
-        self.log_q_strength = float(log_q_strength)
         self.log_q = None if item_probabilities is None else tf.Variable(
             np.asarray(item_probabilities, np.float32), trainable=False, name="item_probs")
         self.item_bias = tf.keras.layers.Embedding(
@@ -189,22 +176,15 @@ class RetrievalHead(Head):
         if self.history is not None:
             parts.append(self.history(user_ids, target_ids, training=training))
         q = tf.add_n(parts) if len(parts) > 1 else parts[0]
-        if self.query_network is not None:
-            q = q + self.query_network(q, training=training)
         if self.item_bias is not None:
             q = tf.concat([q, tf.ones_like(q[:, :1])], axis=1)
-        if self.item_item is not None:
-            q = tf.concat([q, self.item_item(user_ids, target_ids, training=training)], axis=1)
         return q
 
     def candidates(self, item_ids: tf.Tensor, item_vec: tf.Tensor) -> tf.Tensor:
         """Candidate vectors ``[N, d(+1)]`` for items ``item_ids`` with tower output."""
-        parts = [item_vec]
         if self.item_bias is not None:
-            parts.append(self.item_bias(item_ids))
-        if self.item_item is not None:
-            parts.append(tf.one_hot(item_ids, self.num_items, dtype=item_vec.dtype))
-        return tf.concat(parts, axis=1) if len(parts) > 1 else item_vec
+            return tf.concat([item_vec, self.item_bias(item_ids)], axis=1)
+        return item_vec
 
     def compute_loss(self, features, user_vec, item_vec, training=False):
         item_ids = features[ITEM]
@@ -218,10 +198,7 @@ class RetrievalHead(Head):
             ids = tf.concat([item_ids, all_ids], axis=0)
         kwargs = {}
         if self.log_q is not None:
-            probs = tf.gather(self.log_q, ids)
-            if self.log_q_strength != 1.0:
-                probs = tf.pow(probs, self.log_q_strength)
-            kwargs["candidate_sampling_probability"] = probs
+            kwargs["candidate_sampling_probability"] = tf.gather(self.log_q, ids)
         return self.retrieval(query, cand, candidate_ids=ids, compute_metrics=not training,
                               **kwargs)
 
