@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from rating_ml100k import TutorialRankingModel, tutorial_dataset  # noqa: E402
 
 BATCH = 8192
+REF = "tutorial (tfrs.Model, StringLookup)"  # the reference every ratio is taken against
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
@@ -105,7 +106,7 @@ def main(argv=None) -> dict:
     tut = RatingConfig.tutorial()
     slow: set[str] = set()  # variants timed on ``slow_rows``
     variants: list[tuple[str, object]] = [
-        ("tutorial (tfrs.Model, StringLookup)", lambda: run_tutorial(table, rows)),
+        (REF, lambda: run_tutorial(table, rows)),
         ("ours, tutorial arch, steps_per_execution=1",
          lambda: run_ours(vocabs, None, rows, tut.replace(steps_per_execution=1))),
         ("ours, tutorial arch, steps_per_execution=16",
@@ -155,10 +156,9 @@ def main(argv=None) -> dict:
         print(f"{name:<48} {n_rows[name] / seconds:>10,.0f} ex/s (median) "
               f"{n_rows[name] / best:>10,.0f} ex/s (best) "
               f"{n_rows[name] / cpu:>10,.0f} ex/CPU-s", flush=True)
-    ref = out["tutorial (tfrs.Model, StringLookup)"]["examples_per_sec"]
+    ref, ref_cpu, ref_best = (out[REF][k] for k in (
+        "examples_per_sec", "examples_per_cpu_sec", "examples_per_sec_best"))
     base = out["ours, tutorial arch, steps_per_execution=16"]["examples_per_sec"]
-    ref_cpu = out["tutorial (tfrs.Model, StringLookup)"]["examples_per_cpu_sec"]
-    ref_best = out["tutorial (tfrs.Model, StringLookup)"]["examples_per_sec_best"]
     for r in out.values():
         r["cpu_ratio_vs_tutorial"] = round(r["examples_per_cpu_sec"] / ref_cpu, 3)
         r["best_ratio_vs_tutorial"] = round(r["examples_per_sec_best"] / ref_best, 3)
@@ -166,8 +166,7 @@ def main(argv=None) -> dict:
         r["ratio_vs_ours_tutorial_arch"] = round(r["examples_per_sec"] / base, 3)
     # Paired by round (each round times every variant once, back to back): the per-round
     # ratio of CPU time per example cancels slow phases of the machine that hit a round.
-    ref_name = "tutorial (tfrs.Model, StringLookup)"
-    ref_per_row = np.array(out[ref_name]["all_cpu_seconds"]) / out[ref_name]["rows_per_epoch"]
+    ref_per_row = np.array(out[REF]["all_cpu_seconds"]) / out[REF]["rows_per_epoch"]
     for r in out.values():
         mine = np.array(r["all_cpu_seconds"]) / r["rows_per_epoch"]
         paired = ref_per_row / mine
