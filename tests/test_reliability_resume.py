@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
+
+import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
 
 SPEC = "synthetic?num_users=300&num_items=200&num_interactions=12000"
 RATING = {"steps_per_execution": 1, "refit_full": False, "history_len": 0,
@@ -154,3 +157,63 @@ def test_same_seed_same_data_identical_metrics(runs):
     a, b = runs["all_1"], runs["all_2"]
     assert set(a) >= {"test_rating_rmse", "test_recall@10", "test_ndcg@10"}
     assert a == b  # every metric, bit for bit
+
+
+class _StopInRefit(tf.keras.callbacks.Callback):
+    """Raises at the end of the refit's first epoch (the refit's logs have no val_rmse),
+    after ``BackupAndRestore`` (an earlier callback) saved that epoch."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if "val_rmse" not in (logs or {}):
+            raise _Interrupted()
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class _EpochLog(tf.keras.callbacks.Callback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.search_epochs = self.refit_epochs = 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if "val_rmse" in (logs or {}):
+            self.search_epochs += 1
+        else:
+            self.refit_epochs += 1
+
+
+def test_interrupted_refit_resumes_without_searching_again(tmp_path):
+    from tfrec_p5.data import load
+    from tfrec_p5.models import RatingConfig, train_rating
+    from tfrec_p5.models.refit import load_search
+
+    table = load("synthetic", num_users=200, num_items=100, num_interactions=4000)
+    config = RatingConfig(**{**RATING, "refit_full": True, "epochs": 3, "patience": 5,
+                             "batch_size": 256, "steps_per_execution": 4})
+    full = train_rating(table, None, config, seed=3, verbose=0)
+    backup = tmp_path / "backup"
+    with pytest.raises(_Interrupted):
+        train_rating(table, None, config, seed=3, verbose=0, backup_dir=backup,
+                     callbacks=[_StopInRefit()])
+    record = load_search(backup)
+    assert record is not None and record["best_epochs"] == len(full.history["rmse"])
+    assert record["history"]["val_rmse"] == pytest.approx(full.history["search_val_rmse"])
+    seen = _EpochLog()
+    resumed = train_rating(table, None, config, seed=3, verbose=0, backup_dir=backup,
+                           callbacks=[seen])
+    assert seen.search_epochs == 0  # the finished search was not run again
+    assert seen.refit_epochs == record["best_epochs"] - 1  # refit epoch 1 was restored
+    assert resumed.history["search_val_rmse"] == record["history"]["val_rmse"]
+    ours, ref = resumed.evaluate(table), full.evaluate(table)
+    assert ours["rmse"] == pytest.approx(ref["rmse"], rel=0.02)
+
+
+def test_best_epochs_reads_the_monitor_direction():
+    from tfrec_p5.models.refit import best_epochs
+
+    assert best_epochs({"val_rmse": [1.0, 0.8, 0.9]}, "val_rmse") == 2
+    assert best_epochs({"val_recall@10": [0.1, 0.3, 0.2]}, "val_recall@10") == 2
+    # after a resume the history starts later; the real epoch numbers count
+    assert best_epochs({"val_rmse": [0.9, 0.7]}, "val_rmse", epochs=[3, 4]) == 5

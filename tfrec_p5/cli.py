@@ -281,6 +281,25 @@ def _describe(table: Interactions) -> str:
     return f"{len(table):,} rows, {table.num_users:,} users, {table.num_items:,} items"
 
 
+def _say_resume(backup_dir: str, info) -> None:
+    """Tell the user what an interrupted run left to resume (nothing printed if nothing)."""
+    from tfrec_p5.models.refit import load_search, refit_backup_dir
+
+    done = backup_epochs(backup_dir) if os.path.isdir(backup_dir) else None
+    if done is not None:
+        print(f"resuming from epoch {done} (the last epoch an interrupted run completed; "
+              f"backup {backup_dir})", file=info)
+        return
+    record = load_search(backup_dir) if os.path.isdir(backup_dir) else None
+    if record is not None:
+        refit_dir = refit_backup_dir(backup_dir)
+        refit_done = backup_epochs(refit_dir) if os.path.isdir(refit_dir) else None
+        print(f"resuming: the epoch search of an interrupted run finished "
+              f"({record['best_epochs']} epochs); refit "
+              + (f"from epoch {refit_done}" if refit_done else "from its start")
+              + f" (backup {backup_dir})", file=info)
+
+
 def backup_epochs(backup_dir: str) -> int | None:
     """Epochs completed in a ``BackupAndRestore`` backup (``None``: nothing to resume).
 
@@ -355,10 +374,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     out = os.fspath(args.out)
     backup_dir = os.path.join(out, BACKUP_PREFIX + task.name)
-    done = backup_epochs(backup_dir) if os.path.isdir(backup_dir) else None
-    if done is not None:
-        print(f"resuming from epoch {done} (the last epoch an interrupted run completed; "
-              f"backup {backup_dir})", file=info)
+    _say_resume(backup_dir, info)
     request = TrainRequest(train=train, validation=validation, seed=args.seed,
                            epochs=args.epochs, batch_size=args.batch_size,
                            config=config_overrides, log_dir=args.log_dir,

@@ -39,6 +39,7 @@ from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import ITEM, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, normalize_hash_buckets, pointwise_dataset
 from tfrec_p5.data.splits import carve_validation
+from tfrec_p5.models.refit import best_epochs, load_search, refit_backup_dir, save_search
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
 from tfrec_p5.towers.side_features import HISTORY_FEATURES, side_features_for
 
@@ -232,7 +233,8 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
       from scratch on all of ``train`` for the best epoch count found on the slice.
     * ``log_dir`` adds a ``TensorBoard`` callback; ``backup_dir`` adds
       ``BackupAndRestore``: rerunning the same call after an interruption resumes from the
-      last finished epoch (early-stopping state restarts with it).
+      last finished epoch (early-stopping state restarts with it); an interruption during
+      the refit resumes the refit, without searching again (``tfrec_p5.models.refit``).
     * Seeds: ``tf.keras.utils.set_random_seed(seed)`` (Python, numpy, TF) and the shuffle.
     * ``strategy``: a ``tf.distribute.Strategy`` or a name (``default``, ``mirrored``,
       ``multi_worker``, ``parameter_server``; ``tfrec_p5.distribute.resolve_strategy``);
@@ -251,6 +253,23 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
     vocabs = vocabs or Vocabularies.build(train, config.min_count, config.hash_buckets)
     fit_table, validation = carve_validation(train, validation, config.validation_fraction,
                                              seed)
+    searching = config.refit_full and fit_table is not train
+
+    def refit(record: dict) -> TrainedRating:
+        log.info("train_rating: refitting on all %d rows for %d epochs", len(train),
+                 record["best_epochs"])
+        out = train_rating(train, None, config.replace(
+            refit_full=False, validation_fraction=0.0, epochs=record["best_epochs"]),
+            vocabs=vocabs, seed=seed, callbacks=callbacks, verbose=verbose,
+            log_dir=log_dir, backup_dir=refit_backup_dir(backup_dir), strategy=strategy)
+        out.history = {**{f"search_{k}": v for k, v in record["history"].items()},
+                       **out.history}
+        out.stopped_epoch = record["stopped_epoch"]
+        return out
+
+    record = load_search(backup_dir) if searching else None
+    if record is not None:  # an interrupted run finished its search: go on with the refit
+        return refit(record)
     side = side_features_for(config, train, vocabs, fit_table)
     global_mean = float(np.mean(fit_table.rating))
     rating_range = train.rating_range or (float(np.min(train.rating)),
@@ -290,18 +309,10 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
         model = distribute.unsharded_copy(model, rebuild,
                                           probe=lambda m: m(probe_x, training=False))
     history = dict(hist.history)
-    if config.refit_full and fit_table is not train and "val_rmse" in history:
+    if searching and "val_rmse" in history:
         # ``hist.epoch`` holds the real epoch numbers, also after a BackupAndRestore resume.
-        best_epochs = int(hist.epoch[int(np.argmin(history["val_rmse"]))]) + 1
-        log.info("train_rating: refitting on all %d rows for %d epochs", len(train),
-                 best_epochs)
-        refit = train_rating(train, None, config.replace(
-            refit_full=False, validation_fraction=0.0, epochs=best_epochs), vocabs=vocabs,
-            seed=seed, callbacks=callbacks, verbose=verbose, log_dir=log_dir,
-            strategy=strategy)
-        refit.history = {**{f"search_{k}": v for k, v in history.items()}, **refit.history}
-        refit.stopped_epoch = stopped
-        return refit
+        return refit(save_search(backup_dir, history,
+                                 best_epochs(history, "val_rmse", hist.epoch), stopped))
     return TrainedRating(model, vocabs, side, history, config, global_mean, stopped)
 
 

@@ -49,6 +49,7 @@ from tfrec_p5.data.pipeline import (
 from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.data.vocabulary import EMPTY_BUCKET
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
+from tfrec_p5.models.refit import best_epochs, load_search, refit_backup_dir, save_search
 from tfrec_p5.tasks.base import Head
 from tfrec_p5.tasks.ranking import CANDIDATES, RankingHead, listwise_dataset, listwise_examples
 from tfrec_p5.tasks.rating import RatingHead
@@ -488,6 +489,20 @@ def train_unified(train: Interactions, validation: Interactions | None,
     vocabs = vocabs or Vocabularies.build(train, config.min_count, config.hash_buckets)
     fit_table, validation = carve_validation(train, validation, config.validation_fraction,
                                              seed)
+    searching = config.refit_full and fit_table is not train
+
+    def refit(record: dict) -> TrainedUnified:
+        out = train_unified(train, None, config.replace(
+            refit_full=False, validation_fraction=0.0, epochs=record["best_epochs"]),
+            vocabs=vocabs, seed=seed, callbacks=callbacks, verbose=verbose, log_dir=log_dir,
+            backup_dir=refit_backup_dir(backup_dir), strategy=strategy)
+        out.history = {**{f"search_{k}": v for k, v in record["history"].items()},
+                       **out.history}
+        return out
+
+    record = load_search(backup_dir) if searching else None
+    if record is not None:  # an interrupted run finished its search: go on with the refit
+        return refit(record)
     with distribute.scope(strategy):
         model, tables = build_unified(train, vocabs, config, fit_table=fit_table)
         kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
@@ -558,16 +573,10 @@ def train_unified(train: Interactions, validation: Interactions | None,
         model = distribute.unsharded_copy(
             model, lambda: build_unified(train, vocabs, config, fit_table=fit_table)[0],
             lambda plain: build_model(plain, probe_ds), probe=lambda m: m.score(probe_x))
-    if config.refit_full and fit_table is not train and monitor in history:
+    if searching and monitor in history:
         # As train_rating: the best epoch count found on validation, refit on all rows.
-        values = np.asarray(history[monitor])
-        best_epochs = int(np.argmin(values) if monitor == "val_rmse" else np.argmax(values)) + 1
-        refit = train_unified(train, None, config.replace(
-            refit_full=False, validation_fraction=0.0, epochs=best_epochs), vocabs=vocabs,
-            seed=seed, callbacks=callbacks, verbose=verbose, log_dir=log_dir,
-            strategy=strategy)
-        refit.history = {**{f"search_{k}": v for k, v in history.items()}, **refit.history}
-        return refit
+        return refit(save_search(backup_dir, history,
+                                 best_epochs(history, monitor, hist.epoch)))
     return TrainedUnified(model, vocabs, config, tables["side_features"], history,
                           tables["seen_splits"], tables["seen_values"],
                           tables["item_probabilities"], tables["global_mean"],
