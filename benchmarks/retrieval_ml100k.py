@@ -75,6 +75,8 @@ GRID = {
     "hist64_full_softmax_temp0.4": dict(temperature=0.4),
     "hist64_full_softmax_temp0.3_wd1e-4": dict(temperature=0.3, weight_decay=1e-4),
     "hist64_full_softmax_temp0.3_lr1e-3": dict(temperature=0.3, learning_rate=1e-3),
+    "hist64_full_softmax_temp0.3_nologq": dict(temperature=0.3, log_q=False),
+    "hist64_full_softmax_temp0.1_nologq": dict(temperature=0.1, log_q=False),
 }
 
 
