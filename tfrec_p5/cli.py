@@ -29,7 +29,7 @@ import shutil
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:  # heavy imports (TensorFlow) stay out of `tfrec-p5 --help`
     from tfrec_p5.data.interactions import Interactions
@@ -281,8 +281,10 @@ def _describe(table: Interactions) -> str:
     return f"{len(table):,} rows, {table.num_users:,} users, {table.num_items:,} items"
 
 
-def _say_resume(backup_dir: str, info) -> None:
-    """Tell the user what an interrupted run left to resume (nothing printed if nothing)."""
+def say_resume(backup_dir: str, info: TextIO) -> None:
+    """Tell the user what an interrupted run left to resume (nothing printed if nothing):
+    the epoch of a ``BackupAndRestore`` backup, or a finished epoch search whose refit
+    goes on (``tfrec_p5.models.refit``). Used by ``train`` and ``pretrain``."""
     from tfrec_p5.models.refit import load_search, refit_backup_dir
 
     done = backup_epochs(backup_dir) if os.path.isdir(backup_dir) else None
@@ -374,7 +376,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     out = os.fspath(args.out)
     backup_dir = os.path.join(out, BACKUP_PREFIX + task.name)
-    _say_resume(backup_dir, info)
+    say_resume(backup_dir, info)
     request = TrainRequest(train=train, validation=validation, seed=args.seed,
                            epochs=args.epochs, batch_size=args.batch_size,
                            config=config_overrides, log_dir=args.log_dir,

@@ -39,7 +39,13 @@ from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import ITEM, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, normalize_hash_buckets, pointwise_dataset
 from tfrec_p5.data.splits import carve_validation
-from tfrec_p5.models.refit import best_epochs, load_search, refit_backup_dir, save_search
+from tfrec_p5.models.refit import (
+    best_epochs,
+    load_search,
+    refit_backup_dir,
+    save_search,
+    with_search_history,
+)
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
 from tfrec_p5.towers.side_features import HISTORY_FEATURES, side_features_for
 
@@ -262,8 +268,7 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
             refit_full=False, validation_fraction=0.0, epochs=record["best_epochs"]),
             vocabs=vocabs, seed=seed, callbacks=callbacks, verbose=verbose,
             log_dir=log_dir, backup_dir=refit_backup_dir(backup_dir), strategy=strategy)
-        out.history = {**{f"search_{k}": v for k, v in record["history"].items()},
-                       **out.history}
+        out.history = with_search_history(record, out.history)
         out.stopped_epoch = record["stopped_epoch"]
         return out
 

@@ -60,6 +60,11 @@ def save_search(backup_dir: str | os.PathLike | None, history: dict[str, list[fl
     return record
 
 
+def with_search_history(record: dict, history: dict[str, list[float]]) -> dict:
+    """The refit's ``history`` preceded by the search's, keys prefixed ``search_``."""
+    return {**{f"search_{k}": v for k, v in record["history"].items()}, **history}
+
+
 def load_search(backup_dir: str | os.PathLike | None) -> dict | None:
     """The record of a finished search under ``backup_dir``, or ``None``."""
     if backup_dir is None:

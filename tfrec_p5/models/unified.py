@@ -49,7 +49,13 @@ from tfrec_p5.data.pipeline import (
 from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.data.vocabulary import EMPTY_BUCKET
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
-from tfrec_p5.models.refit import best_epochs, load_search, refit_backup_dir, save_search
+from tfrec_p5.models.refit import (
+    best_epochs,
+    load_search,
+    refit_backup_dir,
+    save_search,
+    with_search_history,
+)
 from tfrec_p5.tasks.base import Head
 from tfrec_p5.tasks.ranking import CANDIDATES, RankingHead, listwise_dataset, listwise_examples
 from tfrec_p5.tasks.rating import RatingHead
@@ -496,8 +502,7 @@ def train_unified(train: Interactions, validation: Interactions | None,
             refit_full=False, validation_fraction=0.0, epochs=record["best_epochs"]),
             vocabs=vocabs, seed=seed, callbacks=callbacks, verbose=verbose, log_dir=log_dir,
             backup_dir=refit_backup_dir(backup_dir), strategy=strategy)
-        out.history = {**{f"search_{k}": v for k, v in record["history"].items()},
-                       **out.history}
+        out.history = with_search_history(record, out.history)
         return out
 
     record = load_search(backup_dir) if searching else None

@@ -89,13 +89,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
           f"training rows; tasks {', '.join(tasks)}", file=info)
     # Like `train`: a killed run leaves a BackupAndRestore checkpoint; the same command
     # resumes from its last finished epoch.
-    from tfrec_p5.cli import BACKUP_PREFIX, backup_epochs
+    from tfrec_p5.cli import BACKUP_PREFIX, say_resume
 
     backup_dir = os.path.join(args.out, BACKUP_PREFIX + "pretrain")
-    done = backup_epochs(backup_dir) if os.path.isdir(backup_dir) else None
-    if done is not None:
-        print(f"resuming from epoch {done} (the last epoch an interrupted run completed; "
-              f"backup {backup_dir})", file=info)
+    say_resume(backup_dir, info)
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect:
         pre = pretrain(train, weights=_parse_weights(args.weights) or None, config=config,
