@@ -11,6 +11,8 @@ from tfrec_p5.data import Vocabularies, load, random_split
 from tfrec_p5.evaluation import MostPopular
 from tfrec_p5.models.unified import UnifiedConfig, retrieval_metrics, train_unified
 from tfrec_p5.tasks import HistoryEncoder, ListMLELoss, ListwiseSoftmaxLoss, history_csr
+from tfrec_p5.tasks.retrieval import RetrievalHead
+from tfrec_p5.tasks.squared import SquaredRetrieval
 
 # dim=2: the planted user-item factors decide most choices (with the default dim=8 the
 # 16 popularity-drawn candidates dominate and even EASE does not beat most-popular).
@@ -44,12 +46,17 @@ def test_retrieval_beats_most_popular_on_held_out_data(split, trained):
     assert 0 < ours["retrieval_factorized_top_100"] <= 1
 
 
+SOFTMAX = {"retrieval_loss": "softmax", "leave_target_out": True, "ema_momentum": None}
+
+
 @pytest.mark.parametrize("overrides", [
-    {"log_q": False, "temperature": None},
-    {"num_hard_negatives": 8, "full_softmax": False},
-    {"remove_accidental_hits": False, "full_softmax": False, "history": False,
+    {**SOFTMAX, "log_q": False, "temperature": None},
+    {**SOFTMAX, "num_hard_negatives": 8, "full_softmax": False},
+    {**SOFTMAX, "remove_accidental_hits": False, "full_softmax": False, "history": False,
      "use_user_tower": True},
-    {"item_bias": True, "use_user_tower": True, "use_side_features": True},
+    {**SOFTMAX, "item_bias": True, "use_user_tower": True, "use_side_features": True},
+    {"history": False, "use_user_tower": True, "retrieval_l2": 0.0},  # squared, ID query
+    {"item_bias": True, "use_side_features": True, "unobserved_weight": 0.5},  # squared
 ])
 def test_retrieval_options_train(split, overrides):
     cfg = UnifiedConfig(epochs=1, batch_size=512, **overrides)
@@ -65,6 +72,53 @@ def test_validation_recall_drives_early_stopping(split):
                         UnifiedConfig(epochs=2, patience=1, batch_size=512), verbose=0)
     assert len(out.history["val_recall@10"]) >= 2
     assert all(0 <= v <= 1 for v in out.history["val_recall@100"])
+
+
+def test_squared_loss_is_the_full_matrix_loss():
+    # With weight 1 and the positive inside the catalog, the Gramian form equals the plain
+    # squared error of every catalog score against the one-hot row: sum_j (y_j - q.c_j)^2.
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(3, 4)).astype(np.float32)
+    catalog = rng.normal(size=(6, 4)).astype(np.float32)
+    pos = np.array([0, 4, 5])
+    loss = SquaredRetrieval()(q, catalog[pos], catalog).numpy()
+    y = np.eye(6)[pos]
+    expected = np.mean(np.sum((y - q @ catalog.T) ** 2, axis=1))
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
+    # Row weights scale only the unobserved (all-items) part; weight 0 leaves (1 - s)^2 - s^2.
+    s = np.sum(q * catalog[pos], axis=1)
+    zero = SquaredRetrieval()(q, catalog[pos], catalog, tf.zeros(3)).numpy()
+    np.testing.assert_allclose(zero, np.mean((1 - s) ** 2 - s ** 2), rtol=1e-5)
+    with pytest.raises(ValueError, match="unobserved_weight"):
+        SquaredRetrieval(unobserved_weight=-1.0)
+
+
+def test_bad_retrieval_loss_and_ema_are_refused():
+    with pytest.raises(ValueError, match="retrieval_loss 'hinge'"):
+        UnifiedConfig(retrieval_loss="hinge")
+    with pytest.raises(ValueError, match="ema_momentum"):
+        UnifiedConfig(ema_momentum=1.0)
+    with pytest.raises(ValueError, match="retrieval loss 'hinge'"):
+        RetrievalHead(10, loss="hinge")
+
+
+def test_validation_scores_the_averaged_weights_that_fit_leaves(split):
+    # With ema_momentum the model ends fit holding the moving average; the last epoch's
+    # logged validation recall must be the recall of exactly that model (not of the raw
+    # weights Keras trains), else epoch selection would pick by numbers nobody exports.
+    carved = random_split(split.train, 0.9, seed=1)
+    out = train_unified(carved.train, carved.test,
+                        UnifiedConfig(epochs=3, batch_size=256, ema_momentum=0.9), verbose=0)
+    opt = out.model.optimizer
+    for v in out.model.trainable_variables:
+        avg = opt._model_variables_moving_average[opt._index_dict[opt._var_key(v)]]
+        np.testing.assert_array_equal(v.numpy(), avg.numpy())
+    final = retrieval_metrics(out.retrieval_scores, carved.test, out.vocabs,
+                              out.seen_splits, out.seen_values)
+    assert out.history["val_recall@10"][-1] == pytest.approx(final["recall@10"], abs=1e-9)
+    raw = train_unified(carved.train, carved.test,
+                        UnifiedConfig(epochs=3, batch_size=256, ema_momentum=None), verbose=0)
+    assert raw.history["val_recall@10"] != out.history["val_recall@10"]
 
 
 def test_history_encoder_leaves_the_target_out():

@@ -264,10 +264,13 @@ def _split_parts(table: Interactions, split_spec: str, seed: int):
 
 def _format_table(rows: Sequence[tuple[str, int, Mapping[str, float]]]) -> str:
     names = list(dict.fromkeys(m for _, _, metrics in rows for m in metrics))
-    lines = [f"{'part':<12}{'examples':>10}" + "".join(f"{m:>10}" for m in names)]
+    # Every column at least one space wider than its header / part name, so they never touch.
+    w = {m: max(10, len(m) + 1) for m in names}
+    pw = max([12] + [len(part) + 1 for part, _, _ in rows])
+    lines = [f"{'part':<{pw}}{'examples':>10}" + "".join(f"{m:>{w[m]}}" for m in names)]
     for part, count, metrics in rows:
-        lines.append(f"{part:<12}{count:>10,}" + "".join(
-            f"{metrics[m]:>10.4f}" if m in metrics else f"{'-':>10}" for m in names))
+        lines.append(f"{part:<{pw}}{count:>10,}" + "".join(
+            f"{metrics[m]:>{w[m]}.4f}" if m in metrics else f"{'-':>{w[m]}}" for m in names))
     return "\n".join(lines)
 
 

@@ -48,6 +48,7 @@ from tfrec_p5.data.pipeline import (
 )
 from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.data.vocabulary import EMPTY_BUCKET
+from tfrec_p5.models.averaging import averaged_validation
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
 from tfrec_p5.models.refit import (
     best_epochs,
@@ -60,6 +61,7 @@ from tfrec_p5.tasks.base import Head
 from tfrec_p5.tasks.ranking import CANDIDATES, RankingHead, listwise_dataset, listwise_examples
 from tfrec_p5.tasks.rating import RatingHead
 from tfrec_p5.tasks.retrieval import (
+    RETRIEVAL_LOSSES,
     HistoryEncoder,
     RetrievalHead,
     history_csr,
@@ -176,7 +178,11 @@ class UnifiedConfig(Config):
     history_len: int = 0            # rated_items / rated_by tower features (rating model)
     # rating head
     rating: RatingConfig = field(default_factory=RatingConfig)
-    # retrieval head
+    # retrieval head: the squared full-catalog loss (tasks.squared) over a history query;
+    # "softmax" + the options below it is the tfrs.tasks.Retrieval path
+    retrieval_loss: str = "squared"
+    unobserved_weight: float = 1.0
+    retrieval_l2: float = 0.01      # squared loss: per-user L2 (EASE-style lambda)
     temperature: float | None = 0.3
     log_q: bool = True
     remove_accidental_hits: bool = True
@@ -184,7 +190,7 @@ class UnifiedConfig(Config):
     full_softmax: bool = True
     history: bool = True
     history_dropout: float = 0.25
-    leave_target_out: bool = True
+    leave_target_out: bool = False
     use_user_tower: bool = False
     item_bias: bool = False
     popularity_weight: float = 0.0  # inference: + w * log p(item) (score fusion)
@@ -197,8 +203,9 @@ class UnifiedConfig(Config):
     optimizer: str = "adam"
     learning_rate: float = 3e-3
     weight_decay: float = 0.0
+    ema_momentum: float | None = 0.99  # evaluate / export the moving average of the weights
     batch_size: int = 1024
-    epochs: int = 7
+    epochs: int = 8
     patience: int = 0               # >0 with a rating head: early stop on val_rmse
     steps_per_execution: int = 16
     validation_fraction: float = 0.0
@@ -225,6 +232,12 @@ class UnifiedConfig(Config):
             raise ValueError(f"unknown task(s) in weights: {unknown}; known: {list(TASKS)}")
         if self.optimizer.lower() not in _OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
+        if self.retrieval_loss not in RETRIEVAL_LOSSES:
+            raise ValueError(f"retrieval_loss {self.retrieval_loss!r}; expected one of "
+                             f"{RETRIEVAL_LOSSES}")
+        if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
+            raise ValueError(f"ema_momentum must be in (0, 1) or None, got "
+                             f"{self.ema_momentum}")
 
     def active(self) -> list[str]:
         return [t for t in TASKS if self.weights.get(t, 0.0) > 0]
@@ -243,7 +256,8 @@ class UnifiedConfig(Config):
                    steps_per_execution=r.steps_per_execution,
                    validation_fraction=r.validation_fraction,
                    refit_full=bool(getattr(r, "refit_full", False)),
-                   min_count=r.min_count, hash_buckets=dict(r.hash_buckets))
+                   min_count=r.min_count, hash_buckets=dict(r.hash_buckets),
+                   ema_momentum=None)
         return base.replace(**changes)
 
 
@@ -462,7 +476,9 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
                 item_probabilities=probs if config.log_q else None,
                 num_hard_negatives=config.num_hard_negatives,
                 full_softmax=config.full_softmax, history=history,
-                use_user_tower=config.use_user_tower, use_item_bias=config.item_bias)
+                use_user_tower=config.use_user_tower, use_item_bias=config.item_bias,
+                loss=config.retrieval_loss, unobserved_weight=config.unobserved_weight,
+                l2=config.retrieval_l2, user_counts=np.diff(splits))
         else:
             heads[task] = RankingHead(config.ranking_hidden_units, listwise=config.listwise)
     model = UnifiedModel(user_tower, item_tower, heads, config.weights)
@@ -511,6 +527,8 @@ def train_unified(train: Interactions, validation: Interactions | None,
     with distribute.scope(strategy):
         model, tables = build_unified(train, vocabs, config, fit_table=fit_table)
         kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
+        if config.ema_momentum is not None:
+            kwargs.update(use_ema=True, ema_momentum=config.ema_momentum)
         model.compile(optimizer=_OPTIMIZERS[config.optimizer.lower()](
             learning_rate=config.learning_rate, **kwargs),
             steps_per_execution=distribute.steps_per_execution(
@@ -542,13 +560,17 @@ def train_unified(train: Interactions, validation: Interactions | None,
     train_ds, steps = distribute.fit_input(
         strategy, lambda **kw: make(fit_table, config.batch_size, True, **kw))
     cbs: list[tf.keras.callbacks.Callback] = []
-    if backup_dir is not None or distribute.is_parameter_server(strategy):
+    if (backup_dir is not None or distribute.is_parameter_server(strategy)
+            or config.ema_momentum is not None):
         # Build the variables before fit (BackupAndRestore needs them; the parameter-server
-        # coordinator must create them outside the scheduled steps) on one batch: inference
+        # coordinator must create them outside the scheduled steps; the optimizer's moving
+        # averages copy them, which fails for a table first built inside the traced
+        # train step) on one batch: inference
         # mode draws no random numbers, so the initial weights are the ones fit would make.
         build_model(model, make(fit_table, config.batch_size, True), strategy)
+    before: list[tf.keras.callbacks.Callback] = []
     if backup_dir is not None:
-        cbs.append(tf.keras.callbacks.BackupAndRestore(str(backup_dir)))
+        before.append(tf.keras.callbacks.BackupAndRestore(str(backup_dir)))
     val_ds = val_steps = None
     if validation is not None and "rating" in active and config.patience > 0:
         val_batch = max(config.batch_size, 8192)
@@ -569,6 +591,10 @@ def train_unified(train: Interactions, validation: Interactions | None,
     timer = _EpochTimer()
     cbs.append(timer)
     cbs.extend(callbacks)
+    # Validation, early stopping and the epoch-end callbacks see the averaged weights (the
+    # ones fit leaves in the model) when the optimizer keeps them.
+    cbs = averaged_validation(cbs, before) if config.ema_momentum is not None \
+        else before + cbs
     hist = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs,
                      verbose=verbose, steps_per_epoch=steps, validation_steps=val_steps)
     history = dict(hist.history)

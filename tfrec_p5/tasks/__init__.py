@@ -16,6 +16,7 @@ _EXPORTS = {
     "RankingHead": "ranking", "listwise_dataset": "ranking", "listwise_examples": "ranking",
     "RatingHead": "rating", "HistoryEncoder": "retrieval", "RetrievalHead": "retrieval",
     "history_csr": "retrieval", "item_frequencies": "retrieval",
+    "SquaredRetrieval": "squared",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -18,6 +18,12 @@ which generalizes far better than a free user-ID vector on small data.
 Scoring is a dot product of ``query(...)`` and ``candidates(...)`` vectors, so serving
 precomputes both tables once (``tfrec_p5.export.retrieval``) and needs only a matmul and
 ``tf.math.top_k``.
+
+``loss="squared"`` swaps the softmax for the full-catalog squared loss of
+``tasks.squared.SquaredRetrieval`` (EASE / iALS-style: observed → 1, every other item → 0,
+through a ``d × d`` Gramian), with an L2 penalty on the history and item tables; with the
+history encoder (no leave-target-out) this is a low-rank denoising linear autoencoder, the
+default of ``UnifiedConfig`` since it was the best model on ML-100K validation.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ import tensorflow_recommenders as tfrs
 from tfrec_p5.data.interactions import ITEM, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies
 from tfrec_p5.tasks.base import Head
+from tfrec_p5.tasks.squared import SquaredRetrieval
+
+RETRIEVAL_LOSSES = ("softmax", "squared")
 
 
 def item_frequencies(train: Interactions, vocabs: Vocabularies) -> np.ndarray:
@@ -133,6 +142,16 @@ class RetrievalHead(Head):
       use_item_bias: a learned per-item bias (popularity prior) added to every score.
       metrics: optional ``tfrs.metrics.FactorizedTopK``; computed only when not training
         (it scores the whole catalog per batch, which is what makes the tutorial slow).
+      loss: ``"softmax"`` (``tfrs.tasks.Retrieval``; ``temperature``, log-Q, accidental
+        hits, hard negatives and ``full_softmax`` apply) or ``"squared"``
+        (``SquaredRetrieval`` over the whole catalog; those softmax options are ignored).
+      unobserved_weight: squared loss only: weight of the "every item → 0" term.
+      l2: squared loss only: L2 penalty on the history table and the catalog's item
+        vectors, per user (as EASE's lambda: scaled by users / interactions, so the same
+        value means the same on a larger data set).
+      user_counts: ``[num_users]`` training interactions per user index: each user's
+        unobserved term counts once (weight ``1 / n_u``) and ``l2`` is scaled by them;
+        ``None``: every row weighs 1 and ``l2`` is used as is.
     """
 
     task = "retrieval"
@@ -143,9 +162,21 @@ class RetrievalHead(Head):
                  num_hard_negatives: int | None = None, full_softmax: bool = False,
                  history: HistoryEncoder | None = None, use_user_tower: bool = True,
                  use_item_bias: bool = False, metrics: Sequence | None = None,
-                 **kwargs) -> None:
+                 loss: str = "softmax", unobserved_weight: float = 1.0, l2: float = 0.0,
+                 user_counts: np.ndarray | None = None, **kwargs) -> None:
         kwargs.setdefault("name", "retrieval_head")
         super().__init__(**kwargs)
+        if loss not in RETRIEVAL_LOSSES:
+            raise ValueError(f"retrieval loss {loss!r}; expected one of {RETRIEVAL_LOSSES}")
+        self.loss_kind = loss
+        self.squared = SquaredRetrieval(unobserved_weight) if loss == "squared" else None
+        self.l2 = float(l2)
+        self.row_weight = self.l2_scale = None
+        if user_counts is not None:
+            counts = np.asarray(user_counts, np.float32)
+            self.row_weight = tf.Variable(1.0 / np.maximum(counts, 1.0), trainable=False,
+                                          name="unobserved_row_weight")
+            self.l2_scale = float((counts > 0).sum() / max(counts.sum(), 1.0))
         self.num_items = int(num_items)
         self.full_softmax = bool(full_softmax)
         self.history = history
@@ -190,6 +221,8 @@ class RetrievalHead(Head):
         item_ids = features[ITEM]
         query = self.query(features[USER], user_vec, item_ids, training=training)
         cand = self.candidates(item_ids, item_vec)
+        if self.squared is not None:
+            return self._squared_loss(features[USER], query, cand, training)
         ids = item_ids
         if self.full_softmax:
             all_ids = tf.range(1, self.num_items, dtype=item_ids.dtype)
@@ -201,6 +234,21 @@ class RetrievalHead(Head):
             kwargs["candidate_sampling_probability"] = tf.gather(self.log_q, ids)
         return self.retrieval(query, cand, candidate_ids=ids, compute_metrics=not training,
                               **kwargs)
+
+    def _squared_loss(self, user_ids, query, cand, training):
+        all_ids = tf.range(1, self.num_items, dtype=tf.int64)
+        catalog = self.candidates(all_ids, self._item_tower()(all_ids, training=training))
+        weights = 1.0 if self.row_weight is None else tf.gather(
+            self.row_weight, tf.cast(user_ids, tf.int64))
+        loss = self.squared(query, cand, catalog, weights)
+        if self.l2 > 0:
+            tables = [catalog] + ([self.history.embedding.embeddings]
+                                  if self.history is not None else [])
+            norm = tf.add_n([tf.reduce_sum(tf.square(t)) for t in tables])
+            loss += self.l2 * (self.l2_scale or 1.0) * norm
+        if not training and self.retrieval.factorized_metrics:
+            self.retrieval(query, cand, compute_metrics=True)  # metrics only
+        return loss
 
     def score(self, features, user_vec, item_vec, training=False):
         q = self.query(features[USER], user_vec, training=training)
