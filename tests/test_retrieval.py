@@ -9,6 +9,7 @@ import tensorflow as tf
 import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
 from tfrec_p5.data import Vocabularies, load, random_split
 from tfrec_p5.evaluation import MostPopular
+from tfrec_p5.models.averaging import WeightAverage
 from tfrec_p5.models.unified import UnifiedConfig, retrieval_metrics, train_unified
 from tfrec_p5.tasks import HistoryEncoder, ListMLELoss, ListwiseSoftmaxLoss, history_csr
 from tfrec_p5.tasks.retrieval import RetrievalHead
@@ -104,21 +105,47 @@ def test_bad_retrieval_loss_and_ema_are_refused():
 
 def test_validation_scores_the_averaged_weights_that_fit_leaves(split):
     # With ema_momentum the model ends fit holding the moving average; the last epoch's
-    # logged validation recall must be the recall of exactly that model (not of the raw
-    # weights Keras trains), else epoch selection would pick by numbers nobody exports.
+    # logged validation recall (and a user callback) must see exactly that model, not the
+    # raw weights Keras trains, else epoch selection would pick by numbers nobody exports.
     carved = random_split(split.train, 0.9, seed=1)
+    seen = []
+
+    class Spy(tf.keras.callbacks.Callback):  # what a user callback sees at epoch end
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(self.model.trainable_variables[0].numpy().copy())
+
     out = train_unified(carved.train, carved.test,
-                        UnifiedConfig(epochs=3, batch_size=256, ema_momentum=0.9), verbose=0)
-    opt = out.model.optimizer
-    for v in out.model.trainable_variables:
-        avg = opt._model_variables_moving_average[opt._index_dict[opt._var_key(v)]]
-        np.testing.assert_array_equal(v.numpy(), avg.numpy())
+                        UnifiedConfig(epochs=3, batch_size=256, ema_momentum=0.9),
+                        verbose=0, callbacks=[Spy()])
+    np.testing.assert_array_equal(seen[-1], out.model.trainable_variables[0].numpy())
     final = retrieval_metrics(out.retrieval_scores, carved.test, out.vocabs,
                               out.seen_splits, out.seen_values)
     assert out.history["val_recall@10"][-1] == pytest.approx(final["recall@10"], abs=1e-9)
     raw = train_unified(carved.train, carved.test,
                         UnifiedConfig(epochs=3, batch_size=256, ema_momentum=None), verbose=0)
     assert raw.history["val_recall@10"] != out.history["val_recall@10"]
+
+
+def test_weight_average_warms_up_and_ends_in_the_model():
+    # 4 steps of SGD(lr=1) on loss = -w: w goes 0 -> 1 -> 2 -> 3 -> 4. The average starts at
+    # the weights after the first step, then decays min(0.99, (1+n)/(10+n)) = 2/11, 3/12,
+    # 4/13 (warm-up): it follows the weights instead of staying near the initial 0 (a
+    # plain EMA at 0.99 from the initial weights: 0.0985).
+    model = tf.keras.Sequential([tf.keras.layers.Dense(1, use_bias=False,
+                                                       kernel_initializer="zeros")])
+    model.compile(optimizer=tf.keras.optimizers.SGD(1.0),
+                  loss=lambda y, p: -tf.reduce_mean(p))
+    average = WeightAverage(0.99)
+    model.fit(np.ones((4, 1), np.float32), np.zeros((4, 1), np.float32), batch_size=1,
+              epochs=1, verbose=0, callbacks=average.around([]))
+    a = 1.0
+    for n, w in [(1, 2.0), (2, 3.0), (3, 4.0)]:
+        d = min(0.99, (1 + n) / (10 + n))
+        a = d * a + (1 - d) * w
+    assert model.layers[0].kernel.numpy().item() == pytest.approx(a, rel=1e-6)
+    assert 2.0 < a < 4.0
+    with pytest.raises(ValueError, match="momentum"):
+        WeightAverage(1.0)
 
 
 def test_history_encoder_leaves_the_target_out():

@@ -48,7 +48,7 @@ from tfrec_p5.data.pipeline import (
 )
 from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.data.vocabulary import EMPTY_BUCKET
-from tfrec_p5.models.averaging import averaged_validation
+from tfrec_p5.models.averaging import WeightAverage
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
 from tfrec_p5.models.refit import (
     best_epochs,
@@ -203,9 +203,10 @@ class UnifiedConfig(Config):
     optimizer: str = "adam"
     learning_rate: float = 3e-3
     weight_decay: float = 0.0
-    ema_momentum: float | None = 0.99  # evaluate / export the moving average of the weights
+    ema_momentum: float | None = 0.99  # validate / export the weights' moving average
+    #                                    (models.averaging; single-process training only)
     batch_size: int = 1024
-    epochs: int = 8
+    epochs: int = 9
     patience: int = 0               # >0 with a rating head: early stop on val_rmse
     steps_per_execution: int = 16
     validation_fraction: float = 0.0
@@ -527,8 +528,6 @@ def train_unified(train: Interactions, validation: Interactions | None,
     with distribute.scope(strategy):
         model, tables = build_unified(train, vocabs, config, fit_table=fit_table)
         kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
-        if config.ema_momentum is not None:
-            kwargs.update(use_ema=True, ema_momentum=config.ema_momentum)
         model.compile(optimizer=_OPTIMIZERS[config.optimizer.lower()](
             learning_rate=config.learning_rate, **kwargs),
             steps_per_execution=distribute.steps_per_execution(
@@ -560,12 +559,11 @@ def train_unified(train: Interactions, validation: Interactions | None,
     train_ds, steps = distribute.fit_input(
         strategy, lambda **kw: make(fit_table, config.batch_size, True, **kw))
     cbs: list[tf.keras.callbacks.Callback] = []
-    if (backup_dir is not None or distribute.is_parameter_server(strategy)
-            or config.ema_momentum is not None):
+    average = WeightAverage(config.ema_momentum) \
+        if config.ema_momentum is not None and distribute.is_default(strategy) else None
+    if backup_dir is not None or distribute.is_parameter_server(strategy):
         # Build the variables before fit (BackupAndRestore needs them; the parameter-server
-        # coordinator must create them outside the scheduled steps; the optimizer's moving
-        # averages copy them, which fails for a table first built inside the traced
-        # train step) on one batch: inference
+        # coordinator must create them outside the scheduled steps) on one batch: inference
         # mode draws no random numbers, so the initial weights are the ones fit would make.
         build_model(model, make(fit_table, config.batch_size, True), strategy)
     before: list[tf.keras.callbacks.Callback] = []
@@ -592,9 +590,8 @@ def train_unified(train: Interactions, validation: Interactions | None,
     cbs.append(timer)
     cbs.extend(callbacks)
     # Validation, early stopping and the epoch-end callbacks see the averaged weights (the
-    # ones fit leaves in the model) when the optimizer keeps them.
-    cbs = averaged_validation(cbs, before) if config.ema_momentum is not None \
-        else before + cbs
+    # ones fit leaves in the model).
+    cbs = average.around(cbs, before) if average is not None else before + cbs
     hist = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs,
                      verbose=verbose, steps_per_epoch=steps, validation_steps=val_steps)
     history = dict(hist.history)
