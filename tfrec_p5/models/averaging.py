@@ -22,7 +22,9 @@ details make it usable as a default, and are why this is a callback and not tf-k
 The averages are updated after each ``steps_per_execution`` block (the decay is raised to
 the number of steps in the block) and are not checkpointed: a run resumed by
 ``BackupAndRestore`` starts a new average (with warm-up) from the restored weights. Single
-process only: under a distribution strategy ``train_unified`` trains without it.
+process only: under a distribution strategy ``train_unified`` trains without it. Cost: one
+more copy of the trainable weights and a dense pass over them per block; with very large
+embedding tables (hashed IDs, millions of rows) set ``ema_momentum=None``.
 """
 
 from __future__ import annotations

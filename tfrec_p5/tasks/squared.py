@@ -20,6 +20,11 @@ batch of (user, positive item) pairs, with ``s = q · c_pos`` and a per-row weig
 
     task = SquaredRetrieval(unobserved_weight=1.0)
     loss = task(query, positives, catalog, row_weights=1.0 / items_per_user)
+
+Cost per step: the Gramian of the catalog, ``O(N d^2)`` — like ``full_softmax``, one pass
+over every item vector. For catalogs of millions of items, pass a uniform sample of ``S``
+items as ``catalog_embeddings`` and multiply ``row_weights`` by ``N / S``: an unbiased
+estimate of the same term (Krichene et al.).
 """
 
 from __future__ import annotations
