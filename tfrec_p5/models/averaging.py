@@ -109,8 +109,7 @@ class _SwapIn(tf.keras.callbacks.Callback):
         self.average = average
 
     def on_test_begin(self, logs=None):
-        if self.average.averages:  # only inside fit (a bare evaluate has no averages yet)
-            self.average.swap_in()
+        self.average.swap_in()  # a no-op before the first averages exist
 
     def on_test_end(self, logs=None):
         self.average.swap_out()

@@ -225,19 +225,22 @@ class RetrievalHead(Head):
             return self._squared_loss(features[USER], query, cand, training)
         ids = item_ids
         if self.full_softmax:
-            all_ids = tf.range(1, self.num_items, dtype=item_ids.dtype)
-            all_vec = self._item_tower()(all_ids, training=training)
-            cand = tf.concat([cand, self.candidates(all_ids, all_vec)], axis=0)
-            ids = tf.concat([item_ids, all_ids], axis=0)
+            all_ids, catalog = self._catalog(training)
+            cand = tf.concat([cand, catalog], axis=0)
+            ids = tf.concat([item_ids, tf.cast(all_ids, item_ids.dtype)], axis=0)
         kwargs = {}
         if self.log_q is not None:
             kwargs["candidate_sampling_probability"] = tf.gather(self.log_q, ids)
         return self.retrieval(query, cand, candidate_ids=ids, compute_metrics=not training,
                               **kwargs)
 
-    def _squared_loss(self, user_ids, query, cand, training):
+    def _catalog(self, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """Every real item (index 1..n-1) and its candidate vector, through the item tower."""
         all_ids = tf.range(1, self.num_items, dtype=tf.int64)
-        catalog = self.candidates(all_ids, self._item_tower()(all_ids, training=training))
+        return all_ids, self.candidates(all_ids, self._item_tower()(all_ids, training=training))
+
+    def _squared_loss(self, user_ids, query, cand, training):
+        _, catalog = self._catalog(training)
         weights = 1.0 if self.row_weight is None else tf.gather(
             self.row_weight, tf.cast(user_ids, tf.int64))
         loss = self.squared(query, cand, catalog, weights)
