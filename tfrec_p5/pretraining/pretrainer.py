@@ -142,6 +142,8 @@ class PretrainConfig(Config):
     uses ``sequential``'s head shape; ``history_len`` adds the implicit ``rated_items`` /
     ``rated_by`` features built from every pretraining interaction (default 128: on the
     ML-100K validation slice they cut the label-cold users' RMSE most, see RESULTS.md).
+    ``epochs=20``: on that slice 20 epochs beat 10 after fine-tuning at 10 %, 25 % and
+    100 % of the labels (validation RMSE -0.4 %, -0.3 %, -0.4 %).
     """
 
     tasks: tuple[str, ...] = PAIR_TASKS  # + "next_item" to pretrain the sequential head
@@ -172,7 +174,7 @@ class PretrainConfig(Config):
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     batch_size: int = 1024
-    epochs: int = 10
+    epochs: int = 20
     patience: int = 0               # >0 with validation data: early stop on val_loss
     steps_per_execution: int = 16
 
