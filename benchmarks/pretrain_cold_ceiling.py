@@ -58,8 +58,8 @@ from tfrec_p5.pretraining import (  # noqa: E402
 )
 
 
-def _codes(*columns: np.ndarray) -> list[np.ndarray]:
-    """Integer codes of string IDs, shared across ``columns``."""
+def _codes(*columns: np.ndarray) -> list:
+    """Integer codes of string IDs shared across ``columns``, then the number of IDs."""
     values, inverse = np.unique(np.concatenate(columns), return_inverse=True)
     return np.split(inverse, np.cumsum([len(c) for c in columns])[:-1]) + [len(values)]
 
@@ -92,8 +92,8 @@ def implicit_offset_features(train, u: np.ndarray, i: np.ndarray, bi: np.ndarray
     for name in ("raw_user_age", "user_gender", "user_occupation_label"):
         first = np.zeros(n_users)
         first[u] = np.asarray(train.columns[name], dtype=float)
-        if name == "user_occupation_label":
-            cols += [first == k for k in range(21)]
+        if name == "user_occupation_label":  # one-hot
+            cols += [first == k for k in np.unique(first)]
         else:
             cols.append(first)
     x = np.stack([np.asarray(c, float) for c in cols], 1)
