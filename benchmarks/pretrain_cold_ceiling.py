@@ -50,12 +50,7 @@ from pretrain_transfer import ML100K, cold_rows, rmse, run_a, run_b, visible_mas
 import tfrec_p5  # noqa: E402,F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 from tfrec_p5 import data  # noqa: E402
 from tfrec_p5.models.rating import RatingConfig  # noqa: E402
-from tfrec_p5.pretraining import (  # noqa: E402
-    FinetuneConfig,
-    PretrainConfig,
-    finetune,
-    pretrain,
-)
+from tfrec_p5.pretraining import FinetuneConfig, PretrainConfig  # noqa: E402
 
 
 def _codes(*columns: np.ndarray) -> list:
@@ -138,9 +133,7 @@ def offset_oracle(train, mask: np.ndarray, test, cold: np.ndarray, seed: int,
                   pcfg: PretrainConfig, fcfg: FinetuneConfig) -> dict[str, float]:
     """(b) as in ``pretrain_transfer.py``, and (b) with each cold user's exact offset."""
     visible = train.take(np.flatnonzero(mask))
-    pre = pretrain(train, config=pcfg, rating_mask=mask, seed=seed, verbose=0)
-    tuned = finetune(pre.backbone, visible, config=fcfg, seed=seed, verbose=0)
-    pred = tuned.predict_ratings(test)
+    pred, *_, tuned = run_b(train, mask, visible, test, seed, pcfg, fcfg)
     resid = train.rating.astype(np.float64) - tuned.predict_ratings(train)
     users, inverse = np.unique(train.user_id, return_inverse=True)
     shift = dict(zip(users.tolist(), (np.bincount(inverse, weights=resid)

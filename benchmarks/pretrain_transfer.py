@@ -103,7 +103,7 @@ def run_b(train: Interactions, mask: np.ndarray, visible: Interactions, test: In
     t_pre = time.perf_counter() - t
     tuned = finetune(pre.backbone, visible, config=fcfg, seed=seed, verbose=0)
     return (tuned.predict_ratings(test), t_pre, time.perf_counter() - t - t_pre, pre,
-            tuned.finetune_config.freeze)
+            tuned.finetune_config.freeze, tuned)
 
 
 def run_control(train: Interactions, visible: Interactions, test: Interactions, seed: int,
@@ -323,8 +323,8 @@ def main(argv: list[str] | None = None) -> int:
                 pred_a, sec_a = np.full(len(test), np.nan), 0.0
             else:
                 pred_a, sec_a = run_a(visible, test, seed)
-            pred_b, sec_pre, sec_ft, pre, freeze_used = run_b(train, mask, visible, test, seed,
-                                                              pcfg, fcfg)
+            pred_b, sec_pre, sec_ft, pre, freeze_used, _ = run_b(train, mask, visible, test,
+                                                                 seed, pcfg, fcfg)
             row = {"seed": seed, "fraction": fraction, "visible_labels": int(mask.sum()),
                    "cold_test_rows": int(cold.sum()),
                    "cold_users": int(len(np.unique(test.user_id[cold]))),
