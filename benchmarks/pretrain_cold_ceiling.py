@@ -1,4 +1,4 @@
-"""#5: how far can label-cold users' RMSE go down? Two ceilings for arm (b).
+"""#5: how far can label-cold users' RMSE go down? Ceilings for arm (b).
 
 For each seed and label fraction of ``pretrain_transfer.py`` (same visible-label masks,
 same cold rows: test rows of users with <= 3 visible training labels):
@@ -10,8 +10,8 @@ same cold rows: test rows of users with <= 3 visible training labels):
 * ``all_labels``: (a) trained on every training label, the cold users' hidden ones
   included: what knowing the cold users' own ratings buys.
 
-Three numpy bias-model arms (``bias_ceilings``: ``mu + b_user + b_item``, ridge-shrunk,
-seconds in all) separate *offset* from *taste*:
+Three numpy bias-model arms (``bias_ceilings``: ``mu + b_user + b_item``, ridge-shrunk; a
+few seconds together) separate *offset* from *taste*:
 
 * ``bias_visible``: user / item biases from the visible labels (user prior of 3 labels,
   as ``FinetuneConfig.bias_prior``).
