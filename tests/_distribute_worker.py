@@ -124,8 +124,7 @@ def metrics_of(rating, retrieval, parts) -> dict:
 def export_both(rating, retrieval, directory: str) -> str:
     """One export with ``recommend`` / ``rank`` (retrieval) and ``predict_rating``, built
     the way ``tfrec-p5 train`` builds them."""
-    from tfrec_p5.export import add_rating_signatures, export
-    from tfrec_p5.tasks.cli import build_module
+    from tfrec_p5.export import add_rating_signatures, build_module, export
 
     module = build_module(retrieval, k=10)
     add_rating_signatures(module, rating.model, (1.0, 5.0))
@@ -151,9 +150,8 @@ def _ps_coordinator(out_dir: str) -> None:
     import tensorflow as tf
 
     from tfrec_p5 import distribute
-    from tfrec_p5.export import export
+    from tfrec_p5.export import build_module, export
     from tfrec_p5.models.unified import train_unified
-    from tfrec_p5.tasks.cli import build_module
 
     # Shards of at least 1 KiB: the 16-wide ID tables split across both servers.
     strategy = distribute.resolve_strategy("parameter_server", min_shard_bytes=1 << 10)

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
 from tfrec_p5 import cli
+from tfrec_p5.cli import builtin as cli_tasks
 from tfrec_p5.export import load_export, load_metadata
 
 SMALL = "synthetic?num_users=200&num_items=100&num_interactions=5000"
@@ -119,7 +120,7 @@ def test_split_none_trains_on_all_and_tests_on_test_data(tmp_path):
 
 def test_interrupted_train_resumes_from_backup(tmp_path, monkeypatch):
     """Interrupt after epoch 1 of 2; the rerun starts at epoch 2 and cleans its backup."""
-    real_api = cli._rating_api()
+    real_api = cli_tasks._rating_api()
     epochs_run: list[int] = []
 
     class Interrupt(tf.keras.callbacks.Callback):
@@ -137,7 +138,7 @@ def test_interrupted_train_resumes_from_backup(tmp_path, monkeypatch):
         def train_rating(*args, **kwargs):
             return real_api.train_rating(*args, callbacks=[Interrupt()], **kwargs)
 
-    monkeypatch.setattr(cli, "_rating_api", lambda: Api)
+    monkeypatch.setattr(cli_tasks, "_rating_api", lambda: Api)
     out = tmp_path / "resume"
     argv = ["train", *TRAIN_ARGS, "--epochs", "2", "--out", str(out)]
     interrupt = True
@@ -158,7 +159,7 @@ def test_interrupted_train_resumes_from_backup(tmp_path, monkeypatch):
 def test_config_file_and_flags(tmp_path, monkeypatch):
     """--config sets hyper-parameters, --epochs/--batch-size override it; bad keys fail."""
     seen = {}
-    real_api = cli._rating_api()
+    real_api = cli_tasks._rating_api()
 
     class Api:
         RatingConfig = real_api.RatingConfig
@@ -168,7 +169,7 @@ def test_config_file_and_flags(tmp_path, monkeypatch):
             seen["config"] = config
             raise KeyboardInterrupt  # stop before training: only the config matters here
 
-    monkeypatch.setattr(cli, "_rating_api", lambda: Api)
+    monkeypatch.setattr(cli_tasks, "_rating_api", lambda: Api)
     config = tmp_path / "c.json"
     config.write_text(json.dumps({"embedding_dim": 4, "epochs": 9, "batch_size": 64}))
     status, _, _ = run(["train", "--data", SMALL, "--config", str(config), "--epochs", "3",
@@ -179,14 +180,14 @@ def test_config_file_and_flags(tmp_path, monkeypatch):
     config.write_text(json.dumps({"embeding_dim": 4}))
     status, _, stderr = run(["train", "--data", SMALL, "--config", str(config),
                              "--out", str(tmp_path / "o")])
-    assert status == 1 and "embeding_dim" in stderr
+    assert status == 2 and "embeding_dim" in stderr
 
 
 def test_planned_task_exits_2_with_a_clear_message(tmp_path, monkeypatch):
-    from tfrec_p5 import cli
+    from tfrec_p5.cli import registry
 
-    monkeypatch.setitem(cli._TASKS, "retrieval",
-                        cli.Task("retrieval", "planned", planned="coming in a later release"))
+    monkeypatch.setitem(registry._TASKS, "retrieval",
+                        registry.Task("retrieval", "planned", planned="coming in a later release"))
     status, stdout, stderr = run(["train", "--task", "retrieval", "--out", str(tmp_path / "x")])
     assert status == 2
     assert stderr.strip() == stderr.strip().splitlines()[0]  # one line

@@ -8,10 +8,9 @@ import tensorflow as tf
 
 from tfrec_p5 import data
 from tfrec_p5.data.vocabulary import EMPTY_BUCKET, HashedVocabulary, Vocabulary
-from tfrec_p5.export import IdLookup, ServingModule, add_rating_signatures, export
+from tfrec_p5.export import IdLookup, ServingModule, add_rating_signatures, build_module, export
 from tfrec_p5.models.rating import RatingConfig, predict_ratings, train_rating
 from tfrec_p5.models.unified import UnifiedConfig, train_unified
-from tfrec_p5.tasks.cli import build_module
 from tfrec_p5.towers import UserTower, embedding_memory_bytes, load_tower, save_tower
 
 SMALL = {"num_users": 150, "num_items": 90, "num_interactions": 2500, "seed": 3}

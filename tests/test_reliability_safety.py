@@ -114,14 +114,15 @@ def test_a_saved_backbone_holds_only_json_npz_and_checkpoints(tmp_path):
 
 
 def test_config_files_are_json_objects_only(tmp_path):
-    from tfrec_p5.cli import CliError, _read_config
+    from tfrec_p5.cli import CliError
+    from tfrec_p5.cli.common import read_config
 
     bad = tmp_path / "c.json"
     bad.write_bytes(b"\x80\x04\x95\x00")  # a pickle header is not a config
     with pytest.raises(CliError):
-        _read_config(str(bad))
+        read_config(str(bad))
     bad.write_text("!!python/object:os.system ['echo hi']")
     with pytest.raises(CliError):
-        _read_config(str(bad))
+        read_config(str(bad))
     bad.write_text('{"epochs": 2}')
-    assert _read_config(str(bad)) == {"epochs": 2}
+    assert read_config(str(bad)) == {"epochs": 2}

@@ -31,11 +31,11 @@ import pytest
 from _sequences import cyclic_interactions  # tests/ is on sys.path
 
 from tfrec_p5.data import Interactions, leave_one_out, load, random_split
+from tfrec_p5.export import build_module
 from tfrec_p5.export.saved_model import export
 from tfrec_p5.export.sequential import sequential_module
 from tfrec_p5.models.sequential import SequentialConfig, train_sequential
 from tfrec_p5.models.unified import UnifiedConfig, train_unified
-from tfrec_p5.tasks.cli import build_module
 
 K = 10
 MAX_LEN = 6

@@ -14,10 +14,11 @@ import pytest
 
 import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
 from tfrec_p5 import cli
+from tfrec_p5.cli import CliError
+from tfrec_p5.cli.builtin import parse_weights
 from tfrec_p5.data import load, random_split
-from tfrec_p5.export import export, load_metadata
+from tfrec_p5.export import build_module, export, item_titles, load_metadata
 from tfrec_p5.models.unified import UnifiedConfig, train_unified
-from tfrec_p5.tasks.cli import build_module, item_titles, parse_weights
 
 SMALL = {"num_users": 300, "num_items": 150, "num_interactions": 6000}
 SPEC = "synthetic?num_users=300&num_items=150&num_interactions=6000"
@@ -114,7 +115,7 @@ def test_include_seen_export_can_return_training_items(exported):
 
 def test_parse_weights():
     assert parse_weights("rating=1,retrieval=0.5") == {"rating": 1.0, "retrieval": 0.5}
-    with pytest.raises(ValueError, match="task=weight"):
+    with pytest.raises(CliError, match="task=weight"):
         parse_weights("rating")
 
 

@@ -15,9 +15,11 @@ from tfrec_p5.evaluation.ranking import (
     sampled_ranking_metrics,
 )
 from tfrec_p5.evaluation.references import EASE, ItemKNN, MostPopular
+from tfrec_p5.evaluation.signatures import decode_strings, evaluate_rank, evaluate_recommend
 
 __all__ = [
-    "EASE", "ItemKNN", "MostPopular", "factorized_topk_accuracy", "full_ranking_metrics",
+    "EASE", "ItemKNN", "MostPopular", "decode_strings", "evaluate_rank", "evaluate_recommend",
+    "factorized_topk_accuracy", "full_ranking_metrics",
     "group_by_row", "metrics_from_ranks", "pad_lists", "ranks_of_targets", "sample_negatives",
     "sampled_ranking_metrics",
 ]

@@ -32,10 +32,12 @@ from tfrec_p5.export.serving import (
     ServingModule,
     add_rating_signatures,
 )
+from tfrec_p5.export.unified import build_module, item_titles, serving_module
 
 __all__ = [
     "DEFAULT_SIGNATURE", "EXTRA_DIR", "ITEM_ID_SPEC", "METADATA_FILE", "METRICS_FILE",
     "USER_ID_SPEC", "ExportError", "IdLookup", "ServingModule", "add_rating_signatures",
+    "build_module", "item_titles", "serving_module",
     "evaluate_signature", "export", "list_versions", "load_export", "load_metadata",
     "next_version", "predict_ratings", "rating_metrics", "resolve_export",
 ]

@@ -25,6 +25,7 @@ import json
 import os
 
 import numpy as np
+import tensorflow as tf
 
 _RECORD = "search.json"
 
@@ -76,3 +77,50 @@ def load_search(backup_dir: str | os.PathLike | None) -> dict | None:
         return record if int(record["best_epochs"]) > 0 else None
     except (OSError, ValueError, KeyError, TypeError):
         return None  # absent or unreadable: search again
+
+
+def backup_epochs(backup_dir: str | os.PathLike) -> int | None:
+    """Epochs completed in a ``BackupAndRestore`` backup (``None``: nothing to resume).
+
+    Why read the checkpoint: the folder alone does not say whether an epoch was saved
+    (Keras removes only ``chief/`` after a finished fit); the checkpoint's
+    ``ckpt_saved_epoch`` is the 0-based epoch it was written at, so the number of
+    finished epochs is one more.
+
+        backup_epochs("saved_models/demo/.backup-rating")   # -> 2 after 2 epochs, or None
+    """
+    latest = tf.train.latest_checkpoint(os.path.join(os.fspath(backup_dir), "chief"))
+    if latest is None:
+        return None
+    try:
+        epoch = int(tf.train.load_checkpoint(latest).get_tensor(
+            "ckpt_saved_epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    except (tf.errors.OpError, ValueError):
+        return None  # unreadable backup: Keras starts over
+    return epoch + 1 if epoch >= 0 else None
+
+
+def resume_message(backup_dir: str | os.PathLike) -> str | None:
+    """What an interrupted run left to resume, as one line for the user (``None``:
+    nothing): the epoch of a ``BackupAndRestore`` backup, or a finished epoch search
+    whose refit goes on.
+
+        resume_message("saved_models/demo/.backup-rating")
+        # 'resuming from epoch 2 (the last epoch an interrupted run completed; ...)'
+    """
+    backup_dir = os.fspath(backup_dir)
+    if not os.path.isdir(backup_dir):
+        return None
+    done = backup_epochs(backup_dir)
+    if done is not None:
+        return (f"resuming from epoch {done} (the last epoch an interrupted run completed; "
+                f"backup {backup_dir})")
+    record = load_search(backup_dir)
+    if record is None:
+        return None
+    refit_dir = refit_backup_dir(backup_dir)
+    refit_done = backup_epochs(refit_dir) if os.path.isdir(refit_dir) else None
+    return (f"resuming: the epoch search of an interrupted run finished "
+            f"({record['best_epochs']} epochs); refit "
+            + (f"from epoch {refit_done}" if refit_done else "from its start")
+            + f" (backup {backup_dir})")

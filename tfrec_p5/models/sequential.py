@@ -372,38 +372,3 @@ def train_sequential(train: Interactions, validation: Interactions | None,
                              epochs_run=len(stopper.records),
                              best_metrics=stopper.best_metrics, history=stopper.records,
                              train_seconds=time.perf_counter() - started)
-
-
-def cli_train(request):
-    """``tfrec-p5 train --task sequential``: ``TrainRequest`` → ``TrainResult``.
-
-    Config = ``SequentialConfig`` defaults ← ``--config`` ← ``--epochs``/``--batch-size``;
-    ``--top-k`` sets how many items ``next_items`` returns.
-    """
-    from tfrec_p5.cli import CliError, TrainResult
-    from tfrec_p5.export.sequential import sequential_module
-
-    values = SequentialConfig().to_dict()
-    values.update(dict(request.config))
-    if request.epochs is not None:
-        values["epochs"] = request.epochs
-    if request.batch_size is not None:
-        values["batch_size"] = request.batch_size
-    options = dict(getattr(request, "options", {}) or {})
-    if options.get("top_k"):
-        values["top_k"] = int(options["top_k"])
-    try:
-        config = SequentialConfig.from_dict(values)
-    except (TypeError, ValueError) as err:
-        raise CliError(str(err)) from err
-    trained = train_sequential(request.train, request.validation, config, seed=request.seed,
-                               verbose=request.verbose, log_dir=request.log_dir)
-    module = sequential_module(trained.vocabs, trained.head, top_k=config.top_k)
-    metadata = {"epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
-                "train_seconds": round(trained.train_seconds, 1),
-                "best_validation": trained.best_metrics, "top_k": config.top_k,
-                "max_len": config.max_len}
-    refit = config.refit and request.validation is not None and trained.best_epoch > 0
-    metadata["refit_on_validation"] = refit
-    return TrainResult(module, config=config.to_dict(), metadata=metadata,
-                       validation_metrics=trained.best_metrics if refit else None)

@@ -27,7 +27,7 @@ _EXPORTS = {
     "MaskedRatingHead": "pretrainer", "PretrainConfig": "pretrainer", "Pretrained": "pretrainer",
     "fresh_backbone": "pretrainer", "pretrain": "pretrainer",
     "FREEZE_MODES": "finetuner", "FinetuneConfig": "finetuner", "FinetuneModel": "finetuner",
-    "Finetuned": "finetuner", "finetune": "finetuner", "serving_module": "finetuner",
+    "Finetuned": "finetuner", "finetune": "finetuner",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -26,7 +26,7 @@ result exports the ``next_items`` / ``score_items`` signatures.
     from tfrec_p5.pretraining import finetune, FinetuneConfig
     tuned = finetune("backbones/ml100k", labelled, task="rating", freeze="towers")
     tuned.evaluate(test)                            # {"rating_rmse": ..., ...}
-    module = serving_module(tuned)                  # predict_rating, recommend, ...
+    module = serving_module(tuned)  # tfrec_p5.export: predict_rating, recommend, ...
     export(module, "saved_models/ml100k_ft")
 
 New users / items of the fine-tuning data grow the backbone first (``grow_backbone``):
@@ -458,17 +458,3 @@ def _finetune_next_item(backbone: Backbone, data: Interactions,
                                train_seconds=time.perf_counter() - started, backbone=work,
                                finetune_config=config,
                                seconds=time.perf_counter() - started)
-
-
-def serving_module(tuned: TrainedUnified | TrainedSequential, *, k: int = 100,
-                   exclude_seen: bool = True):
-    """The ``ServingModule`` for a fine-tuned model: ``predict_rating`` (rating head) or
-    ``recommend`` / ``rank`` (retrieval head), through the same helpers ``tfrec-p5 train``
-    uses, so ``export(...)`` and ``tfrec-p5 predict`` work unchanged."""
-    if isinstance(tuned, TrainedSequential):
-        from tfrec_p5.export.sequential import sequential_module
-
-        return sequential_module(tuned.vocabs, tuned.head, top_k=k)
-    from tfrec_p5.tasks.cli import build_module
-
-    return build_module(tuned, k=k, exclude_seen=exclude_seen)

@@ -49,6 +49,7 @@ from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import ITEM, RATING, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, batched_dataset
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
+from tfrec_p5.models.refit import backup_epochs
 from tfrec_p5.models.sequential import (
     SequentialConfig,
     length_bucketed_dataset,
@@ -424,8 +425,6 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
         build_model(model, train_ds if distribute.is_default(strategy)
                     else make(data, mask, True, config.batch_size), strategy)
         cbs.append(tf.keras.callbacks.BackupAndRestore(str(backup_dir)))
-        from tfrec_p5.cli import backup_epochs
-
         # Resuming after N epochs: open (and drop) N iterators so the remaining epochs
         # draw the shuffles an uninterrupted run would have drawn for them.
         for _ in range(backup_epochs(str(backup_dir)) or 0):

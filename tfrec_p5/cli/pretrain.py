@@ -26,20 +26,11 @@ import shutil
 import sys
 from typing import Any
 
+from tfrec_p5.cli.builtin import parse_weights
+from tfrec_p5.cli.common import BACKUP_PREFIX, flat, format_table, read_config, resolve_strategy
+from tfrec_p5.cli.registry import CliError, get_task, run_evaluate
 
-def _parse_weights(spec: str | None) -> dict[str, float]:
-    from tfrec_p5.cli import CliError
-
-    out: dict[str, float] = {}
-    for part in filter(None, (spec or "").split(",")):
-        name, sep, value = part.partition("=")
-        try:
-            out[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise CliError(f"bad --weights entry {part!r}; expected TASK=WEIGHT", status=2)
-    return out
+__all__ = ["add_parsers"]
 
 
 def _split(table, spec: str, seed: int, *, prefer_validation: bool = False):
@@ -58,17 +49,16 @@ def _split(table, spec: str, seed: int, *, prefer_validation: bool = False):
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain on the training part of ``--data`` and write the backbone to ``--out``."""
-    from tfrec_p5.cli import CliError, _read_config, _strategy
-
     # --strategy (tfrec_p5.distribute): parameter-server worker / ps tasks serve here.
-    strategy = _strategy(getattr(args, "strategy", None))
+    strategy = resolve_strategy(getattr(args, "strategy", None))
     from tfrec_p5 import distribute
 
-    overrides = _read_config(args.config)
+    overrides = read_config(args.config)
     if os.path.exists(os.path.join(args.out, "manifest.json")) and not args.overwrite:
         raise CliError(f"{args.out} already holds a backbone (pass --overwrite to replace "
                        "it)")
     from tfrec_p5.data import load
+    from tfrec_p5.models.refit import resume_message
     from tfrec_p5.pretraining.pretrainer import PretrainConfig, pretrain
 
     try:
@@ -89,13 +79,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
           f"training rows; tasks {', '.join(tasks)}", file=info)
     # Like `train`: a killed run leaves a BackupAndRestore checkpoint; the same command
     # resumes from its last finished epoch.
-    from tfrec_p5.cli import BACKUP_PREFIX, say_resume
-
     backup_dir = os.path.join(args.out, BACKUP_PREFIX + "pretrain")
-    say_resume(backup_dir, info)
+    message = resume_message(backup_dir)
+    if message:
+        print(message, file=info)
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect:
-        pre = pretrain(train, weights=_parse_weights(args.weights) or None, config=config,
+        pre = pretrain(train, weights=parse_weights(args.weights) or None, config=config,
                        label_fraction=args.label_fraction, validation=test, seed=args.seed,
                        out=args.out, data_spec=args.data, verbose=0 if args.quiet else 1,
                        backup_dir=backup_dir, strategy=strategy)
@@ -114,15 +104,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tune a backbone on the training part of ``--data``, test, export."""
-    from tfrec_p5.cli import CliError, _flat, _format_table, _read_config, _run_evaluate, _task
-
-    overrides = _read_config(args.config)
+    overrides = read_config(args.config)
     from tfrec_p5.data import load
     from tfrec_p5.export.saved_model import export, validate_export_dir
+    from tfrec_p5.export.unified import serving_module
 
     validate_export_dir(args.out)  # a bad --out fails now, not after training
     from tfrec_p5.pretraining.backbone import load_backbone
-    from tfrec_p5.pretraining.finetuner import FinetuneConfig, finetune, serving_module
+    from tfrec_p5.pretraining.finetuner import FinetuneConfig, finetune
 
     try:
         changes: dict[str, Any] = {"task": args.task}
@@ -154,12 +143,12 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         tuned = finetune(backbone, train, config=config, validation=validation,
                          seed=args.seed, verbose=0 if args.quiet else 1)
     module = serving_module(tuned, k=args.top_k)
-    task = _task("sequential" if args.task == "next_item" else args.task)
+    task = get_task("sequential" if args.task == "next_item" else args.task)
     rows, metrics = [], {}
     if test is not None and len(test):
-        values = _run_evaluate(task, module.signature, test, (train, validation))
+        values = run_evaluate(task, module.signature, test, (train, validation))
         rows.append(("test", len(test), values))
-        metrics.update(_flat("test", len(test), values))
+        metrics.update(flat("test", len(test), values))
     grown = tuned.backbone.manifest.get("grown") if tuned.backbone else None
     metadata = {
         "data": args.data, "split": args.split, "seed": args.seed,
@@ -173,7 +162,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     }
     path = export(module, args.out, metadata=metadata, metrics=metrics)
     if rows:
-        print(_format_table(rows), file=info)
+        print(format_table(rows), file=info)
     print(f"exported {path} (signatures: {', '.join(module.signature_names())})", file=info)
     if args.json:
         print(json.dumps(metrics, sort_keys=True))

@@ -1,0 +1,234 @@
+"""The built-in ``--task`` values: ``rating``, ``retrieval``, ``ranking``, ``all`` and
+``sequential``, each a ``Task`` in the registry (``tfrec_p5.cli.registry``).
+
+Each ``train`` function turns a ``TrainRequest`` into a config (defaults ← ``--config``
+file ← ``--epochs`` / ``--batch-size``), trains through the model layer and returns the
+``ServingModule`` to export; each ``evaluate`` scores an export's signatures.
+
+* ``rating``: the seed's two-input rating model; signature ``predict_rating``.
+* ``retrieval``: two-tower retrieval (implicit feedback is enough); ``recommend``
+  (= ``serving_default``) + ``rank``.
+* ``ranking``: ranking head (pointwise MSE, or listwise with
+  ``--config '{"listwise": "softmax"}'``); ``rank``.
+* ``all``: the unified model with ``--weights`` (default ``rating=1,retrieval=1``);
+  ``recommend``, ``rank``, ``predict_rating``.
+* ``sequential``: next-item prediction (SASRec); ``next_items`` / ``score_items``.
+
+TensorFlow is imported inside the functions, so ``tfrec-p5 --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from tfrec_p5.cli.registry import (
+    CliError,
+    SignatureGetter,
+    Task,
+    TrainRequest,
+    TrainResult,
+    register_task,
+)
+
+__all__ = ["DEFAULT_WEIGHTS", "parse_weights"]
+
+DEFAULT_WEIGHTS = {"all": {"rating": 1.0, "retrieval": 1.0},
+                   "retrieval": {"retrieval": 1.0}, "ranking": {"ranking": 1.0}}
+
+
+def parse_weights(spec: str | None) -> dict[str, float]:
+    """``"rating=1,retrieval=0.5"`` → ``{"rating": 1.0, "retrieval": 0.5}``."""
+    out: dict[str, float] = {}
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError as err:
+            raise CliError(f"bad --weights entry {part!r}; use task=weight, e.g. "
+                           "rating=1,retrieval=1", status=2) from err
+    return out
+
+
+def _config_values(defaults: Mapping[str, Any], request: TrainRequest,
+                   overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``defaults`` ← ``--config`` file (``overrides``, default ``request.config``) ←
+    ``--epochs`` / ``--batch-size``; an unknown key of the file is an error that names it
+    and the known ones."""
+    values = dict(defaults)
+    overrides = request.config if overrides is None else overrides
+    unknown = sorted(set(overrides) - set(values))
+    if unknown:
+        raise CliError(f"unknown config key(s) {unknown}; known: {sorted(values)}", status=2)
+    values.update(overrides)
+    if request.epochs is not None:
+        values["epochs"] = request.epochs
+    if request.batch_size is not None:
+        values["batch_size"] = request.batch_size
+    return values
+
+
+def _from_dict(config_class, values: Mapping[str, Any]):
+    try:
+        return config_class.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise CliError(str(err), status=2) from err
+
+
+# ---------------------------------------------------------------------- rating
+def _rating_api():
+    """The rating model module (``RatingConfig``, ``train_rating``); tests may replace it."""
+    from tfrec_p5.models import rating
+
+    return rating
+
+
+def _train_rating(request: TrainRequest) -> TrainResult:
+    from tfrec_p5.data.errors import DataError
+    from tfrec_p5.export.serving import ServingModule, add_rating_signatures
+
+    if request.train.rating is None:
+        raise DataError("the rating task needs a 'rating' column",
+                        path=request.train.source or None, field="rating")
+    api = _rating_api()
+    config = _from_dict(api.RatingConfig,
+                        _config_values(api.RatingConfig().to_dict(), request))
+    trained = api.train_rating(request.train, request.validation, config, seed=request.seed,
+                               verbose=request.verbose, log_dir=request.log_dir,
+                               backup_dir=request.backup_dir)
+    rating_range = request.train.rating_range or (float(request.train.rating.min()),
+                                                  float(request.train.rating.max()))
+    module = ServingModule(trained.vocabs)
+    add_rating_signatures(module, trained.model, rating_range)
+    config_dict = trained.config.to_dict() if hasattr(trained.config, "to_dict") else {}
+    history = getattr(trained, "history", None) or {}
+    metadata = {"rating_range": rating_range,
+                "epochs_run": len(history.get("loss", [])),
+                "stopped_epoch": int(getattr(trained, "stopped_epoch", 0) or 0)}
+    return TrainResult(module, config=config_dict, metadata=metadata)
+
+
+def _evaluate_rating(signatures: SignatureGetter, table) -> dict[str, float]:
+    from tfrec_p5.export.scoring import evaluate_signature
+
+    return evaluate_signature(signatures("predict_rating"), table)
+
+
+# ---------------------------------------------------------------------- retrieval / ranking / all
+def _unified_config(task: str, request: TrainRequest):
+    from tfrec_p5.models.unified import UnifiedConfig
+
+    values = dict(request.config)
+    options = dict(request.options or {})
+    weights = dict(DEFAULT_WEIGHTS[task])
+    if task == "all" and options.get("weights"):
+        weights = parse_weights(options["weights"])
+    elif "weights" in values:
+        weights = {k: float(v) for k, v in values.pop("weights").items()}
+    if task == "ranking" and weights.get("ranking", 0) <= 0:
+        raise CliError("--task ranking needs a positive ranking weight", status=2)
+    if task == "all" and request.train.rating is None:  # implicit feedback: retrieval only
+        weights = {k: v for k, v in weights.items() if k == "retrieval"} or {"retrieval": 1.0}
+    values = _config_values(UnifiedConfig().to_dict(), request, values)
+    values["weights"] = weights
+    return _from_dict(UnifiedConfig, values)
+
+
+def _train_unified(task: str):
+    def train(request: TrainRequest) -> TrainResult:
+        from tfrec_p5.export.unified import build_module, item_titles
+        from tfrec_p5.models.unified import train_unified
+
+        config = _unified_config(task, request)
+        options = dict(request.options or {})
+        trained = train_unified(request.train, request.validation, config,
+                                seed=request.seed, verbose=request.verbose,
+                                log_dir=request.log_dir, backup_dir=request.backup_dir)
+        module = build_module(trained, k=int(options.get("top_k") or 100),
+                              exclude_seen=not options.get("include_seen", False),
+                              titles=item_titles(request.train, trained.vocabs))
+        metadata = {"weights": config.weights, "heads": trained.tasks,
+                    "top_k": module.recommend_k, "exclude_seen": module.exclude_seen,
+                    "epochs_run": len(trained.history.get("loss", [])),
+                    "epoch_seconds": [round(s, 3) for s in trained.epoch_seconds]}
+        if trained.rating_range is not None:
+            metadata["rating_range"] = list(trained.rating_range)
+        return TrainResult(module, config=config.to_dict(), metadata=metadata)
+    return train
+
+
+def _evaluate_unified(task: str):
+    def evaluate(signatures: SignatureGetter, table) -> dict[str, float]:
+        from tfrec_p5.evaluation.signatures import evaluate_rank, evaluate_recommend
+        from tfrec_p5.export.scoring import evaluate_signature
+
+        out: dict[str, float] = {}
+        if task in ("retrieval", "all"):
+            out.update(evaluate_recommend(signatures, table))
+        if task == "all" and table.rating is not None:
+            try:
+                rating = evaluate_signature(signatures("predict_rating"), table)
+                out.update({f"rating_{k}": v for k, v in rating.items()})
+            except Exception as err:  # noqa: BLE001  implicit-feedback 'all': no rating head
+                if "predict_rating" not in str(err):
+                    raise
+        if task == "ranking":
+            out.update(evaluate_rank(signatures, table))
+        return out
+    return evaluate
+
+
+# ---------------------------------------------------------------------- sequential
+def _train_sequential(request: TrainRequest) -> TrainResult:
+    """Config = ``SequentialConfig`` defaults ← ``--config`` ← ``--epochs``/``--batch-size``;
+    ``--top-k`` sets how many items ``next_items`` returns."""
+    from tfrec_p5.export.sequential import sequential_module
+    from tfrec_p5.models.sequential import SequentialConfig, train_sequential
+
+    values = _config_values(SequentialConfig().to_dict(), request)
+    options = dict(request.options or {})
+    if options.get("top_k"):
+        values["top_k"] = int(options["top_k"])
+    config = _from_dict(SequentialConfig, values)
+    trained = train_sequential(request.train, request.validation, config, seed=request.seed,
+                               verbose=request.verbose, log_dir=request.log_dir)
+    module = sequential_module(trained.vocabs, trained.head, top_k=config.top_k)
+    metadata = {"epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
+                "train_seconds": round(trained.train_seconds, 1),
+                "best_validation": trained.best_metrics, "top_k": config.top_k,
+                "max_len": config.max_len}
+    refit = config.refit and request.validation is not None and trained.best_epoch > 0
+    metadata["refit_on_validation"] = refit
+    return TrainResult(module, config=config.to_dict(), metadata=metadata,
+                       validation_metrics=trained.best_metrics if refit else None)
+
+
+def _evaluate_sequential(signatures: SignatureGetter, table, *, history=None,
+                         protocol: str | None = None) -> dict[str, float]:
+    from tfrec_p5.export.sequential import cli_evaluate
+
+    return cli_evaluate(signatures, table, history=history, protocol=protocol)
+
+
+register_task(Task("rating", "explicit ratings (RMSE/MAE); signature predict_rating",
+                   train=_train_rating, evaluate=_evaluate_rating, signature="predict_rating",
+                   fold_validation=True))
+register_task(Task("retrieval", "two-tower top-k retrieval (implicit feedback is enough); "
+                   "signatures recommend (default) and rank", train=_train_unified("retrieval"),
+                   evaluate=_evaluate_unified("retrieval"), signature="recommend",
+                   fold_validation=True))
+register_task(Task("ranking", "ranking head (pointwise MSE or listwise softmax / ListMLE); "
+                   "signature rank", train=_train_unified("ranking"),
+                   evaluate=_evaluate_unified("ranking"), signature="rank",
+                   fold_validation=True))
+register_task(Task("all", "unified multi-task model (--weights rating=1,retrieval=1,"
+                   "ranking=0); recommend, rank, predict_rating", train=_train_unified("all"),
+                   evaluate=_evaluate_unified("all"), signature="recommend",
+                   fold_validation=True))
+register_task(Task("sequential", "next-item prediction from a history (SASRec, "
+                   "leave-one-out); signature next_items", train=_train_sequential,
+                   evaluate=_evaluate_sequential, signature="next_items", wants_history=True))

@@ -1,0 +1,109 @@
+"""Helpers every command shares: config files, splits, metric tables, strategies.
+
+TensorFlow and the data layer are imported inside the functions that need them, so that
+``tfrec-p5 --help`` and a usage error answer without loading TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from tfrec_p5.cli.registry import CliError
+
+if TYPE_CHECKING:
+    from tfrec_p5.data.interactions import Interactions
+
+__all__ = ["BACKUP_PREFIX", "DISTRIBUTED_TASKS", "VALIDATION_FRACTION", "describe",
+           "flat", "format_table", "read_config", "resolve_strategy", "split_parts"]
+
+#: Share of the training data held out for early stopping when the split makes no
+#: validation part (``random:F``, ``temporal:F``, ``none``, ``tfrs:PATH``).
+VALIDATION_FRACTION = 0.1
+#: ``OUT/.backup-TASK`` holds an interrupted run's ``BackupAndRestore`` checkpoints.
+BACKUP_PREFIX = ".backup-"
+#: Tasks that train under ``--strategy`` other than ``default`` (``tfrec_p5.distribute``).
+DISTRIBUTED_TASKS = ("rating", "retrieval", "ranking", "all")
+
+
+def read_config(path: str | None) -> dict[str, Any]:
+    """The JSON object in ``--config FILE`` (``{}`` without one); one-line errors."""
+    if not path:
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError as err:
+        raise CliError(f"config file {path!r} does not exist") from err
+    except (OSError, ValueError) as err:
+        raise CliError(f"cannot read config file {path!r}: {err}") from err
+    if not isinstance(obj, dict):
+        raise CliError(f"config file {path!r} must hold a JSON object")
+    return obj
+
+
+def split_parts(table: Interactions, split_spec: str, seed: int):
+    """``(train, validation, test, how validation was made)``.
+
+    The validation part (early stopping) is the split's own if it makes one
+    (leave-one-out), else ``VALIDATION_FRACTION`` of the training pairs, drawn with ``seed``.
+    The test part is exactly ``parse_split(split_spec, table, seed).test``, which is what
+    ``tfrec-p5 evaluate`` recomputes.
+    """
+    from tfrec_p5.data import parse_split
+    from tfrec_p5.data.splits import carve_validation
+
+    split = parse_split(split_spec, table, seed=seed)
+    if split is None:
+        train, validation, test = table, None, None
+    else:
+        train, validation, test = split.train, split.validation, split.test
+    note = "the split's own validation part"
+    if validation is None or len(validation) == 0:
+        train, validation = carve_validation(train, None, VALIDATION_FRACTION, seed)
+        note = f"random {VALIDATION_FRACTION:.0%} of the training pairs (seed {seed})"
+    return train, validation, test, note
+
+
+def format_table(rows: Sequence[tuple[str, int, Mapping[str, float]]]) -> str:
+    """Metric rows ``(part, examples, {metric: value})`` as an aligned text table."""
+    names = list(dict.fromkeys(m for _, _, metrics in rows for m in metrics))
+    # Every column at least one space wider than its header / part name, so they never touch.
+    w = {m: max(10, len(m) + 1) for m in names}
+    pw = max([12] + [len(part) + 1 for part, _, _ in rows])
+    lines = [f"{'part':<{pw}}{'examples':>10}" + "".join(f"{m:>{w[m]}}" for m in names)]
+    for part, count, metrics in rows:
+        lines.append(f"{part:<{pw}}{count:>10,}" + "".join(
+            f"{metrics[m]:>{w[m]}.4f}" if m in metrics else f"{'-':>{w[m]}}" for m in names))
+    return "\n".join(lines)
+
+
+def flat(part: str, count: int, metrics: Mapping[str, float]) -> dict[str, float | int]:
+    """``{"test_rmse": ..., "test_examples": N}``: the JSON form of one table row."""
+    out: dict[str, float | int] = {f"{part}_{k}": float(v) for k, v in metrics.items()}
+    out[f"{part}_examples"] = int(count)
+    return out
+
+
+def describe(table: Interactions) -> str:
+    """``"80,000 rows, 943 users, 1,650 items"``."""
+    return f"{len(table):,} rows, {table.num_users:,} users, {table.num_items:,} items"
+
+
+def resolve_strategy(name: str | None, task: str | None = None):
+    """``--strategy`` → a ``tf.distribute.Strategy``. A worker / ps task of a
+    ``parameter_server`` cluster (per ``TF_CONFIG``) serves here and never returns, so the
+    same command runs on every machine of the cluster."""
+    from tfrec_p5 import distribute
+
+    name = name or "default"
+    if distribute.is_server_task(name):
+        distribute.serve_forever()
+    if name != "default" and task is not None and task not in DISTRIBUTED_TASKS:
+        raise CliError(f"--strategy {name} supports --task {', '.join(DISTRIBUTED_TASKS)}, "
+                       f"not {task!r}", status=2)
+    try:
+        return distribute.resolve_strategy(name)
+    except ValueError as err:
+        raise CliError(str(err), status=2) from err

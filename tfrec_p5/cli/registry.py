@@ -1,0 +1,125 @@
+"""The task registry: what ``--task NAME`` means for ``train`` and ``evaluate``.
+
+Why a registry instead of an if/else switchboard: a task is a ``Task`` with a ``train``
+function (``TrainRequest`` → ``TrainResult``: a ``ServingModule`` carrying the task's
+signatures, plus config and metadata) and an ``evaluate`` function (signatures, table →
+metrics); adding a task is one ``register_task`` call, and every command finds it.
+
+    register_task(Task("retrieval", "top-k items for a user",
+                       train=train_retrieval, evaluate=evaluate_retrieval,
+                       signature="recommend"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # heavy imports (TensorFlow) stay out of `tfrec-p5 --help`
+    from tfrec_p5.data.interactions import Interactions
+    from tfrec_p5.export.serving import ServingModule
+
+__all__ = ["PROG", "CliError", "SignatureGetter", "Task", "TrainRequest", "TrainResult",
+           "get_task", "register_task", "run_evaluate", "tasks"]
+
+PROG = "tfrec-p5"
+
+#: ``signatures(name)`` returns a callable ``f(user_id=..., item_id=...) -> dict``; it is
+#: backed by an in-memory ``ServingModule`` or by a loaded SavedModel.
+SignatureGetter = Callable[[str], Callable[..., Mapping[str, Any]]]
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status ``status``."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class TrainRequest:
+    """Everything a task's ``train`` function needs, already loaded and split."""
+
+    train: Interactions
+    validation: Interactions | None
+    seed: int = 42
+    epochs: int | None = None
+    batch_size: int | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)  # from --config FILE.json
+    log_dir: str | None = None
+    backup_dir: str | None = None
+    verbose: int = 1
+    options: Mapping[str, Any] = field(default_factory=dict)  # --weights, --top-k, ...
+
+
+@dataclass
+class TrainResult:
+    """A trained task: the module to export (signatures added) and what to record."""
+
+    module: ServingModule
+    config: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: Validation metrics measured before a final refit folded the validation part into
+    #: training (sequential); reported instead of re-scoring what is now training data.
+    validation_metrics: Mapping[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One ``--task`` value. ``train=None`` means planned but not available yet."""
+
+    name: str
+    summary: str
+    train: Callable[[TrainRequest], TrainResult] | None = None
+    evaluate: Callable[..., dict[str, float]] | None = None
+    signature: str | None = None  # the signature ``evaluate`` needs in an export
+    planned: str = ""
+    #: Train on train + validation and report no validation row: for tasks that pick their
+    #: epochs themselves (rating: early stopping on a carved slice, then a refit on all of
+    #: it) or whose defaults fix the epoch count and whose export excludes the training
+    #: items (retrieval).
+    fold_validation: bool = False
+    #: ``evaluate`` ranks a held-out item *after a history* (sequential): it also gets the
+    #: events before the evaluated part and ``--protocol``.
+    wants_history: bool = False
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> None:
+    """Make ``tfrec-p5 train --task NAME`` (and ``evaluate``) use ``task``."""
+    _TASKS[task.name] = task
+
+
+def tasks() -> dict[str, Task]:
+    """The registered tasks by name (available and planned)."""
+    return dict(_TASKS)
+
+
+def get_task(name: str) -> Task:
+    """The available task ``name``; a ``CliError`` (exit 2) names the alternatives."""
+    task = _TASKS.get(name)
+    available = sorted(n for n, t in _TASKS.items() if t.train is not None)
+    if task is None:
+        raise CliError(f"unknown task {name!r}; available: {', '.join(available)}", status=2)
+    if task.train is None:
+        raise CliError(f"task {name!r} is not available yet ({task.planned}); available: "
+                       f"{', '.join(available)}", status=2)
+    return task
+
+
+def run_evaluate(task: Task, signatures: SignatureGetter, table: Interactions,
+                 before: tuple[Interactions | None, ...] = (),
+                 protocol: str | None = None) -> dict[str, float]:
+    """``task.evaluate`` on ``table``; a ``wants_history`` task also gets the events
+    ``before`` it (train, or train + validation) and ``--protocol``."""
+    if task.evaluate is None:
+        raise CliError(f"task {task.name!r} has no evaluation", status=2)
+    if task.wants_history:
+        parts = [p for p in before if p is not None]
+        history = type(parts[0]).concat(*parts) if parts else None
+        return task.evaluate(signatures, table, history=history, protocol=protocol)
+    return task.evaluate(signatures, table)

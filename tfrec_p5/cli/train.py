@@ -1,0 +1,156 @@
+"""``tfrec-p5 train``: load, split, train a task, report metrics, export one SavedModel.
+
+    tfrec-p5 train --task rating --data synthetic --epochs 8 --out saved_models/demo
+
+The split, seed, data spec and metrics are recorded in the export's metadata, so
+``tfrec-p5 evaluate`` recomputes the same test part. A killed run leaves a
+``BackupAndRestore`` backup in ``OUT/.backup-TASK``; the same command resumes from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+
+from tfrec_p5.cli.common import (
+    BACKUP_PREFIX,
+    describe,
+    flat,
+    format_table,
+    read_config,
+    resolve_strategy,
+    split_parts,
+)
+from tfrec_p5.cli.registry import TrainRequest, get_task, run_evaluate
+
+__all__ = ["add_parser", "cmd_train"]
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train ``--task`` on ``--data``, evaluate, export to ``--out``."""
+    task = get_task(args.task)
+    strategy = resolve_strategy(getattr(args, "strategy", None), task.name)
+    config_overrides = read_config(args.config)  # fail fast, before loading data
+    from tfrec_p5 import distribute
+    from tfrec_p5.data import Interactions, load
+    from tfrec_p5.export.saved_model import export, validate_export_dir
+    from tfrec_p5.models.refit import resume_message
+
+    validate_export_dir(args.out)  # a bad --out fails now, not after training
+
+    info = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
+    table = load(args.data)
+    train, validation, test, validation_note = split_parts(table, args.split, args.seed)
+    if task.fold_validation and validation is not None:
+        train = Interactions.concat(train, validation)
+        validation, validation_note = None, "folded into training (the task picks its epochs)"
+    test_data = load(args.test_data) if args.test_data else None
+    print(f"data {args.data}: {describe(table)}", file=info)
+    n_validation = len(validation) if validation is not None else 0
+    print(f"split {args.split} (seed {args.seed}): train {len(train):,}, validation "
+          f"{n_validation:,}, test {len(test) if test is not None else 0:,}"
+          + (f"; test data {args.test_data}: {len(test_data):,}" if test_data else ""),
+          file=info)
+
+    out = os.fspath(args.out)
+    backup_dir = os.path.join(out, BACKUP_PREFIX + task.name)
+    message = resume_message(backup_dir)
+    if message:
+        print(message, file=info)
+    request = TrainRequest(train=train, validation=validation, seed=args.seed,
+                           epochs=args.epochs, batch_size=args.batch_size,
+                           config=config_overrides, log_dir=args.log_dir,
+                           backup_dir=backup_dir, verbose=0 if args.quiet else 1,
+                           options={"weights": args.weights, "top_k": args.top_k,
+                                    "include_seen": args.include_seen})
+    redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    with redirect, distribute.use_strategy(strategy):  # Keras progress bars print to stdout
+        result = task.train(request)
+
+    module = result.module
+    rows, metrics = [], {}
+    parts = [("validation", validation, (train,)), ("test", test, (train, validation)),
+             ("test_data", test_data, (table,))]
+    for part, part_table, before in parts:
+        if part_table is None or len(part_table) == 0:
+            continue
+        if part == "validation" and result.validation_metrics is not None:
+            values = dict(result.validation_metrics)
+        else:
+            values = run_evaluate(task, module.signature, part_table, before)
+        rows.append((part, len(part_table), values))
+        metrics.update(flat(part, len(part_table), values))
+
+    metadata = {
+        "data": args.data, "split": args.split, "seed": args.seed,
+        "deterministic": bool(getattr(args, "deterministic", False)),
+        "test_data": args.test_data, "validation": validation_note,
+        "sizes": {"data": len(table), "train": len(train),
+                  "validation": len(validation) if validation is not None else 0,
+                  "test": len(test) if test is not None else 0,
+                  "test_data": len(test_data) if test_data is not None else 0},
+        "config": {task.name: dict(result.config)},
+        "strategy": getattr(args, "strategy", None) or "default",
+        **dict(result.metadata),
+    }
+    # multi_worker: every worker saves (saving may run collective ops), only the chief
+    # into --out; the others into a temporary folder that is removed.
+    with distribute.write_dir(out, strategy) as target:
+        path = export(module, target, metadata=metadata, metrics=metrics)
+    if distribute.is_chief(strategy):
+        shutil.rmtree(backup_dir, ignore_errors=True)
+
+    print(format_table(rows), file=info)
+    print(f"exported {path} (signatures: {', '.join(module.signature_names())})", file=info)
+    if test is None and test_data is None:
+        print("note: no test metrics (--split none without --test-data)", file=info)
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    return 0
+
+
+def add_parser(sub, task_names: list[str]) -> None:
+    """Add ``train`` to ``tfrec-p5``'s subparsers."""
+    p = sub.add_parser("train", help="train a task, report test metrics, export a SavedModel",
+                       description="Train, evaluate on the held-out part, export to "
+                       "OUT/<version>/ (metadata and metrics in OUT/<version>/assets.extra/).")
+    p.add_argument("--task", default="rating", choices=task_names,
+                   help="what to train: " + ", ".join(task_names) + " (default rating)")
+    p.add_argument("--data", default="synthetic", metavar="SPEC",
+                   help="data spec: synthetic, movielens:PATH, amazon:PATH, csv:PATH?..., "
+                   "parquet:PATH, tfds:NAME (default: synthetic)")
+    p.add_argument("--split", default="random:0.8", metavar="SPEC",
+                   help="random:F, temporal:F, leave-one-out, tfrs:PATH or none (train on all "
+                   "of --data; evaluate on --test-data). Validation for early stopping: the "
+                   "split's own, else 10%% of the training part. Default random:0.8")
+    p.add_argument("--seed", type=int, default=42, help="split and training seed (default 42)")
+    p.add_argument("--epochs", type=int, help="override the config's epochs")
+    p.add_argument("--batch-size", type=int, help="override the config's batch size")
+    p.add_argument("--config", metavar="FILE.json", help="hyper-parameters (JSON object)")
+    p.add_argument("--log-dir", metavar="DIR", help="TensorBoard log folder")
+    p.add_argument("--test-data", metavar="SPEC", help="also evaluate on this data after "
+                   "training (e.g. a separate test file with --split none)")
+    p.add_argument("--json", action="store_true", help="print the metrics JSON on stdout "
+                   "(progress goes to stderr)")
+    p.add_argument("--quiet", action="store_true", help="no Keras progress bar")
+    p.add_argument("--deterministic", action="store_true", help="bit-identical reruns "
+                   "(same seed and data): oneDNN off and TF op determinism; a bit slower")
+    p.add_argument("--weights", metavar="TASK=W,...", help="--task all: loss weight per head, "
+                   "e.g. rating=1,retrieval=1,ranking=0 (0 switches a head off)")
+    p.add_argument("--top-k", type=int, default=100, help="items the exported recommend "
+                   "signature returns (default 100)")
+    p.add_argument("--include-seen", action="store_true", help="recommend may return the "
+                   "user's training items (default: excluded)")
+    p.add_argument("--strategy", default="default",
+                   choices=["default", "mirrored", "multi_worker", "parameter_server"],
+                   help="tf.distribute strategy (default: one process). multi_worker and "
+                   "parameter_server read the cluster from TF_CONFIG; run the same command "
+                   "on every task (parameter-server workers / ps then just serve). "
+                   "--batch-size is the global batch")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="export folder, e.g. saved_models/NAME (versions 1, 2, ... inside)")
+    p.set_defaults(func=cmd_train)
