@@ -87,6 +87,11 @@ def _rating_api():
     return rating
 
 
+def _rating_config(request: TrainRequest):
+    api = _rating_api()
+    return _from_dict(api.RatingConfig, _config_values(api.RatingConfig().to_dict(), request))
+
+
 def _train_rating(request: TrainRequest) -> TrainResult:
     from tfrec_p5.data.errors import DataError
     from tfrec_p5.export.serving import ServingModule, add_rating_signatures
@@ -95,8 +100,7 @@ def _train_rating(request: TrainRequest) -> TrainResult:
         raise DataError("the rating task needs a 'rating' column",
                         path=request.train.source or None, field="rating")
     api = _rating_api()
-    config = _from_dict(api.RatingConfig,
-                        _config_values(api.RatingConfig().to_dict(), request))
+    config = _rating_config(request)
     trained = api.train_rating(request.train, request.validation, config, seed=request.seed,
                                verbose=request.verbose, log_dir=request.log_dir,
                                backup_dir=request.backup_dir)
@@ -119,23 +123,23 @@ def _evaluate_rating(signatures: SignatureGetter, table) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------------- retrieval / ranking / all
-def _unified_config(task: str, request: TrainRequest):
-    from tfrec_p5.models.unified import UnifiedConfig
+def _unified_config(task: str):
+    def config(request: TrainRequest):
+        from tfrec_p5.models.unified import UnifiedConfig
 
-    values = dict(request.config)
-    options = dict(request.options or {})
-    weights = dict(DEFAULT_WEIGHTS[task])
-    if task == "all" and options.get("weights"):
-        weights = parse_weights(options["weights"])
-    elif "weights" in values:
-        weights = {k: float(v) for k, v in values.pop("weights").items()}
-    if task == "ranking" and weights.get("ranking", 0) <= 0:
-        raise CliError("--task ranking needs a positive ranking weight", status=2)
-    if task == "all" and request.train.rating is None:  # implicit feedback: retrieval only
-        weights = {k: v for k, v in weights.items() if k == "retrieval"} or {"retrieval": 1.0}
-    values = _config_values(UnifiedConfig().to_dict(), request, values)
-    values["weights"] = weights
-    return _from_dict(UnifiedConfig, values)
+        values = dict(request.config)
+        options = dict(request.options or {})
+        weights = dict(DEFAULT_WEIGHTS[task])
+        if task == "all" and options.get("weights"):
+            weights = parse_weights(options["weights"])
+        elif "weights" in values:
+            weights = {k: float(v) for k, v in values.pop("weights").items()}
+        if task == "ranking" and weights.get("ranking", 0) <= 0:
+            raise CliError("--task ranking needs a positive ranking weight", status=2)
+        values = _config_values(UnifiedConfig().to_dict(), request, values)
+        values["weights"] = weights
+        return _from_dict(UnifiedConfig, values)
+    return config
 
 
 def _train_unified(task: str):
@@ -143,12 +147,18 @@ def _train_unified(task: str):
         from tfrec_p5.export.unified import build_module, item_titles
         from tfrec_p5.models.unified import train_unified
 
-        config = _unified_config(task, request)
+        config = _unified_config(task)(request)
+        if task == "all" and request.train.rating is None:  # implicit feedback
+            kept = {k: v for k, v in config.weights.items() if k == "retrieval"}
+            print(f"note: the data have no ratings; --task all trains the retrieval head "
+                  f"only (weights {config.weights} -> {kept or {'retrieval': 1.0}})")
+            config = config.replace(weights=kept or {"retrieval": 1.0})
         options = dict(request.options or {})
         trained = train_unified(request.train, request.validation, config,
                                 seed=request.seed, verbose=request.verbose,
                                 log_dir=request.log_dir, backup_dir=request.backup_dir)
-        module = build_module(trained, k=int(options.get("top_k") or 100),
+        top_k = options.get("top_k")
+        module = build_module(trained, k=100 if top_k is None else int(top_k),
                               exclude_seen=not options.get("include_seen", False),
                               titles=item_titles(request.train, trained.vocabs))
         metadata = {"weights": config.weights, "heads": trained.tasks,
@@ -183,17 +193,23 @@ def _evaluate_unified(task: str):
 
 
 # ---------------------------------------------------------------------- sequential
-def _train_sequential(request: TrainRequest) -> TrainResult:
-    """Config = ``SequentialConfig`` defaults ← ``--config`` ← ``--epochs``/``--batch-size``;
+def _sequential_config(request: TrainRequest):
+    """``SequentialConfig`` defaults ← ``--config`` ← ``--epochs``/``--batch-size``;
     ``--top-k`` sets how many items ``next_items`` returns."""
-    from tfrec_p5.export.sequential import sequential_module
-    from tfrec_p5.models.sequential import SequentialConfig, train_sequential
+    from tfrec_p5.models.sequential import SequentialConfig
 
     values = _config_values(SequentialConfig().to_dict(), request)
     options = dict(request.options or {})
-    if options.get("top_k"):
+    if options.get("top_k") is not None:
         values["top_k"] = int(options["top_k"])
-    config = _from_dict(SequentialConfig, values)
+    return _from_dict(SequentialConfig, values)
+
+
+def _train_sequential(request: TrainRequest) -> TrainResult:
+    from tfrec_p5.export.sequential import sequential_module
+    from tfrec_p5.models.sequential import train_sequential
+
+    config = _sequential_config(request)
     trained = train_sequential(request.train, request.validation, config, seed=request.seed,
                                verbose=request.verbose, log_dir=request.log_dir)
     module = sequential_module(trained.vocabs, trained.head, top_k=config.top_k)
@@ -214,21 +230,26 @@ def _evaluate_sequential(signatures: SignatureGetter, table, *, history=None,
     return cli_evaluate(signatures, table, history=history, protocol=protocol)
 
 
+_RECOMMEND_OPTIONS = frozenset({"top_k", "include_seen"})
 register_task(Task("rating", "explicit ratings (RMSE/MAE); signature predict_rating",
                    train=_train_rating, evaluate=_evaluate_rating, signature="predict_rating",
-                   fold_validation=True))
+                   fold_validation=True, config=_rating_config))
 register_task(Task("retrieval", "two-tower top-k retrieval (implicit feedback is enough); "
                    "signatures recommend (default) and rank", train=_train_unified("retrieval"),
-                   evaluate=_evaluate_unified("retrieval"), signature="recommend",
+                   evaluate=_evaluate_unified("retrieval"), config=_unified_config("retrieval"),
+                   options=_RECOMMEND_OPTIONS, signature="recommend",
                    fold_validation=True))
 register_task(Task("ranking", "ranking head (pointwise MSE or listwise softmax / ListMLE); "
                    "signature rank", train=_train_unified("ranking"),
-                   evaluate=_evaluate_unified("ranking"), signature="rank",
+                   evaluate=_evaluate_unified("ranking"), config=_unified_config("ranking"),
+                   options=_RECOMMEND_OPTIONS, signature="rank",
                    fold_validation=True))
 register_task(Task("all", "unified multi-task model (--weights rating=1,retrieval=1,"
                    "ranking=0); recommend, rank, predict_rating", train=_train_unified("all"),
-                   evaluate=_evaluate_unified("all"), signature="recommend",
+                   evaluate=_evaluate_unified("all"), config=_unified_config("all"),
+                   options=_RECOMMEND_OPTIONS | {"weights"}, signature="recommend",
                    fold_validation=True))
 register_task(Task("sequential", "next-item prediction from a history (SASRec, "
                    "leave-one-out); signature next_items", train=_train_sequential,
-                   evaluate=_evaluate_sequential, signature="next_items", wants_history=True))
+                   evaluate=_evaluate_sequential, signature="next_items", wants_history=True,
+                   config=_sequential_config, options=frozenset({"top_k"})))

@@ -6,6 +6,7 @@ TensorFlow and the data layer are imported inside the functions that need them, 
 
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
     from tfrec_p5.data.interactions import Interactions
 
 __all__ = ["BACKUP_PREFIX", "DISTRIBUTED_TASKS", "VALIDATION_FRACTION", "describe",
-           "flat", "format_table", "read_config", "resolve_strategy", "split_parts"]
+           "flat", "format_table", "positive_int", "read_config", "resolve_strategy", "split_parts"]
 
 #: Share of the training data held out for early stopping when the split makes no
 #: validation part (``random:F``, ``temporal:F``, ``none``, ``tfrs:PATH``).
@@ -27,6 +28,19 @@ BACKUP_PREFIX = ".backup-"
 DISTRIBUTED_TASKS = ("rating", "retrieval", "ranking", "all")
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts (``--epochs``, ``--batch-size``, ``--top-k``): an
+    integer >= 1, else a usage error (exit 2) before anything is loaded."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") \
+            from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def read_config(path: str | None) -> dict[str, Any]:
     """The JSON object in ``--config FILE`` (``{}`` without one); one-line errors."""
     if not path:
@@ -35,11 +49,11 @@ def read_config(path: str | None) -> dict[str, Any]:
         with open(path, encoding="utf-8") as f:
             obj = json.load(f)
     except FileNotFoundError as err:
-        raise CliError(f"config file {path!r} does not exist") from err
+        raise CliError(f"config file {path!r} does not exist", status=2) from err
     except (OSError, ValueError) as err:
-        raise CliError(f"cannot read config file {path!r}: {err}") from err
+        raise CliError(f"cannot read config file {path!r}: {err}", status=2) from err
     if not isinstance(obj, dict):
-        raise CliError(f"config file {path!r} must hold a JSON object")
+        raise CliError(f"config file {path!r} must hold a JSON object", status=2)
     return obj
 
 

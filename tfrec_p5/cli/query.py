@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from tfrec_p5.cli.common import flat, format_table
+from tfrec_p5.cli.common import flat, format_table, positive_int
 from tfrec_p5.cli.registry import CliError, SignatureGetter, get_task, run_evaluate
 
 __all__ = ["add_parsers"]
@@ -38,39 +39,146 @@ def _signature_getter(loaded, version_dir: str) -> SignatureGetter:
     return get
 
 
+#: How much more of the test part may be training pairs than at training time before
+#: ``evaluate`` refuses (repeat events make a few legitimate).
+OVERLAP_TOLERANCE = 0.01
+
+
+def _evaluation_data(args: argparse.Namespace, meta: dict, version_dir: str, info) -> str:
+    """The data spec to evaluate on: ``--data``, else the one recorded at training (its
+    resolved absolute form when the typed path does not exist from here)."""
+    from tfrec_p5.data.sources import parse_spec
+
+    if args.data:
+        return args.data
+    key = "data"
+    if args.split is None and meta.get("split") == "none" and meta.get("test_data"):
+        key = "test_data"  # trained on all of --data, tested on --test-data
+    typed = meta.get(key)
+    if not typed:
+        raise CliError(f"export {version_dir} does not record the data it was trained on "
+                       "(exported from Python?); pass --data, and --split / --seed as "
+                       "used in training", status=2)
+    resolved = meta.get(f"{key}_resolved") or typed
+    path = parse_spec(typed)[1]
+    if path and not os.path.exists(path) and resolved != typed:
+        print(f"note: {typed!r} does not exist from here; using the path recorded at "
+              f"training, {resolved!r}", file=info)
+        return resolved
+    return typed
+
+
+def _check_test_rows(record, meta: dict, test, *, same_run: bool, allow_overlap: bool,
+                     by_history: bool, info) -> None:
+    """Refuse test rows the model trained on; say how many test IDs it does not know."""
+    if record is None:
+        print("note: the export records no training rows, so whether the test rows were "
+              "trained on cannot be checked", file=info)
+        return
+    share = record.trained_share(test)
+    expected = meta.get("test_data_overlap" if meta.get("split") == "none"
+                        else "test_overlap") if same_run else None
+    expected = float(expected or 0.0)
+    if share > expected + OVERLAP_TOLERANCE:
+        rows = round(share * len(test))
+        message = (f"{rows:,} of {len(test):,} test rows ({share:.1%}) are (user, item) pairs "
+                   f"the model trained on (training's own test part had {expected:.1%})")
+        if not allow_overlap:
+            raise CliError(f"{message}: their metrics would flatter the model. Evaluate on "
+                           f"the training run's split (data {meta.get('data')!r}, split "
+                           f"{meta.get('split')!r}, seed {meta.get('seed')}) or pass "
+                           "--allow-overlap", status=2)
+        print(f"warning: {message}; scored anyway (--allow-overlap)", file=info)
+    unknown = record.unknown_shares(test)
+    if unknown["users"] or unknown["items"]:
+        print(f"note: unknown to the model: users of {unknown['users']:.1%} and items of "
+              f"{unknown['items']:.1%} of the test rows (scored from the out-of-vocabulary "
+              "rows)", file=info)
+    if unknown["items"] == 1.0 or (not by_history and unknown["users"] == 1.0):
+        raise CliError("the test rows share no IDs with the model (every "
+                       + ("item" if unknown["items"] == 1.0 else "user")
+                       + " is unknown): is --data the data it was trained on?", status=2)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    """Score the test part of ``--data``/``--split``/``--seed`` with the export."""
+    """Score the test part of ``--data``/``--split``/``--seed`` with the export, after
+    checking that those rows are not training rows."""
+    from tfrec_p5.data import load, parse_split
+    from tfrec_p5.data.fingerprint import table_fingerprint
+    from tfrec_p5.export.saved_model import TrainingRecord
+
+    if args.protocol is not None:
+        from tfrec_p5.export.sequential import parse_protocol
+
+        try:
+            parse_protocol(args.protocol)
+        except ValueError as err:
+            raise CliError(str(err), status=2) from err
     loaded, version_dir, meta = _load(args.model)
     names = meta.get("tasks") or (["rating"] if "predict_rating" in loaded.signatures else [])
     if args.task:
         names = [args.task]
     if not names:
-        raise CliError(f"export {version_dir} names no task it was trained for; pass --task")
-    default_data = meta.get("data") or "synthetic"
-    if args.split is None and meta.get("split") == "none" and meta.get("test_data"):
-        default_data = meta["test_data"]  # trained on all of --data, tested on --test-data
-    data = args.data or default_data
+        raise CliError(f"export {version_dir} names no task it was trained for; pass --task",
+                       status=2)
+    tasks = [get_task(name) for name in names]
+    if args.protocol is not None and not any(t.wants_history for t in tasks):
+        raise CliError(f"--protocol applies to --task sequential, not {', '.join(names)}",
+                       status=2)
+    info = sys.stderr if args.json else sys.stdout
+    data = _evaluation_data(args, meta, version_dir, info)
     split_spec = args.split or meta.get("split") or "random:0.8"
     seed = args.seed if args.seed is not None else int(meta.get("seed", 42))
-    from tfrec_p5.data import load, parse_split
-
     table = load(data)
+    recorded = meta.get("data_fingerprint")
+    same_data = data in (meta.get("data"), meta.get("data_resolved"), meta.get("test_data"),
+                         meta.get("test_data_resolved"))
+    if same_data and recorded and table_fingerprint(table) != recorded \
+            and meta.get("split") != "none":
+        print(f"warning: the data behind {data!r} changed since training (fingerprint "
+              f"{recorded} → {table_fingerprint(table)})", file=info)
     split = parse_split(split_spec, table, seed=seed)
     test = table if split is None else split.test
+    same_run = same_data and split_spec == meta.get("split") and seed == meta.get("seed")
+    _check_test_rows(TrainingRecord.load(version_dir), meta, test, same_run=same_run,
+                     allow_overlap=args.allow_overlap,
+                     by_history=all(t.wants_history for t in tasks), info=info)
     getter = _signature_getter(loaded, version_dir)
     metrics: dict[str, float | int] = {}
     rows = []
-    for name in names:
-        values = run_evaluate(get_task(name), getter, test, () if split is None else
+    for task in tasks:
+        values = run_evaluate(task, getter, test, () if split is None else
                               (split.train, split.validation), protocol=args.protocol)
-        rows.append((f"test ({name})" if len(names) > 1 else "test", len(test), values))
+        rows.append((f"test ({task.name})" if len(tasks) > 1 else "test", len(test), values))
         metrics.update(flat("test", len(test), values))
     if args.json:
-        print(json.dumps(metrics, sort_keys=True))
+        print(json.dumps(metrics, sort_keys=True, allow_nan=False))
     else:
         print(f"model {version_dir}; data {data}, split {split_spec}, seed {seed}")
         print(format_table(rows))
     return 0
+
+
+def _note_unknown(version_dir: str, users=(), items=()) -> None:
+    """One stderr line per ID the model has no training row for (answered from the
+    out-of-vocabulary row, or the popularity fallback), when the export records them."""
+    import numpy as np
+
+    from tfrec_p5.data.fingerprint import contains, id_hashes
+    from tfrec_p5.export.saved_model import TrainingRecord
+
+    record = TrainingRecord.load(version_dir)
+    if record is None:
+        return
+    for kind, ids, known_hashes, fallback in (
+            ("user", users, record.users, "answered as for an unknown user"),
+            ("item", items, record.items, "scored from the out-of-vocabulary item row")):
+        ids = np.asarray(list(ids), dtype=str)
+        if not len(ids):
+            continue
+        for value in ids[~contains(known_hashes, id_hashes(ids, unique=False))]:
+            print(f"note: {kind} {str(value)!r} is not in the model's training data; {fallback}",
+                  file=sys.stderr)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -78,6 +186,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     loaded, version_dir, _ = _load(args.model)
     import tensorflow as tf
 
+    _note_unknown(version_dir, [args.user], [args.item])
     signature = _signature_getter(loaded, version_dir)("predict_rating")
     out = signature(user_id=tf.constant([args.user]), item_id=tf.constant([args.item]))
     rating = float(out["rating"].numpy().reshape(-1)[0])
@@ -99,9 +208,12 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if "recommend" not in loaded.signatures:
         raise CliError(f"export {version_dir} has no 'recommend' signature (it has "
                        f"{sorted(loaded.signatures)})")
-    if args.top_k < 1:
-        raise CliError("-k must be at least 1")
+    _note_unknown(version_dir, args.user)
     out = loaded.signatures["recommend"](user_id=tf.constant(args.user))
+    exported_k = int(out["item_ids"].shape[1])
+    if args.top_k > exported_k:
+        print(f"note: the export returns at most {exported_k} items (train --top-k); "
+              f"showing {exported_k}, not {args.top_k}", file=sys.stderr)
     ids = decode_strings(out["item_ids"].numpy())[:, :args.top_k]
     scores = out["scores"].numpy()[:, :args.top_k]
     titles = None
@@ -141,6 +253,9 @@ def add_parsers(sub, task_names: list[str]) -> None:
     p.add_argument("--protocol", metavar="P", help="--task sequential: full (rank among all "
                    "items), sampled:99 (P5 direct: 1 + 99 negatives, seed 2022) or all "
                    "(default)")
+    p.add_argument("--allow-overlap", action="store_true", help="score test rows even when "
+                   "they are (user, item) pairs the model trained on (refused by default: "
+                   "their metrics flatter the model)")
     p.add_argument("--json", action="store_true", help="print one JSON object metric → value")
     p.set_defaults(func=cmd_evaluate)
 
@@ -160,7 +275,7 @@ def add_parsers(sub, task_names: list[str]) -> None:
     p.add_argument("--model", required=True, metavar="DIR", help=MODEL_HELP)
     p.add_argument("--user", required=True, action="append",
                    help="user ID as in the data (repeatable)")
-    p.add_argument("-k", "--top-k", type=int, default=10, help="how many items (default 10; "
-                   "at most the export's top-k)")
+    p.add_argument("-k", "--top-k", type=positive_int, default=10, help="how many items "
+                   "(default 10; at most the export's top-k)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_recommend)

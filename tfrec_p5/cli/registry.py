@@ -42,7 +42,8 @@ class CliError(Exception):
 class TrainRequest:
     """Everything a task's ``train`` function needs, already loaded and split."""
 
-    train: Interactions
+    #: The data; ``None`` only while ``Task.config`` checks the options before loading.
+    train: Interactions | None
     validation: Interactions | None
     seed: int = 42
     epochs: int | None = None
@@ -84,6 +85,12 @@ class Task:
     #: ``evaluate`` ranks a held-out item *after a history* (sequential): it also gets the
     #: events before the evaluated part and ``--protocol``.
     wants_history: bool = False
+    #: ``config(request)`` → the task's config from the request's options alone (never its
+    #: data), so ``train`` refuses a bad ``--config`` / ``--epochs`` before loading data.
+    config: Callable[[TrainRequest], Any] | None = None
+    #: The ``TrainRequest.options`` this task uses (``weights``, ``top_k``,
+    #: ``include_seen``); giving another one is a usage error, not silently ignored.
+    options: frozenset[str] = frozenset()
 
 
 _TASKS: dict[str, Task] = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -21,11 +22,12 @@ from tfrec_p5.cli.common import (
     describe,
     flat,
     format_table,
+    positive_int,
     read_config,
     resolve_strategy,
     split_parts,
 )
-from tfrec_p5.cli.registry import TrainRequest, get_task, run_evaluate
+from tfrec_p5.cli.registry import CliError, TrainRequest, get_task, run_evaluate
 
 __all__ = ["add_parser", "cmd_train"]
 
@@ -34,10 +36,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train ``--task`` on ``--data``, evaluate, export to ``--out``."""
     task = get_task(args.task)
     strategy = resolve_strategy(getattr(args, "strategy", None), task.name)
-    config_overrides = read_config(args.config)  # fail fast, before loading data
+    # Every option and config field is checked before the data load (which can take long).
+    options = {"weights": args.weights, "top_k": args.top_k,
+               "include_seen": args.include_seen or None}
+    given = sorted(k for k, v in options.items() if v is not None)
+    unused = [k for k in given if k not in task.options]
+    if unused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise CliError(f"{flags} does nothing for --task {task.name}"
+                       + (" (--weights is for --task all)" if "weights" in unused else ""),
+                       status=2)
+    request = TrainRequest(train=None, validation=None, seed=args.seed, epochs=args.epochs,
+                           batch_size=args.batch_size, config=read_config(args.config),
+                           log_dir=args.log_dir, verbose=0 if args.quiet else 1,
+                           options={k: v for k, v in options.items() if v is not None})
+    if task.config is not None:
+        task.config(request)
     from tfrec_p5 import distribute
     from tfrec_p5.data import Interactions, load
-    from tfrec_p5.export.saved_model import export, validate_export_dir
+    from tfrec_p5.data.fingerprint import table_fingerprint
+    from tfrec_p5.data.sources import resolve_spec
+    from tfrec_p5.export.saved_model import TrainingRecord, export, validate_export_dir
     from tfrec_p5.models.refit import resume_message
 
     validate_export_dir(args.out)  # a bad --out fails now, not after training
@@ -61,12 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     message = resume_message(backup_dir)
     if message:
         print(message, file=info)
-    request = TrainRequest(train=train, validation=validation, seed=args.seed,
-                           epochs=args.epochs, batch_size=args.batch_size,
-                           config=config_overrides, log_dir=args.log_dir,
-                           backup_dir=backup_dir, verbose=0 if args.quiet else 1,
-                           options={"weights": args.weights, "top_k": args.top_k,
-                                    "include_seen": args.include_seen})
+    request = dataclasses.replace(request, train=train, validation=validation,
+                                  backup_dir=backup_dir)
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect, distribute.use_strategy(strategy):  # Keras progress bars print to stdout
         result = task.train(request)
@@ -85,8 +100,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         rows.append((part, len(part_table), values))
         metrics.update(flat(part, len(part_table), values))
 
+    # Every row the model was fit on (a refit folds the validation part in): the export
+    # keeps their hashes, so `evaluate` can refuse them as test rows later.
+    fitted = train if validation is None else Interactions.concat(train, validation)
+    record = TrainingRecord.from_table(fitted)
     metadata = {
-        "data": args.data, "split": args.split, "seed": args.seed,
+        "data": args.data, "data_resolved": resolve_spec(args.data),
+        "data_fingerprint": table_fingerprint(table),
+        "test_overlap": record.trained_share(test) if test is not None else None,
+        "test_data_resolved": resolve_spec(args.test_data) if args.test_data else None,
+        "test_data_overlap": record.trained_share(test_data) if test_data else None,
+        "split": args.split, "seed": args.seed,
         "deterministic": bool(getattr(args, "deterministic", False)),
         "test_data": args.test_data, "validation": validation_note,
         "sizes": {"data": len(table), "train": len(train),
@@ -100,7 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     # multi_worker: every worker saves (saving may run collective ops), only the chief
     # into --out; the others into a temporary folder that is removed.
     with distribute.write_dir(out, strategy) as target:
-        path = export(module, target, metadata=metadata, metrics=metrics)
+        path = export(module, target, metadata=metadata, metrics=metrics,
+                      training_record=record)
     if distribute.is_chief(strategy):
         shutil.rmtree(backup_dir, ignore_errors=True)
 
@@ -128,8 +153,8 @@ def add_parser(sub, task_names: list[str]) -> None:
                    "of --data; evaluate on --test-data). Validation for early stopping: the "
                    "split's own, else 10%% of the training part. Default random:0.8")
     p.add_argument("--seed", type=int, default=42, help="split and training seed (default 42)")
-    p.add_argument("--epochs", type=int, help="override the config's epochs")
-    p.add_argument("--batch-size", type=int, help="override the config's batch size")
+    p.add_argument("--epochs", type=positive_int, help="override the config's epochs")
+    p.add_argument("--batch-size", type=positive_int, help="override the config's batch size")
     p.add_argument("--config", metavar="FILE.json", help="hyper-parameters (JSON object)")
     p.add_argument("--log-dir", metavar="DIR", help="TensorBoard log folder")
     p.add_argument("--test-data", metavar="SPEC", help="also evaluate on this data after "
@@ -141,8 +166,8 @@ def add_parser(sub, task_names: list[str]) -> None:
                    "(same seed and data): oneDNN off and TF op determinism; a bit slower")
     p.add_argument("--weights", metavar="TASK=W,...", help="--task all: loss weight per head, "
                    "e.g. rating=1,retrieval=1,ranking=0 (0 switches a head off)")
-    p.add_argument("--top-k", type=int, default=100, help="items the exported recommend "
-                   "signature returns (default 100)")
+    p.add_argument("--top-k", type=positive_int, help="items the exported recommend / "
+                   "next_items signature returns (default 100)")
     p.add_argument("--include-seen", action="store_true", help="recommend may return the "
                    "user's training items (default: excluded)")
     p.add_argument("--strategy", default="default",

@@ -16,6 +16,7 @@ from tfrec_p5.export.saved_model import (
     METADATA_FILE,
     METRICS_FILE,
     ExportError,
+    TrainingRecord,
     export,
     list_versions,
     load_export,
@@ -35,9 +36,9 @@ from tfrec_p5.export.serving import (
 from tfrec_p5.export.unified import build_module, item_titles, serving_module
 
 __all__ = [
-    "DEFAULT_SIGNATURE", "EXTRA_DIR", "ITEM_ID_SPEC", "METADATA_FILE", "METRICS_FILE",
-    "USER_ID_SPEC", "ExportError", "IdLookup", "ServingModule", "add_rating_signatures",
-    "build_module", "item_titles", "serving_module",
-    "evaluate_signature", "export", "list_versions", "load_export", "load_metadata",
-    "next_version", "predict_ratings", "rating_metrics", "resolve_export",
+    "DEFAULT_SIGNATURE", "EXTRA_DIR", "ExportError", "ITEM_ID_SPEC", "IdLookup",
+    "METADATA_FILE", "METRICS_FILE", "ServingModule", "TrainingRecord", "USER_ID_SPEC",
+    "add_rating_signatures", "build_module", "evaluate_signature", "export", "item_titles",
+    "list_versions", "load_export", "load_metadata", "next_version", "predict_ratings",
+    "rating_metrics", "resolve_export", "serving_module",
 ]

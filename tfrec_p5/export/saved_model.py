@@ -28,10 +28,9 @@ Reliability rules (tested in ``tests/test_reliability_export.py``):
   ``ExportError`` naming the file (exports without that record are loaded unchecked).
 * **Export paths** (``validate_export_dir``): used exactly as given, never joined to
   anything or expanded (``~``, ``$VAR``), so an absolute target only happens when the
-  caller passes an absolute path. Rejected: an empty path, NUL or other control
-  characters, any ``..`` component (``../x``, ``a/../../b``: no way out of
-  ``saved_models/``), and a folder that is itself a version (holds ``saved_model.pb``) or
-  one of our temporary folders.
+  caller passes an absolute path; ``../x`` is the sibling folder the user typed. Rejected:
+  an empty path, NUL or other control characters, and a folder that is itself a version
+  (holds ``saved_model.pb``) or one of our temporary folders.
 """
 
 from __future__ import annotations
@@ -49,15 +48,20 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 
 from tfrec_p5._version import __version__
+from tfrec_p5.data.fingerprint import contains, id_hashes, pair_hashes, table_fingerprint
+from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import Vocabularies
 from tfrec_p5.export.serving import ServingModule, add_rating_signatures
 
 EXTRA_DIR = "assets.extra"
 METADATA_FILE = "metadata.json"
 METRICS_FILE = "metrics.json"
+#: Hashes of the training rows (``TrainingRecord``), next to the metadata.
+TRAINING_FILE = "training_data.npz"
 TMP_PREFIX = ".tmp-export-"
 #: A leftover temporary folder this old is removed even if its owner cannot be checked.
 STALE_TMP_SECONDS = 24 * 3600
@@ -100,12 +104,12 @@ def validate_export_dir(base_dir: str | os.PathLike) -> str:
     """``base_dir`` as a string, if it is an acceptable export target; else ``ExportError``.
 
     The rule (see the module docstring): the path is used as given -- relative paths stay
-    relative to the working directory, nothing is expanded -- and it may not be empty,
-    contain NUL / control characters or a ``..`` component, or name a version folder or
-    one of our temporary folders.
+    relative to the working directory, nothing is expanded (``../models/x`` is a sibling
+    folder, as the user typed it) -- and it may not be empty, contain NUL / control
+    characters, or name a version folder or one of our temporary folders.
 
         validate_export_dir("saved_models/demo")      # -> "saved_models/demo"
-        validate_export_dir("saved_models/../../etc") # ExportError
+        validate_export_dir("saved_models/demo/1")    # ExportError (a version folder)
     """
     if isinstance(base_dir, bytes):
         raise ExportError(f"export path must be text, got bytes {base_dir!r}")
@@ -114,10 +118,6 @@ def validate_export_dir(base_dir: str | os.PathLike) -> str:
         raise ExportError("export path is empty")
     if any(ord(c) < 32 or ord(c) == 127 for c in path):
         raise ExportError(f"export path {path!r} contains NUL or control characters")
-    parts = re.split(r"[/\\]+", path)
-    if ".." in parts:
-        raise ExportError(f"export path {path!r} contains '..'; name the folder directly "
-                          "(e.g. saved_models/NAME), paths may not climb out of it")
     name = os.path.basename(os.path.normpath(path))
     if name.startswith(TMP_PREFIX):
         raise ExportError(f"export path {path!r} is a temporary export folder")
@@ -303,11 +303,64 @@ def _write_json(path: str, obj: Any) -> None:
         f.write("\n")
 
 
+class TrainingRecord:
+    """What an export knows of its training rows: hashes of its (user, item) pairs, users
+    and items (``tfrec_p5.data.fingerprint``), stored in ``assets.extra/training_data.npz``.
+
+        record = TrainingRecord.from_table(train)
+        record.trained_share(test)                      # 0.0 on a held-out part
+        export(module, "saved_models/x", training_record=record)
+        TrainingRecord.load("saved_models/x/1").unknown_shares(test)  # {"users": 0.01, ...}
+    """
+
+    def __init__(self, pairs: np.ndarray, users: np.ndarray, items: np.ndarray,
+                 summary: Mapping[str, Any] | None = None) -> None:
+        self.pairs, self.users, self.items = pairs, users, items
+        self.summary = dict(summary or {})
+
+    @classmethod
+    def from_table(cls, table: Interactions) -> TrainingRecord:
+        return cls(pair_hashes(table.user_id, table.item_id), id_hashes(table.user_id),
+                   id_hashes(table.item_id),
+                   {"rows": len(table), "fingerprint": table_fingerprint(table)})
+
+    def write(self, version_dir: str) -> dict[str, Any]:
+        """Save the hashes into ``version_dir``; return the metadata summary."""
+        np.savez_compressed(os.path.join(version_dir, EXTRA_DIR, TRAINING_FILE),
+                            pairs=self.pairs, users=self.users, items=self.items)
+        return {**self.summary, "file": f"{EXTRA_DIR}/{TRAINING_FILE}"}
+
+    @classmethod
+    def load(cls, version_dir: str | os.PathLike) -> TrainingRecord | None:
+        """The record of an export version (``None``: the export has none)."""
+        path = os.path.join(os.fspath(version_dir), EXTRA_DIR, TRAINING_FILE)
+        if not os.path.exists(path):
+            return None
+        with np.load(path) as data:
+            return cls(data["pairs"], data["users"], data["items"])
+
+    def trained_share(self, table: Interactions) -> float:
+        """Share of ``table``'s rows whose (user, item) pair the model trained on."""
+        if len(table) == 0:
+            return 0.0
+        return float(contains(self.pairs, pair_hashes(table.user_id, table.item_id,
+                                                      unique=False)).mean())
+
+    def unknown_shares(self, table: Interactions) -> dict[str, float]:
+        """Share of ``table``'s rows whose user / item has no training row."""
+        if len(table) == 0:
+            return {"users": 0.0, "items": 0.0}
+        known_users = contains(self.users, id_hashes(table.user_id, unique=False))
+        known_items = contains(self.items, id_hashes(table.item_id, unique=False))
+        return {"users": float(1 - known_users.mean()), "items": float(1 - known_items.mean())}
+
+
 def export(model: ServingModule | tf.keras.Model, base_dir: str | os.PathLike, *,
            vocabs: Vocabularies | None = None,
            rating_range: tuple[float, float] | None = None,
            metadata: Mapping[str, Any] | None = None,
-           metrics: Mapping[str, Any] | None = None) -> str:
+           metrics: Mapping[str, Any] | None = None,
+           training_record: TrainingRecord | None = None) -> str:
     """Save ``model`` as the next version under ``base_dir``; return the version folder.
 
     ``model`` is either a ready ``ServingModule`` (any tasks' signatures) or a trained
@@ -316,8 +369,11 @@ def export(model: ServingModule | tf.keras.Model, base_dir: str | os.PathLike, *
     ``metadata`` (and ``metrics``, also written to ``assets.extra/metrics.json``) land in
     ``assets.extra/metadata.json``, completed with version, signatures, tasks, vocabulary
     sizes, rating range, package and TensorFlow versions, and the size and SHA-256 of every
-    file (checked by ``load_export``). ``base_dir`` must pass ``validate_export_dir`` (no
-    ``..``, no control characters; used as given, never made absolute by us).
+    file (checked by ``load_export``). ``training_record`` (hashes of the rows the model
+    was fit on) goes to ``assets.extra/training_data.npz``, so evaluating the export later
+    can refuse rows it trained on and count unknown IDs.
+    ``base_dir`` must pass ``validate_export_dir`` (no control characters, not a version
+    folder; used as given, never made absolute by us).
 
         export(trained.model, "saved_models/ml100k", vocabs=trained.vocabs,
                rating_range=(1.0, 5.0))                 # -> "saved_models/ml100k/1"
@@ -361,6 +417,8 @@ def export(model: ServingModule | tf.keras.Model, base_dir: str | os.PathLike, *
         if metrics is not None:
             meta["metrics"] = dict(metrics)
             _write_json(os.path.join(tmp, EXTRA_DIR, METRICS_FILE), metrics)
+        if training_record is not None:
+            meta["training_data"] = training_record.write(tmp)
         meta[FILES_KEY] = _file_digests(tmp)
         version = next_version(base_dir)
         while True:

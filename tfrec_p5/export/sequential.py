@@ -119,6 +119,27 @@ def _histories(history: Interactions, users: np.ndarray) -> list[np.ndarray]:
     return [items[a:b] for a, b in zip(lo, hi, strict=True)]
 
 
+def parse_protocol(protocol: str, num_negatives: int = 99) -> tuple[str, int]:
+    """``"full"`` / ``"all"`` / ``"sampled"`` / ``"sampled:N"`` → ``(kind, negatives)``;
+    anything else (``sampled:0``, ``sampled:abc``) is a ``ValueError``, since 0 negatives
+    would make every metric 1.0.
+
+        parse_protocol("sampled:99")     # ('sampled', 99)
+    """
+    kind, colon, arg = protocol.partition(":")
+    if kind not in (*PROTOCOLS, "all") or (colon and kind != "sampled"):
+        raise ValueError(f"unknown protocol {protocol!r}; use full, sampled:N or all")
+    if colon:
+        try:
+            num_negatives = int(arg)
+        except ValueError:
+            num_negatives = 0
+        if num_negatives < 1 or str(num_negatives) != arg.strip():
+            raise ValueError(f"protocol {protocol!r}: N must be a whole number of negatives "
+                             ">= 1 (P5 uses sampled:99)")
+    return kind, num_negatives
+
+
 def evaluate_next_items(signatures: Callable[[str], Callable[..., Mapping]],
                         held_out: Interactions, history: Interactions, *,
                         protocol: str = "all", num_negatives: int = 99, seed: int = 2022,
@@ -134,11 +155,7 @@ def evaluate_next_items(signatures: Callable[[str], Callable[..., Mapping]],
     user interacted with (history + held-out), via ``score_items``; keys ``sampled_*``;
     ``"all"`` — both. Ties rank the held-out item last.
     """
-    kind, _, arg = protocol.partition(":")
-    if kind not in (*PROTOCOLS, "all"):
-        raise ValueError(f"unknown protocol {protocol!r}; use full, sampled:N or all")
-    if kind == "sampled" and arg:
-        num_negatives = int(arg)
+    kind, num_negatives = parse_protocol(protocol, num_negatives)
     users, first = np.unique(held_out.user_id, return_index=True)
     targets = held_out.item_id[first]
     hists = _histories(history, users)

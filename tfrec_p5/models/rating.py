@@ -112,6 +112,7 @@ class RatingConfig(Config):
         if self.optimizer.lower() not in _OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use one of "
                              f"{sorted(_OPTIMIZERS)}")
+        super().__post_init__()
 
     @classmethod
     def tutorial(cls, **changes) -> RatingConfig:

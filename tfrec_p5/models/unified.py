@@ -239,6 +239,7 @@ class UnifiedConfig(Config):
         if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
             raise ValueError(f"ema_momentum must be in (0, 1) or None, got "
                              f"{self.ema_momentum}")
+        super().__post_init__()
 
     def active(self) -> list[str]:
         return [t for t in TASKS if self.weights.get(t, 0.0) > 0]

@@ -185,6 +185,7 @@ class FinetuneConfig(Config):
                              f"{list(FREEZE_MODES)}")
         if self.optimizer.lower() not in _OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
+        super().__post_init__()
 
 
 @dataclass

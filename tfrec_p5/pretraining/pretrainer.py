@@ -197,6 +197,7 @@ class PretrainConfig(Config):
             raise ValueError("pretraining needs at least one task")
         if self.optimizer.lower() not in _OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
+        super().__post_init__()
 
     def weight(self, task: str) -> float:
         return float(self.weights.get(task, 1.0))

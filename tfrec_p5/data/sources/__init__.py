@@ -13,6 +13,8 @@ Extension point: ``register("myformat", fn)`` where ``fn(path: str, **options)``
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
@@ -37,16 +39,47 @@ def _coerce(value: str):
     return value
 
 
+#: ``key=value`` pairs joined by ``&``: what may follow the ``?`` that starts options.
+_OPTIONS = re.compile(r"([A-Za-z_][A-Za-z0-9_]*=[^&]*(&[A-Za-z_][A-Za-z0-9_]*=[^&]*)*)?")
+
+
+def _split_options(text: str) -> tuple[str, str]:
+    """``(path, options)``: options start at the first ``?`` followed only by
+    ``key=value`` pairs, so a ``?`` inside a file name (``what?.csv``) stays in the path;
+    ``??`` is a literal ``?`` wherever it stands (``a??b=1.csv`` is the file
+    ``a?b=1.csv``)."""
+    marker = "\x00"
+    text = text.replace("??", marker)
+    for at in (i for i, c in enumerate(text) if c == "?"):
+        if _OPTIONS.fullmatch(text[at + 1:]):
+            return text[:at].replace(marker, "?"), text[at + 1:].replace(marker, "?")
+    return text.replace(marker, "?"), ""
+
+
 def parse_spec(spec: str) -> tuple[str, str, dict]:
     """``"csv:a.csv?user=uid"`` → ``("csv", "a.csv", {"user": "uid"})``."""
-    head, qmark, query = spec.partition("?") if ":" not in spec.split("?")[0] else (spec, "", "")
-    if qmark:  # "synthetic?num_users=10": no path
-        scheme, path = head, ""
+    if ":" not in spec.split("?")[0]:  # "synthetic?num_users=10": no path
+        scheme, query = _split_options(spec)
+        path = ""
     else:
         scheme, _, rest = spec.partition(":")
-        path, _, query = rest.partition("?")
+        path, query = _split_options(rest)
     options = {k: _coerce(v) for k, v in parse_qsl(query, keep_blank_values=True)}
     return scheme, path, options
+
+
+def resolve_spec(spec: str) -> str:
+    """``spec`` with its path made absolute (unchanged when it names no existing path), so
+    a command run later from another folder finds the same file.
+
+        resolve_spec("csv:ratings.csv?user=uid")   # 'csv:/home/me/ratings.csv?user=uid'
+    """
+    scheme, path, _ = parse_spec(spec)
+    if not path or os.path.isabs(path) or not os.path.exists(path):
+        return spec
+    _, query = _split_options(spec.partition(":")[2])
+    absolute = os.path.abspath(path).replace("?", "??")
+    return f"{scheme}:{absolute}" + (f"?{query}" if query else "")
 
 
 def load(spec: str = "synthetic", **options) -> Interactions:
@@ -76,4 +109,4 @@ def _load_builtin_loaders() -> None:
                 raise
 
 
-__all__ = ["load", "parse_spec", "register", "synthetic"]
+__all__ = ["load", "parse_spec", "register", "resolve_spec", "synthetic"]
