@@ -77,6 +77,9 @@ def test_evaluate_reproduces_train_test_metrics(trained):
     assert json.loads(stdout)["test_rmse"] == pytest.approx(metrics["test_rmse"], abs=1e-6)
     status, stdout, _ = run(["evaluate", "--model", str(trained["out"]), "--seed", "3",
                              "--json"])
+    assert status == 2 and stdout == ""  # that test part holds training rows: refused
+    status, stdout, _ = run(["evaluate", "--model", str(trained["out"]), "--seed", "3",
+                             "--allow-overlap", "--json"])
     assert json.loads(stdout)["test_rmse"] != pytest.approx(metrics["test_rmse"], abs=1e-6)
 
 
@@ -210,9 +213,9 @@ def _error_cases(model: str, tmp: Path) -> list[tuple[list[str], int, str]]:
         (["evaluate", "--model", model, "--split", "sideways"], 1, "unknown split"),
         (["train", "--data", SMALL, "--split", "temporal:0", "--out", str(tmp / "o")], 1,
          "split fraction"),
-        (["train", "--config", str(tmp / "bad.json"), "--out", str(tmp / "o")], 1,
+        (["train", "--config", str(tmp / "bad.json"), "--out", str(tmp / "o")], 2,
          "cannot read config file"),
-        (["train", "--config", str(tmp / "missing.json"), "--out", str(tmp / "o")], 1,
+        (["train", "--config", str(tmp / "missing.json"), "--out", str(tmp / "o")], 2,
          "does not exist"),
     ]
 

@@ -217,3 +217,27 @@ def test_a_question_mark_in_a_file_name_is_part_of_the_path(tmp_path, monkeypatc
     assert len(load(f"csv:{odd}")) == 2
     monkeypatch.chdir(tmp_path)
     assert parse_spec(resolve_spec("csv:what?.csv"))[1] == str(odd)
+
+
+# ---------------------------------------------------------------------- what users reach for
+def test_recommend_all_users_streams_a_file_and_inspect_describes_the_export(tmp_path):
+    out = tmp_path / "ret"
+    status, _, stderr = run(["train", "--task", "retrieval", *TRAIN_ARGS, "--top-k", "8",
+                             "--out", str(out)])
+    assert status == 0, stderr
+    target = tmp_path / "all.csv"
+    status, _, stderr = run(["recommend", "--model", str(out), "--all-users", "-k", "4",
+                             "--out", str(target)])
+    assert status == 0, stderr
+    lines = target.read_text().splitlines()
+    assert lines[0].startswith("user_id,rank,item_id,score")
+    users = {line.split(",")[0] for line in lines[1:]}
+    assert len(users) == 200 and len(lines) - 1 <= 4 * 200
+    status, _, stderr = run(["recommend", "--model", str(out), "--all-users"])
+    assert status == 2 and "--out" in stderr
+    status, stdout, stderr = run(["inspect", str(out), "--json"])
+    assert status == 0, stderr
+    report = json.loads(stdout)
+    assert report["kind"] == "export" and report["data"] == SMALL
+    assert report["signatures"]["recommend"]["outputs"]["item_ids"] == "string[None, 8]"
+    assert report["metrics"]["test_ndcg@10"] > 0

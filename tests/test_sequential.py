@@ -291,3 +291,9 @@ def test_cli_train_and_evaluate_sequential(tmp_path, capsys):
     sampled = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert sampled["test_sampled_ndcg@10"] == pytest.approx(
         trained_metrics["test_sampled_ndcg@10"])
+    # `recommend --history`: next_items after a typed history, its items excluded.
+    history = next(iter(rows.values()))[:3]
+    assert main(["recommend", "--model", str(out), "--history", ",".join(history), "-k", "5",
+                 "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])[",".join(history)]
+    assert len(got) == 5 and not set(history) & {g["item_id"] for g in got}

@@ -12,6 +12,7 @@ are what TF Serving would give.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -19,7 +20,7 @@ import sys
 from tfrec_p5.cli.common import flat, format_table, positive_int
 from tfrec_p5.cli.registry import CliError, SignatureGetter, get_task, run_evaluate
 
-__all__ = ["add_parsers"]
+__all__ = ["add_parsers", "cmd_evaluate", "cmd_inspect", "cmd_predict", "cmd_recommend"]
 
 MODEL_HELP = "saved_models/NAME (latest version) or saved_models/NAME/<version>"
 
@@ -52,7 +53,8 @@ def _evaluation_data(args: argparse.Namespace, meta: dict, version_dir: str, inf
     if args.data:
         return args.data
     key = "data"
-    if args.split is None and meta.get("split") == "none" and meta.get("test_data"):
+    if getattr(args, "split", None) is None and meta.get("split") == "none" \
+            and meta.get("test_data"):
         key = "test_data"  # trained on all of --data, tested on --test-data
     typed = meta.get(key)
     if not typed:
@@ -197,45 +199,191 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_recommend(args: argparse.Namespace) -> int:
-    """The top-k items of ``recommend`` for each ``--user``, with titles if exported."""
+def _titles(loaded) -> dict[str, str]:
+    """``{item ID: title}`` when the export stores titles (``recommend`` exports)."""
+    from tfrec_p5.evaluation.signatures import decode_strings
+
+    index = getattr(loaded, "retrieval_index", None)
+    if index is None or not hasattr(index, "item_titles"):
+        return {}
+    tokens = decode_strings(index.item_tokens.numpy())
+    names = decode_strings(index.item_titles.numpy())
+    return {t: n for t, n in zip(tokens.tolist(), names.tolist(), strict=False) if n}
+
+
+def _ranked(loaded, version_dir: str, users: list[str] | None, history: list[str] | None,
+            k: int):
+    """``(ids [B, <=k], scores [B, <=k])`` from ``recommend`` (``users``) or
+    ``next_items`` (``history``); padding (``""``: fewer items than k) is dropped."""
     import numpy as np
     import tensorflow as tf
 
     from tfrec_p5.evaluation.signatures import decode_strings
 
+    name = "next_items" if history is not None else "recommend"
+    if name not in loaded.signatures:
+        raise CliError(f"export {version_dir} has no {name!r} signature (it has "
+                       f"{sorted(loaded.signatures)})"
+                       + ("; --history needs a --task sequential export"
+                          if history is not None else ""), status=2)
+    if history is not None:
+        out = loaded.signatures[name](history=tf.constant([history]))
+    else:
+        out = loaded.signatures[name](user_id=tf.constant(users))
+    ids = decode_strings(out["item_ids"].numpy())
+    scores = np.asarray(out["scores"].numpy(), np.float64)
+    return [[(i, s) for i, s in zip(row_ids[:k], row_scores[:k], strict=True) if i]
+            for row_ids, row_scores in zip(ids, scores, strict=True)], ids.shape[1]
+
+
+def _recommend_all(loaded, version_dir: str, meta: dict, args: argparse.Namespace) -> int:
+    """``--all-users --out FILE``: every user of the data, streamed to CSV or Parquet in
+    batches with a progress bar, so the table never sits in memory at once."""
+    import csv
+
+    import numpy as np
+    import tensorflow as tf
+
+    from tfrec_p5.data import load
+
+    data = _evaluation_data(args, meta, version_dir, sys.stderr)
+    users = np.unique(load(data).user_id).astype(str)
+    parquet = args.out.endswith(".parquet")
+    if parquet:
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ModuleNotFoundError as err:
+            raise CliError("--out FILE.parquet needs pyarrow (pip install "
+                           "'tfrec_p5[parquet]'); or write .csv", status=2) from err
+    titles = _titles(loaded)
+    columns = ["user_id", "rank", "item_id", "score"] + (["title"] if titles else [])
+    progress = tf.keras.utils.Progbar(len(users), unit_name="user", verbose=1
+                                      if sys.stderr.isatty() else 2)
+    tmp = args.out + ".tmp"
+    writer = None
+    with open(tmp, "w", newline="", encoding="utf-8") if not parquet else \
+            contextlib.nullcontext() as fh:
+        table_writer = csv.writer(fh) if fh else None
+        if table_writer:
+            table_writer.writerow(columns)
+        for start in range(0, len(users), args.batch_size):
+            batch = users[start:start + args.batch_size].tolist()
+            ranked, _ = _ranked(loaded, version_dir, batch, None, args.top_k)
+            rows = [(u, r + 1, i, s) + ((titles.get(i, ""),) if titles else ())
+                    for u, items in zip(batch, ranked, strict=True)
+                    for r, (i, s) in enumerate(items)]
+            if parquet:
+                chunk = pa.table({c: [row[n] for row in rows] for n, c in enumerate(columns)})
+                writer = writer or pq.ParquetWriter(tmp, chunk.schema)
+                writer.write_table(chunk)
+            else:
+                table_writer.writerows(rows)
+            progress.update(min(start + args.batch_size, len(users)))
+    if writer is not None:
+        writer.close()
+    os.replace(tmp, args.out)  # a killed run leaves FILE.tmp, never a half FILE
+    print(f"wrote {args.out}: top-{args.top_k} items for {len(users):,} users of {data}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """Top-k items: for each ``--user`` (``recommend``), after a ``--history``
+    (``next_items``), or for every user into ``--out`` (``--all-users``); titles shown
+    when the export stores them. Seen items are never padded in: a user with fewer unseen
+    items gets a shorter list."""
+    chosen = [bool(args.user), args.history is not None, args.all_users]
+    if sum(chosen) != 1:
+        raise CliError("give exactly one of --user, --history or --all-users", status=2)
+    if args.all_users != bool(args.out):
+        raise CliError("--all-users writes to --out FILE (.csv or .parquet); --out needs "
+                       "--all-users", status=2)
     loaded, version_dir, meta = _load(args.model)
-    if "recommend" not in loaded.signatures:
-        raise CliError(f"export {version_dir} has no 'recommend' signature (it has "
-                       f"{sorted(loaded.signatures)})")
-    _note_unknown(version_dir, args.user)
-    out = loaded.signatures["recommend"](user_id=tf.constant(args.user))
-    exported_k = int(out["item_ids"].shape[1])
+    if args.all_users:
+        return _recommend_all(loaded, version_dir, meta, args)
+    history = [h.strip() for h in args.history.split(",") if h.strip()] \
+        if args.history is not None else None
+    if args.user:
+        _note_unknown(version_dir, users=args.user)
+    else:
+        _note_unknown(version_dir, items=history)
+    ranked, exported_k = _ranked(loaded, version_dir, args.user, history, args.top_k)
     if args.top_k > exported_k:
         print(f"note: the export returns at most {exported_k} items (train --top-k); "
-              f"showing {exported_k}, not {args.top_k}", file=sys.stderr)
-    ids = decode_strings(out["item_ids"].numpy())[:, :args.top_k]
-    scores = out["scores"].numpy()[:, :args.top_k]
-    titles = None
-    index = getattr(loaded, "retrieval_index", None)
-    if index is not None and hasattr(index, "item_titles"):
-        tokens = decode_strings(index.item_tokens.numpy())
-        names = decode_strings(index.item_titles.numpy())
-        lookup = dict(zip(tokens.tolist(), names.tolist(), strict=False))
-        titles = np.vectorize(lambda i: lookup.get(i, ""), otypes=[object])(ids)
+              f"showing at most {exported_k}, not {args.top_k}", file=sys.stderr)
+    titles = _titles(loaded)
+    keys = args.user or [",".join(history)]
+    for key, items in zip(keys, ranked, strict=True):
+        if len(items) < min(args.top_k, exported_k):
+            print(f"note: {key!r} has {len(items)} unseen items to recommend, fewer than "
+                  f"{min(args.top_k, exported_k)}", file=sys.stderr)
     if args.json:
-        print(json.dumps({u: [{"item_id": i, "score": float(s),
-                               **({"title": titles[r][c]} if titles is not None else {})}
-                              for c, (i, s) in enumerate(zip(ids[r], scores[r], strict=False))]
-                          for r, u in enumerate(args.user)}))
+        print(json.dumps({key: [{"item_id": i, "score": s,
+                                 **({"title": titles.get(i, "")} if titles else {})}
+                                for i, s in items] for key, items in zip(keys, ranked,
+                                                                           strict=True)},
+                         allow_nan=False))
         return 0
-    for r, user in enumerate(args.user):
-        print(f"user {user}:")
-        for c, (item, score) in enumerate(zip(ids[r], scores[r], strict=False)):
-            title = f"  {titles[r][c]}" if titles is not None and titles[r][c] else ""
-            print(f"{c + 1:>4}. {item:<12} {score:>9.4f}{title}")
+    for key, items in zip(keys, ranked, strict=True):
+        print(f"user {key}:" if args.user else f"after {key}:")
+        for rank, (item, score) in enumerate(items, 1):
+            title = f"  {titles[item]}" if item in titles else ""
+            print(f"{rank:>4}. {item:<12} {score:>9.4f}{title}")
     sys.stdout.flush()
     return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    """What an export or a backbone folder holds: signatures with their inputs and
+    outputs, the data / split / seed it was trained on, metrics and sizes."""
+    path = args.path
+    if os.path.isfile(os.path.join(path, "manifest.json")):
+        with open(os.path.join(path, "manifest.json"), encoding="utf-8") as fh:
+            manifest = json.load(fh)
+        report = {"kind": "backbone", "path": path, "bytes": _folder_bytes(path),
+                  **{k: manifest.get(k) for k in ("data", "split", "tasks", "weights",
+                                                   "epochs", "metrics", "package_version",
+                                                   "format_version") if k in manifest}}
+    else:
+        loaded, version_dir, meta = _load(path)
+        signatures = {}
+        for name, fn in sorted(loaded.signatures.items()):
+            inputs = fn.structured_input_signature[1]
+            signatures[name] = {
+                "inputs": {k: f"{v.dtype.name}{v.shape.as_list()}" for k, v in inputs.items()},
+                "outputs": {k: f"{v.dtype.name}{v.shape.as_list()}"
+                            for k, v in fn.structured_outputs.items()}}
+        report = {"kind": "export", "path": version_dir, "bytes": _folder_bytes(version_dir),
+                  "signatures": signatures,
+                  **{k: meta.get(k) for k in ("tasks", "data", "data_resolved", "split",
+                                               "seed", "test_data", "vocab_sizes",
+                                               "rating_range", "metrics", "training_data",
+                                               "package_version", "tensorflow_version",
+                                               "created_utc") if meta.get(k) is not None}}
+    if args.json:
+        print(json.dumps(report, sort_keys=True, allow_nan=False))
+        return 0
+    for key, value in report.items():
+        if key == "signatures":
+            print("signatures:")
+            for name, spec in value.items():
+                ins = ", ".join(f"{k}: {v}" for k, v in spec["inputs"].items())
+                outs = ", ".join(f"{k}: {v}" for k, v in spec["outputs"].items())
+                print(f"  {name}({ins}) -> {outs}")
+        elif key == "metrics" and isinstance(value, dict):
+            print("metrics:")
+            for name, number in sorted(value.items()):
+                print(f"  {name:<28} {number:.4f}" if isinstance(number, float)
+                      else f"  {name:<28} {number}")
+        else:
+            print(f"{key}: {value:,}" if isinstance(value, int) else f"{key}: {value}")
+    return 0
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(path) for f in files)
 
 
 def add_parsers(sub, task_names: list[str]) -> None:
@@ -268,14 +416,33 @@ def add_parsers(sub, task_names: list[str]) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("recommend", help="top-k items for a user from an export",
-                       description="Call the export's recommend signature; prints item IDs, "
-                       "scores and titles when the export stores them. Unknown users get "
+    p = sub.add_parser("recommend", help="top-k items for a user, a history or every user",
+                       description="Call the export's recommend signature (--user, "
+                       "--all-users) or next_items (--history); prints item IDs, scores and "
+                       "titles when the export stores them. The user's training items are "
+                       "never returned (a list may be shorter than -k). Unknown users get "
                        "the most popular items.")
     p.add_argument("--model", required=True, metavar="DIR", help=MODEL_HELP)
-    p.add_argument("--user", required=True, action="append",
-                   help="user ID as in the data (repeatable)")
+    p.add_argument("--user", action="append", help="user ID as in the data (repeatable)")
+    p.add_argument("--history", metavar="ITEM,ITEM,...", help="a sequential export's "
+                   "next items after these items (oldest first)")
+    p.add_argument("--all-users", action="store_true", help="every user of --data (default: "
+                   "the training data) into --out")
+    p.add_argument("--data", metavar="SPEC", help="--all-users: whose users to score")
+    p.add_argument("--out", metavar="FILE", help="--all-users: write user_id, rank, item_id, "
+                   "score[, title] rows to FILE.csv or FILE.parquet")
+    p.add_argument("--batch-size", type=positive_int, default=1024, help="--all-users: users "
+                   "per signature call (default 1024)")
     p.add_argument("-k", "--top-k", type=positive_int, default=10, help="how many items "
                    "(default 10; at most the export's top-k)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("inspect", help="what an export or backbone holds",
+                       description="Print an export's signatures (inputs and outputs), the "
+                       "data, split and seed it was trained on, its metrics and sizes; or a "
+                       "backbone folder's manifest.")
+    p.add_argument("path", metavar="MODEL_OR_BACKBONE", help=MODEL_HELP + ", or a backbone "
+                   "folder (holds manifest.json)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_inspect)

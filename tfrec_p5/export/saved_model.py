@@ -336,7 +336,7 @@ class TrainingRecord:
         path = os.path.join(os.fspath(version_dir), EXTRA_DIR, TRAINING_FILE)
         if not os.path.exists(path):
             return None
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:
             return cls(data["pairs"], data["users"], data["items"])
 
     def trained_share(self, table: Interactions) -> float:
