@@ -428,7 +428,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if test is None and test_data is None:
         print("note: no test metrics (--split none without --test-data)", file=info)
     if args.json:
-        print(json.dumps(metrics, sort_keys=True))
+        print(json.dumps(metrics, sort_keys=True, allow_nan=False))
     return 0
 
 
@@ -477,7 +477,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         rows.append((f"test ({name})" if len(names) > 1 else "test", len(test), values))
         metrics.update(_flat("test", len(test), values))
     if args.json:
-        print(json.dumps(metrics, sort_keys=True))
+        print(json.dumps(metrics, sort_keys=True, allow_nan=False))
     else:
         print(f"model {version_dir}; data {data}, split {split_spec}, seed {seed}")
         print(_format_table(rows))
@@ -492,7 +492,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     out = signature(user_id=tf.constant([args.user]), item_id=tf.constant([args.item]))
     rating = float(out["rating"].numpy().reshape(-1)[0])
     if args.json:
-        print(json.dumps({"user_id": args.user, "item_id": args.item, "rating": rating}))
+        print(json.dumps({"user_id": args.user, "item_id": args.item, "rating": rating},
+                         allow_nan=False))
     else:
         print(f"{rating:.4f}")
     return 0

@@ -11,6 +11,7 @@ Later tasks add signatures to the same export through ``ServingModule`` (see
 ``tfrec_p5.export.serving``).
 """
 
+from tfrec_p5.export.boundary import PAD_ITEM_ID, PAD_SCORE, drop_padding
 from tfrec_p5.export.saved_model import (
     EXTRA_DIR,
     METADATA_FILE,
@@ -35,7 +36,8 @@ from tfrec_p5.export.serving import (
 
 __all__ = [
     "DEFAULT_SIGNATURE", "EXTRA_DIR", "ITEM_ID_SPEC", "METADATA_FILE", "METRICS_FILE",
-    "USER_ID_SPEC", "ExportError", "IdLookup", "ServingModule", "add_rating_signatures",
-    "evaluate_signature", "export", "list_versions", "load_export", "load_metadata",
-    "next_version", "predict_ratings", "rating_metrics", "resolve_export",
+    "PAD_ITEM_ID", "PAD_SCORE", "USER_ID_SPEC", "ExportError", "IdLookup", "ServingModule",
+    "add_rating_signatures", "drop_padding", "evaluate_signature", "export", "list_versions",
+    "load_export", "load_metadata", "next_version", "predict_ratings", "rating_metrics",
+    "resolve_export",
 ]

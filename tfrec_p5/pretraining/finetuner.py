@@ -462,13 +462,17 @@ def _finetune_next_item(backbone: Backbone, data: Interactions,
 
 def serving_module(tuned: TrainedUnified | TrainedSequential, *, k: int = 100,
                    exclude_seen: bool = True):
-    """The ``ServingModule`` for a fine-tuned model: ``predict_rating`` (rating head) or
-    ``recommend`` / ``rank`` (retrieval head), through the same helpers ``tfrec-p5 train``
-    uses, so ``export(...)`` and ``tfrec-p5 predict`` work unchanged."""
+    """The ``ServingModule`` for a fine-tuned model, through the same helpers
+    ``tfrec-p5 train`` uses, so ``export(...)`` and ``tfrec-p5 predict`` work unchanged.
+
+    Every signature is scored by the fine-tuned head: a rating head gives
+    ``predict_rating`` and ``recommend`` / ``rank`` by predicted rating (seen items
+    excluded); a retrieval head ``recommend`` / ``rank``; a next-item head ``next_items``
+    / ``score_items`` (``tfrec_p5.export.unified``)."""
     if isinstance(tuned, TrainedSequential):
         from tfrec_p5.export.sequential import sequential_module
 
         return sequential_module(tuned.vocabs, tuned.head, top_k=k)
-    from tfrec_p5.tasks.cli import build_module
+    from tfrec_p5.export.unified import unified_module
 
-    return build_module(tuned, k=k, exclude_seen=exclude_seen)
+    return unified_module(tuned, k=k, exclude_seen=exclude_seen)

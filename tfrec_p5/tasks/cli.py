@@ -98,63 +98,13 @@ def item_titles(table, vocabs) -> list[str] | None:
     return [title.get(t, "") for t in vocabs.item.tokens.tolist()]
 
 
-class _RatingScorer:
-    """``model.score(features, "rating")`` with the ``rating_model(features, training)``
-    call shape that ``add_rating_signatures`` expects."""
-
-    def __init__(self, model) -> None:
-        import tensorflow as tf
-
-        class Scorer(tf.Module):
-            def __init__(self, m):
-                super().__init__(name="rating_scorer")
-                self.model = m
-
-            def __call__(self, features, training=False):
-                return self.model.score(features, task="rating")
-        self.module = Scorer(model)
-
-
 def build_module(trained, *, k: int = 100, exclude_seen: bool = True,
                  titles: list[str] | None = None):
-    """A ``ServingModule`` with every signature the trained heads support."""
-    import numpy as np
-    import tensorflow as tf
+    """A ``ServingModule`` with every signature the trained heads can back
+    (``tfrec_p5.export.unified.unified_module``)."""
+    from tfrec_p5.export.unified import unified_module
 
-    from tfrec_p5.export.retrieval import RetrievalIndex, add_retrieval_signatures
-    from tfrec_p5.export.serving import ServingModule, add_rating_signatures
-
-    module = ServingModule(trained.vocabs)
-    heads = trained.tasks
-    scorer = None
-    if "ranking" in heads:
-        model = trained.model
-        module.track("ranking_model", model)
-
-        def scorer(user_index, item_index):
-            feats = {"user_id": user_index, "item_id": item_index}
-            return model.score(feats, task="ranking")
-    if "retrieval" in heads:
-        index = RetrievalIndex.from_trained(trained)
-    else:  # no retrieval head: recommend = the most popular items the user has not seen
-        n_items = len(trained.vocabs.item)
-        counts = np.bincount(trained.seen_values, minlength=n_items).astype(np.float32)
-        index = RetrievalIndex(np.zeros((len(trained.vocabs.user), 1), np.float32),
-                               np.zeros((n_items, 1), np.float32), trained.vocabs.item.tokens,
-                               counts, trained.seen_splits, trained.seen_values,
-                               item_prior=counts)
-    if titles is not None:
-        index.item_titles = tf.Variable(np.asarray(titles, dtype=object), trainable=False,
-                                        dtype=tf.string, name="item_titles")
-    add_retrieval_signatures(module, index, k=k, exclude_seen=exclude_seen,
-                             pair_scorer=scorer, default="retrieval" in heads
-                             or "rating" not in heads)
-    if "retrieval" not in heads:
-        module.tasks = [t for t in module.tasks if t != "retrieval"]
-    if "rating" in heads:  # added last: serving_default stays recommend when it exists
-        add_rating_signatures(module, _RatingScorer(trained.model).module,
-                              trained.rating_range)
-    return module
+    return unified_module(trained, k=k, exclude_seen=exclude_seen, titles=titles)
 
 
 def _train(task: str):
@@ -283,7 +233,8 @@ def add_recommend_parser(sub) -> None:
     p = sub.add_parser("recommend", help="top-k items for a user from an export",
                        description="Call the export's recommend signature; prints item IDs, "
                        "scores and titles when the export stores them. Unknown users get "
-                       "the most popular items.")
+                       "the most popular items; a user who has seen almost every item gets "
+                       "fewer than -k (seen items are never recommended).")
     p.add_argument("--model", required=True, metavar="DIR",
                    help="saved_models/NAME (latest version) or saved_models/NAME/<version>")
     p.add_argument("--user", required=True, action="append",
@@ -295,10 +246,10 @@ def add_recommend_parser(sub) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    import numpy as np
     import tensorflow as tf
 
     from tfrec_p5.cli import CliError
+    from tfrec_p5.export.boundary import drop_padding
     from tfrec_p5.export.saved_model import load_export
 
     loaded, version_dir, meta = load_export(args.model)
@@ -308,25 +259,24 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise CliError("-k must be at least 1")
     out = loaded.signatures["recommend"](user_id=tf.constant(args.user))
-    ids = _decode(out["item_ids"].numpy())[:, :args.top_k]
-    scores = out["scores"].numpy()[:, :args.top_k]
+    # Padding ("" IDs: fewer unseen items than k) is not an item: it is left out.
+    lists = drop_padding(_decode(out["item_ids"].numpy()), out["scores"].numpy(), args.top_k)
     titles = None
     index = getattr(loaded, "retrieval_index", None)
     if index is not None and hasattr(index, "item_titles"):
         tokens = _decode(index.item_tokens.numpy())
         names = _decode(index.item_titles.numpy())
-        lookup = dict(zip(tokens.tolist(), names.tolist(), strict=False))
-        titles = np.vectorize(lambda i: lookup.get(i, ""), otypes=[object])(ids)
+        titles = dict(zip(tokens.tolist(), names.tolist(), strict=False))
     if args.json:
-        print(json.dumps({u: [{"item_id": i, "score": float(s),
-                               **({"title": titles[r][c]} if titles is not None else {})}
-                              for c, (i, s) in enumerate(zip(ids[r], scores[r], strict=False))]
-                          for r, u in enumerate(args.user)}))
+        print(json.dumps({u: [{"item_id": i, "score": s,
+                               **({"title": titles.get(i, "")} if titles is not None else {})}
+                              for i, s in lists[r]]
+                          for r, u in enumerate(args.user)}, allow_nan=False))
         return 0
     for r, user in enumerate(args.user):
         print(f"user {user}:")
-        for c, (item, score) in enumerate(zip(ids[r], scores[r], strict=False)):
-            title = f"  {titles[r][c]}" if titles is not None and titles[r][c] else ""
+        for c, (item, score) in enumerate(lists[r]):
+            title = f"  {titles[item]}" if titles is not None and titles.get(item) else ""
             print(f"{c + 1:>4}. {item:<12} {score:>9.4f}{title}")
     sys.stdout.flush()
     return 0

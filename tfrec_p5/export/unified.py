@@ -1,0 +1,98 @@
+"""The serving module of a ``UnifiedModel``: every signature backed by one of its heads.
+
+Why a rule instead of per-task code: a client cannot tell how a signature's answer was
+made, so every signature of an export must come from the trained model -- a signature
+the model cannot back is left out, never filled in with something else (item popularity,
+say). Each signature is scored by the best head the model has for it:
+
+* ``recommend``: retrieval (precomputed index), else ranking, else rating (these two
+  score every item of the catalog for the user; seen items excluded either way);
+* ``rank``: ranking, else retrieval, else rating;
+* ``predict_rating``: rating (absent without a rating head).
+
+(An unknown user still gets the most popular items from ``recommend``: the model has
+nothing to say about an ID it never saw, and the fallback is documented.)
+
+The export's ``tasks`` (what ``tfrec-p5 evaluate`` measures) are the heads behind its
+signatures, i.e. the heads the model was trained with, so ``evaluate`` never reports a
+metric of a head the model does not have.
+
+    trained = train_unified(train, None, UnifiedConfig(weights={"rating": 1.0}))
+    module = unified_module(trained, k=100)
+    module.signature_names()  # ['predict_rating', 'rank', 'recommend', 'serving_default']
+    module.tasks              # ['rating']
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from tfrec_p5.export.retrieval import PairScorer, RetrievalIndex, add_retrieval_signatures
+from tfrec_p5.export.serving import ServingModule, add_rating_signatures
+
+#: Preference order of the heads that can score each signature.
+RECOMMEND_HEADS = ("retrieval", "ranking", "rating")
+RANK_HEADS = ("ranking", "retrieval", "rating")
+
+
+class _HeadScorer(tf.Module):
+    """``model.score(features, head)`` as the ``rating_model(features, training)`` call
+    ``add_rating_signatures`` expects, and as a ``PairScorer`` (indices in, ``[N]`` out)."""
+
+    def __init__(self, model: tf.keras.Model, head: str) -> None:
+        super().__init__(name=f"{head}_scorer")
+        self.model = model
+        self.head = head
+
+    def __call__(self, features, training: bool = False) -> tf.Tensor:
+        return self.model.score(features, task=self.head)
+
+    def pairs(self, user_index: tf.Tensor, item_index: tf.Tensor) -> tf.Tensor:
+        return self({"user_id": user_index, "item_id": item_index})
+
+
+def _first(preferred: tuple[str, ...], heads: list[str]) -> str | None:
+    return next((h for h in preferred if h in heads), None)
+
+
+def unified_module(trained, *, k: int = 100, exclude_seen: bool = True,
+                   titles: list[str] | None = None) -> ServingModule:
+    """A ``ServingModule`` with every signature ``trained``'s heads can back.
+
+    ``trained`` is a ``TrainedUnified`` (or a fine-tuned one). ``k``: the ``recommend``
+    list size; ``exclude_seen``: leave each user's training items out of ``recommend``;
+    ``titles``: item titles of rows ``1..I-1`` (stored for ``tfrec-p5 recommend``).
+    """
+    heads = list(trained.tasks)
+    module = ServingModule(trained.vocabs)
+    scorers: dict[str, _HeadScorer] = {}
+
+    def scorer(head: str) -> PairScorer:
+        if head not in scorers:
+            scorers[head] = module.track(f"{head}_scorer", _HeadScorer(trained.model, head))
+        return scorers[head].pairs
+
+    recommend_head = _first(RECOMMEND_HEADS, heads)
+    rank_head = _first(RANK_HEADS, heads)
+    if recommend_head is not None:
+        if recommend_head == "retrieval":
+            index = RetrievalIndex.from_trained(trained)
+        else:  # no vectors to precompute: the head scores the catalog per request
+            counts = np.bincount(trained.seen_values, minlength=len(trained.vocabs.item))
+            index = RetrievalIndex(None, None, trained.vocabs.item.tokens,
+                                   counts.astype(np.float32), trained.seen_splits,
+                                   trained.seen_values)
+        if titles is not None:
+            index.item_titles = tf.Variable(np.asarray(titles, dtype=object), trainable=False,
+                                            dtype=tf.string, name="item_titles")
+        add_retrieval_signatures(
+            module, index, k=k, exclude_seen=exclude_seen,
+            pair_scorer=None if rank_head == "retrieval" else scorer(rank_head),
+            recommend_scorer=None if recommend_head == "retrieval" else scorer(recommend_head),
+            default="retrieval" in heads or "rating" not in heads,
+            recommend_task=recommend_head, rank_task=rank_head)
+    if "rating" in heads:  # added last: serving_default stays recommend when it exists
+        add_rating_signatures(module, scorers.get("rating") or module.track(
+            "rating_scorer", _HeadScorer(trained.model, "rating")), trained.rating_range)
+    return module
