@@ -98,7 +98,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     for key, value in sorted(pre.metrics.items()):
         print(f"  {key:<40}{value:>12.4f}", file=info)
     if args.json:
-        print(json.dumps({"backbone": args.out, "metrics": pre.metrics}, sort_keys=True))
+        print(json.dumps({"backbone": args.out, "metrics": pre.metrics}, sort_keys=True,
+                         allow_nan=False))
     return 0
 
 
@@ -165,7 +166,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         print(format_table(rows), file=info)
     print(f"exported {path} (signatures: {', '.join(module.signature_names())})", file=info)
     if args.json:
-        print(json.dumps(metrics, sort_keys=True))
+        print(json.dumps(metrics, sort_keys=True, allow_nan=False))
     return 0
 
 

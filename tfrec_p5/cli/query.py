@@ -193,7 +193,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = signature(user_id=tf.constant([args.user]), item_id=tf.constant([args.item]))
     rating = float(out["rating"].numpy().reshape(-1)[0])
     if args.json:
-        print(json.dumps({"user_id": args.user, "item_id": args.item, "rating": rating}))
+        print(json.dumps({"user_id": args.user, "item_id": args.item, "rating": rating},
+                         allow_nan=False))
     else:
         print(f"{rating:.4f}")
     return 0
@@ -215,10 +216,10 @@ def _ranked(loaded, version_dir: str, users: list[str] | None, history: list[str
             k: int):
     """``(ids [B, <=k], scores [B, <=k])`` from ``recommend`` (``users``) or
     ``next_items`` (``history``); padding (``""``: fewer items than k) is dropped."""
-    import numpy as np
     import tensorflow as tf
 
     from tfrec_p5.evaluation.signatures import decode_strings
+    from tfrec_p5.export.boundary import drop_padding
 
     name = "next_items" if history is not None else "recommend"
     if name not in loaded.signatures:
@@ -231,9 +232,7 @@ def _ranked(loaded, version_dir: str, users: list[str] | None, history: list[str
     else:
         out = loaded.signatures[name](user_id=tf.constant(users))
     ids = decode_strings(out["item_ids"].numpy())
-    scores = np.asarray(out["scores"].numpy(), np.float64)
-    return [[(i, s) for i, s in zip(row_ids[:k], row_scores[:k], strict=True) if i]
-            for row_ids, row_scores in zip(ids, scores, strict=True)], ids.shape[1]
+    return drop_padding(ids, out["scores"].numpy(), k), ids.shape[1]
 
 
 def _recommend_all(loaded, version_dir: str, meta: dict, args: argparse.Namespace) -> int:
@@ -351,9 +350,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         for name, fn in sorted(loaded.signatures.items()):
             inputs = fn.structured_input_signature[1]
             signatures[name] = {
-                "inputs": {k: f"{v.dtype.name}{v.shape.as_list()}" for k, v in inputs.items()},
-                "outputs": {k: f"{v.dtype.name}{v.shape.as_list()}"
-                            for k, v in fn.structured_outputs.items()}}
+                "inputs": {k: _spec(v) for k, v in inputs.items()},
+                "outputs": {k: _spec(v) for k, v in fn.structured_outputs.items()}}
         report = {"kind": "export", "path": version_dir, "bytes": _folder_bytes(version_dir),
                   "signatures": signatures,
                   **{k: meta.get(k) for k in ("tasks", "data", "data_resolved", "split",
@@ -379,6 +377,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         else:
             print(f"{key}: {value:,}" if isinstance(value, int) else f"{key}: {value}")
     return 0
+
+
+def _spec(tensor) -> str:
+    """``"string[None, 10]"``; ``"string[?]"`` for an input of unchecked rank (the
+    signature checks its shape itself)."""
+    shape = tensor.shape.as_list() if tensor.shape.rank is not None else "[?]"
+    return f"{tensor.dtype.name}{shape}"
 
 
 def _folder_bytes(path: str) -> int:

@@ -134,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if test is None and test_data is None:
         print("note: no test metrics (--split none without --test-data)", file=info)
     if args.json:
-        print(json.dumps(metrics, sort_keys=True))
+        print(json.dumps(metrics, sort_keys=True, allow_nan=False))
     return 0
 
 

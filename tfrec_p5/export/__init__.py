@@ -11,6 +11,7 @@ Later tasks add signatures to the same export through ``ServingModule`` (see
 ``tfrec_p5.export.serving``).
 """
 
+from tfrec_p5.export.boundary import PAD_ITEM_ID, PAD_SCORE, drop_padding
 from tfrec_p5.export.saved_model import (
     EXTRA_DIR,
     METADATA_FILE,
@@ -37,8 +38,9 @@ from tfrec_p5.export.unified import build_module, item_titles, serving_module
 
 __all__ = [
     "DEFAULT_SIGNATURE", "EXTRA_DIR", "ExportError", "ITEM_ID_SPEC", "IdLookup",
-    "METADATA_FILE", "METRICS_FILE", "ServingModule", "TrainingRecord", "USER_ID_SPEC",
-    "add_rating_signatures", "build_module", "evaluate_signature", "export", "item_titles",
-    "list_versions", "load_export", "load_metadata", "next_version", "predict_ratings",
-    "rating_metrics", "resolve_export", "serving_module",
+    "METADATA_FILE", "METRICS_FILE", "PAD_ITEM_ID", "PAD_SCORE", "ServingModule",
+    "TrainingRecord", "USER_ID_SPEC", "add_rating_signatures", "build_module", "drop_padding",
+    "evaluate_signature", "export", "item_titles", "list_versions", "load_export",
+    "load_metadata", "next_version", "predict_ratings", "rating_metrics", "resolve_export",
+    "serving_module",
 ]

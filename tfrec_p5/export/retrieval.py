@@ -12,8 +12,15 @@ what ``tfrs.layers.factorized_top_k.BruteForce`` does, without its Keras layer.
     loaded.signatures["recommend"](user_id=tf.constant(["42"]))
     # {"item_ids": [1, 100] string, "scores": [1, 100] float32}
 
+A model without a retrieval head (a rating or ranking head only) has no vectors to
+precompute: its index holds no vectors, and ``recommend`` scores every item of the catalog
+for the user with that head (``recommend_scorer``), so the list is still the model's.
+
 * ``exclude_seen=True`` stores each user's training items (CSR: ``row_splits`` + item
   indices) in the SavedModel and masks them to ``-inf`` before ``top_k``.
+* Fewer servable items than ``k`` (the user has seen most of the catalog): the tail of
+  ``item_ids`` is padding, ``""`` with score ``PAD_SCORE`` (``boundary.top_k_or_pad``);
+  a seen item is never served while exclusion is on.
 * An unknown user (OOV index 0) gets the most popular training items (scores = their
   training counts) instead of an error.
 * ``rank``: ``user_id [B]`` + ``item_ids [B, n]`` → the same items sorted by score
@@ -28,37 +35,47 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_p5.data.vocabulary import EMPTY_BUCKET
+from tfrec_p5.export.boundary import top_k_or_pad
 from tfrec_p5.export.serving import USER_ID_SPEC, ServingModule
 
 ITEM_LIST_SPEC = tf.TensorSpec([None, None], tf.string, name="item_ids")
+#: ``(user_index [N], item_index [N]) -> scores [N]``: one head's score of each pair.
+PairScorer = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
 
 
 class RetrievalIndex(tf.Module):
     """Query / candidate tables, item tokens, popularity and seen items, as variables.
 
     Args:
-      user_vectors: ``[U, d]`` query vectors by user vocabulary index (row 0 = OOV).
-      item_vectors: ``[I, d]`` candidate vectors by item index (row 0 = OOV, never served).
+      user_vectors: ``[U, d]`` query vectors by user vocabulary index (row 0 = OOV), or
+        ``None`` for a model without a retrieval head (``recommend`` then needs a
+        ``recommend_scorer``, see ``add_retrieval_signatures``).
+      item_vectors: ``[I, d]`` candidate vectors by item index (row 0 = OOV, never served),
+        ``None`` together with ``user_vectors``.
       item_tokens: ``[I - 1]`` item IDs of rows ``1..I-1``.
       popularity: ``[I]`` fallback scores (training counts) for unknown users.
       seen_splits, seen_values: CSR of each user's training items (``history_csr``).
       item_prior: optional ``[I]`` additive score per item (score fusion); default none.
     """
 
-    def __init__(self, user_vectors: np.ndarray, item_vectors: np.ndarray,
+    def __init__(self, user_vectors: np.ndarray | None, item_vectors: np.ndarray | None,
                  item_tokens: np.ndarray, popularity: np.ndarray,
                  seen_splits: np.ndarray | None = None, seen_values: np.ndarray | None = None,
                  item_prior: np.ndarray | None = None, name: str = "retrieval_index") -> None:
         super().__init__(name=name)
-        item_vectors = np.asarray(item_vectors, np.float32)
-        if len(item_tokens) != len(item_vectors) - 1:
-            raise ValueError("item_tokens must name rows 1..I-1 of item_vectors")
+        if (user_vectors is None) != (item_vectors is None):
+            raise ValueError("pass both user_vectors and item_vectors, or neither")
         self.num_items = len(item_tokens)
-        self.user_vectors = tf.Variable(np.asarray(user_vectors, np.float32), trainable=False,
-                                        name="user_vectors")
-        self.item_vectors_t = tf.Variable(item_vectors[1:].T.copy(), trainable=False,
-                                          name="item_vectors_t")  # [d, I-1]: no transpose
-        prior = np.zeros(len(item_vectors), np.float32) if item_prior is None \
+        self.has_vectors = item_vectors is not None
+        if self.has_vectors:
+            item_vectors = np.asarray(item_vectors, np.float32)
+            if len(item_tokens) != len(item_vectors) - 1:
+                raise ValueError("item_tokens must name rows 1..I-1 of item_vectors")
+            self.user_vectors = tf.Variable(np.asarray(user_vectors, np.float32),
+                                            trainable=False, name="user_vectors")
+            self.item_vectors_t = tf.Variable(item_vectors[1:].T.copy(), trainable=False,
+                                              name="item_vectors_t")  # [d, I-1]
+        prior = np.zeros(self.num_items + 1, np.float32) if item_prior is None \
             else np.asarray(item_prior, np.float32).copy()
         # Hashed item vocabularies: a bucket no training item hashed into is never served.
         prior[1:][np.asarray(item_tokens).astype(str) == EMPTY_BUCKET] = -np.inf
@@ -67,11 +84,16 @@ class RetrievalIndex(tf.Module):
                                        dtype=tf.string, name="item_tokens")
         self.popularity = tf.Variable(np.asarray(popularity, np.float32)[1:], trainable=False,
                                       name="popularity")
-        splits = np.zeros(len(user_vectors) + 1, np.int64) if seen_splits is None \
-            else np.asarray(seen_splits, np.int64)
+        num_users = len(user_vectors) if user_vectors is not None else None
+        if seen_splits is None:
+            if num_users is None:
+                raise ValueError("an index without vectors needs seen_splits (one row per "
+                                 "user)")
+            seen_splits = np.zeros(num_users + 1, np.int64)
         values = np.zeros(0, np.int64) if seen_values is None \
             else np.asarray(seen_values, np.int64)
-        self.seen_splits = tf.Variable(splits, trainable=False, name="seen_splits")
+        self.seen_splits = tf.Variable(np.asarray(seen_splits, np.int64), trainable=False,
+                                       name="seen_splits")
         self.seen_values = tf.Variable(values, trainable=False, name="seen_values")
 
     @classmethod
@@ -86,10 +108,22 @@ class RetrievalIndex(tf.Module):
                    counts.astype(np.float32), trained.seen_splits, trained.seen_values,
                    prior)
 
-    def scores(self, user_index: tf.Tensor, exclude_seen: bool) -> tf.Tensor:
-        """``[B, I-1]`` scores (column j = item index j + 1); fallback for OOV users."""
-        q = tf.gather(self.user_vectors, user_index)
-        scores = tf.matmul(q, self.item_vectors_t) + self.item_prior[None, :]
+    def dot_scores(self, user_index: tf.Tensor) -> tf.Tensor:
+        """``[B, I-1]`` retrieval dot products of ``user_index [B]`` with every item."""
+        return tf.matmul(tf.gather(self.user_vectors, user_index), self.item_vectors_t)
+
+    def scores(self, user_index: tf.Tensor, exclude_seen: bool,
+               raw: tf.Tensor | None = None) -> tf.Tensor:
+        """``[B, I-1]`` scores to rank (column j = item index j + 1), ``-inf`` = never serve.
+
+        ``raw``: the model's ``[B, I-1]`` scores (default: ``dot_scores``). Unknown users
+        get the popularity fallback; empty hash buckets and, with ``exclude_seen``, the
+        user's training items are ``-inf``.
+        """
+        raw = self.dot_scores(user_index) if raw is None else raw
+        scores = raw + self.item_prior[None, :]
+        fallback = tf.broadcast_to(self.popularity[None, :], tf.shape(scores))
+        scores = tf.where((user_index > 0)[:, None], scores, fallback)
         if exclude_seen:
             starts = tf.gather(self.seen_splits, user_index)
             ends = tf.gather(self.seen_splits, user_index + 1)
@@ -98,8 +132,8 @@ class RetrievalIndex(tf.Module):
             idx = tf.stack([pos.value_rowids(), cols], axis=1)
             scores = tf.tensor_scatter_nd_update(
                 scores, idx, tf.fill(tf.shape(cols), tf.constant(-np.inf, tf.float32)))
-        fallback = tf.broadcast_to(self.popularity[None, :], tf.shape(scores))
-        return tf.where((user_index > 0)[:, None], scores, fallback)
+        servable = tf.math.is_finite(self.item_prior)[None, :]
+        return tf.where(servable, scores, tf.constant(-np.inf, tf.float32))
 
     def pair_scores(self, user_index: tf.Tensor, item_index: tf.Tensor) -> tf.Tensor:
         """Dot-product scores of ``user_index [B]`` × ``item_index [B, n]``."""
@@ -109,25 +143,54 @@ class RetrievalIndex(tf.Module):
         return tf.einsum("bd,bnd->bn", q, c) + tf.gather(self.item_prior, cols)
 
 
+def catalog_scores(scorer: PairScorer, user_index: tf.Tensor, num_items: int) -> tf.Tensor:
+    """``[B, num_items]`` scores of every item index ``1..num_items`` for each user.
+
+    Why one user at a time (``tf.map_fn``): a pair scorer (a rating or ranking MLP) needs
+    one row per (user, item) pair, so a whole batch at once would hold ``B * num_items``
+    rows of tower activations; per user it holds ``num_items``.
+    """
+    items = tf.range(1, num_items + 1, dtype=tf.int64)
+
+    def one_user(user: tf.Tensor) -> tf.Tensor:
+        users = tf.fill([num_items], tf.cast(user, tf.int64))
+        return tf.reshape(tf.cast(scorer(users, items), tf.float32), [num_items])
+
+    return tf.map_fn(one_user, tf.cast(user_index, tf.int64),
+                     fn_output_signature=tf.TensorSpec([num_items], tf.float32))
+
+
 def add_retrieval_signatures(module: ServingModule, index: RetrievalIndex, k: int = 100,
-                             exclude_seen: bool = True,
-                             pair_scorer: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None
-                             = None, default: bool = True) -> None:
+                             exclude_seen: bool = True, pair_scorer: PairScorer | None = None,
+                             default: bool = True, *,
+                             recommend_scorer: PairScorer | None = None,
+                             recommend_task: str | None = "retrieval",
+                             rank_task: str | None = "ranking") -> None:
     """Add ``recommend`` (``serving_default`` when ``default``) and ``rank`` to ``module``.
 
-    ``pair_scorer(user_index [B*n], item_index [B*n]) -> [B*n]`` scores ``rank`` with
-    another head (e.g. the ranking MLP); default: the retrieval dot product. Its
-    trackable state must already be tracked on ``module``.
+    ``pair_scorer(user_index [N], item_index [N]) -> [N]`` scores ``rank`` with another
+    head (e.g. the ranking MLP); default: the retrieval dot product. ``recommend_scorer``
+    (same call) scores the whole catalog for ``recommend`` when ``index`` has no vectors,
+    so every signature is backed by the model. Their trackable state must already be
+    tracked on ``module``. ``recommend_task`` / ``rank_task``: the head each signature
+    is evaluated as (the export's ``tasks``; ``None``: not listed).
+
+        add_retrieval_signatures(module, index, k=100, pair_scorer=rate,
+                                 recommend_scorer=rate, recommend_task="rating",
+                                 rank_task="rating")          # a rating-only model
     """
+    if not index.has_vectors and (recommend_scorer is None or pair_scorer is None):
+        raise ValueError("an index without vectors needs recommend_scorer and pair_scorer "
+                         "(a signature the model cannot back is left out, never faked)")
     module.track("retrieval_index", index)
     k = int(min(k, index.num_items))
 
     def recommend(user_id: tf.Tensor) -> dict[str, tf.Tensor]:
         user_index = module.user_index(user_id)
-        scores = module.retrieval_index.scores(user_index, exclude_seen)
-        top = tf.math.top_k(scores, k=k)
-        return {"item_ids": tf.gather(module.retrieval_index.item_tokens, top.indices),
-                "scores": top.values}
+        raw = None if recommend_scorer is None else \
+            catalog_scores(recommend_scorer, user_index, module.retrieval_index.num_items)
+        scores = module.retrieval_index.scores(user_index, exclude_seen, raw)
+        return top_k_or_pad(scores, k, module.retrieval_index.item_tokens)
 
     def rank(user_id: tf.Tensor, item_ids: tf.Tensor) -> dict[str, tf.Tensor]:
         user_index = module.user_index(user_id)
@@ -144,7 +207,7 @@ def add_retrieval_signatures(module: ServingModule, index: RetrievalIndex, k: in
                 "scores": tf.gather(scores, order, batch_dims=1)}
 
     module.add_signature("recommend", recommend, [USER_ID_SPEC], default=default,
-                         task="retrieval")
-    module.add_signature("rank", rank, [USER_ID_SPEC, ITEM_LIST_SPEC], task="ranking")
+                         task=recommend_task)
+    module.add_signature("rank", rank, [USER_ID_SPEC, ITEM_LIST_SPEC], task=rank_task)
     module.recommend_k = k
     module.exclude_seen = bool(exclude_seen)

@@ -17,7 +17,8 @@ Signatures:
   ``""``. Returns ``item_ids`` / ``scores`` ``[batch, k]`` best first, none of them in the
   history. Unknown IDs count as history positions but carry no information; an empty
   history gets the most popular items (the vocabulary is popularity-ordered and ties go to
-  the lower index). If fewer than ``k`` items remain, the tail is ``""`` with score -1e9.
+  the lower index). If fewer than ``k`` items remain, the tail is padding: ``""`` with
+  score ``PAD_SCORE`` (the lowest float32; ``boundary.top_k_or_pad``).
 * ``score_items(history, item_id)``: scores ``[batch, C]`` of the given candidates
   (``item_id`` ``[batch, C]``; unknown candidates get the OOV row's score). Used by the
   sampled (P5 "direct", 1 + 99) protocol, which needs scores of chosen candidates.
@@ -36,12 +37,12 @@ import tensorflow as tf
 
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.evaluation.ranking import metrics_from_ranks, ranks_of_targets, sample_negatives
+from tfrec_p5.export.boundary import top_k_or_pad
 from tfrec_p5.export.serving import ServingModule
 
 HISTORY_SPEC = tf.TensorSpec([None, None], tf.string, name="history")
 CANDIDATES_SPEC = tf.TensorSpec([None, None], tf.string, name="item_id")
 PROTOCOLS = ("full", "sampled")
-_NEG = -1e9
 
 
 def _window(module: ServingModule, history: tf.Tensor, max_len: int):
@@ -84,11 +85,9 @@ def add_next_item_signatures(module: ServingModule, head, item_tokens: np.ndarra
         rows = tf.repeat(tf.range(b), tf.shape(idx, out_type=tf.int64)[1])
         seen = tf.scatter_nd(tf.stack([rows, tf.reshape(idx, [-1])], 1),
                              tf.ones_like(rows, tf.int32), tf.stack([b, num_items]))
-        scores = tf.where(seen > 0, _NEG, scores)
-        scores = tf.where(tf.range(num_items)[None] == 0, _NEG, scores)  # never OOV
-        top = tf.math.top_k(scores, k=k)
-        ids = tf.gather(module.next_item_tokens, top.indices)
-        return {"item_ids": tf.where(top.values <= _NEG / 2, "", ids), "scores": top.values}
+        never = tf.logical_or(seen > 0, tf.range(num_items)[None] == 0)  # history, OOV
+        scores = tf.where(never, tf.constant(-np.inf, scores.dtype), scores)
+        return top_k_or_pad(scores, k, module.next_item_tokens)
 
     def score_items(history: tf.Tensor, item_id: tf.Tensor) -> dict[str, tf.Tensor]:
         _, window = _window(module, history, max_len)

@@ -22,7 +22,8 @@ Extension point (how a later task adds a signature)::
             return {"item_id": items, "score": scores}
         module.add_signature("recommend", recommend, [USER_ID_SPEC])
 
-Rules a signature function follows: take string ``tf.Tensor`` inputs (``[batch]``), map them
+Rules a signature function follows: take string ``tf.Tensor`` inputs (``[batch]``; the
+module checks every request against the specs' ranks and batch size), map them
 with ``module.user_index`` / ``module.item_index``, return a dict of named tensors, and make
 every trackable object it uses (models, tables, variables) reachable from the module via
 ``module.track`` -- ``tf.saved_model.save`` refuses functions that capture untracked state.
@@ -37,8 +38,10 @@ import tensorflow as tf
 
 from tfrec_p5.data.pipeline import Vocabularies
 from tfrec_p5.data.vocabulary import OOV_INDEX, HashedVocabulary, Vocabulary
+from tfrec_p5.export.boundary import checked_signature, relaxed_spec
 
-#: Input specs shared by all signatures: a batch of raw string IDs.
+#: Input specs shared by all signatures: a batch of raw string IDs. Their shapes are the
+#: contract ``add_signature`` checks each request against (``boundary.check_shapes``).
 USER_ID_SPEC = tf.TensorSpec([None], tf.string, name="user_id")
 ITEM_ID_SPEC = tf.TensorSpec([None], tf.string, name="item_id")
 #: The signature TF Serving uses when a request names none.
@@ -120,13 +123,19 @@ class ServingModule(tf.Module):
         """Export ``fn`` as signature ``name``; ``default=True`` also makes it the default.
 
         ``fn`` takes tensors matching ``input_signature`` (their ``name`` is the request key)
-        and returns a dict of output tensors.
+        and returns a dict of output tensors. The specs' shapes are the contract: a request
+        whose inputs have another rank, or different batch sizes, fails with an
+        ``InvalidArgumentError`` naming the signature and inputs
+        (``boundary.checked_signature``) before ``fn`` runs.
         """
         if not name.isidentifier() or name == DEFAULT_SIGNATURE:
             raise ValueError(f"bad signature name {name!r}")
         if name in self._signature_names:
             raise ValueError(f"signature {name!r} already exists")
-        function = tf.function(fn, input_signature=list(input_signature), autograph=False)
+        # Every request's shapes are checked here, before ``fn`` runs (see boundary.py).
+        function = tf.function(checked_signature(name, fn, input_signature),
+                               input_signature=[relaxed_spec(s) for s in input_signature],
+                               autograph=False)
         setattr(self, f"signature_{name}", function)  # tracked: restorable by name, too
         self._signature_names.append(name)
         if default and self._default is None:

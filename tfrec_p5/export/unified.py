@@ -1,11 +1,30 @@
-"""The serving module of a trained ``UnifiedModel``: every signature its heads back.
+"""The serving module of a ``UnifiedModel``: every signature backed by one of its heads.
 
-Why one builder: ``tfrec-p5 train``, ``finetune`` and Python users export the same
-signatures from the same trained object, so a model exported from a notebook answers
-exactly like one exported from the command line.
+Why a rule instead of per-task code: a client cannot tell how a signature's answer was
+made, so every signature of an export must come from the trained model -- a signature
+the model cannot back is left out, never filled in with something else (item popularity,
+say). Each signature is scored by the best head the model has for it:
 
-    module = build_module(trained, k=10, titles=item_titles(train, trained.vocabs))
-    export(module, "saved_models/ml100k")
+* ``recommend``: retrieval (precomputed index), else ranking, else rating (these two
+  score every item of the catalog for the user; seen items excluded either way);
+* ``rank``: ranking, else retrieval, else rating;
+* ``predict_rating``: rating (absent without a rating head).
+
+(An unknown user still gets the most popular items from ``recommend``: the model has
+nothing to say about an ID it never saw, and the fallback is documented.)
+
+The export's ``tasks`` (what ``tfrec-p5 evaluate`` measures) are the heads behind its
+signatures, i.e. the heads the model was trained with, so ``evaluate`` never reports a
+metric of a head the model does not have.
+
+    trained = train_unified(train, None, UnifiedConfig(weights={"rating": 1.0}))
+    module = build_module(trained, k=100, titles=item_titles(train, trained.vocabs))
+    module.signature_names()  # ['predict_rating', 'rank', 'recommend', 'serving_default']
+    module.tasks              # ['rating']
+
+``tfrec-p5 train``, ``finetune`` and Python users export through ``build_module`` /
+``serving_module``, so a model exported from a notebook answers exactly like one exported
+from the command line.
 """
 
 from __future__ import annotations
@@ -13,14 +32,81 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfrec_p5.export.retrieval import RetrievalIndex, add_retrieval_signatures
+from tfrec_p5.export.retrieval import PairScorer, RetrievalIndex, add_retrieval_signatures
 from tfrec_p5.export.sequential import sequential_module
 from tfrec_p5.export.serving import ServingModule, add_rating_signatures
 from tfrec_p5.models.sequential import TrainedSequential
 
-__all__ = ["TITLE_COLUMNS", "build_module", "item_titles", "serving_module"]
+__all__ = ["RANK_HEADS", "RECOMMEND_HEADS", "TITLE_COLUMNS", "build_module", "item_titles",
+           "serving_module"]
 
+#: Preference order of the heads that can score each signature.
+RECOMMEND_HEADS = ("retrieval", "ranking", "rating")
+RANK_HEADS = ("ranking", "retrieval", "rating")
+#: Columns ``item_titles`` reads titles from, first match wins.
 TITLE_COLUMNS = ("movie_title", "title", "item_title")
+
+
+class _HeadScorer(tf.Module):
+    """``model.score(features, head)`` as the ``rating_model(features, training)`` call
+    ``add_rating_signatures`` expects, and as a ``PairScorer`` (indices in, ``[N]`` out)."""
+
+    def __init__(self, model: tf.keras.Model, head: str) -> None:
+        super().__init__(name=f"{head}_scorer")
+        self.model = model
+        self.head = head
+
+    def __call__(self, features, training: bool = False) -> tf.Tensor:
+        return self.model.score(features, task=self.head)
+
+    def pairs(self, user_index: tf.Tensor, item_index: tf.Tensor) -> tf.Tensor:
+        return self({"user_id": user_index, "item_id": item_index})
+
+
+def _first(preferred: tuple[str, ...], heads: list[str]) -> str | None:
+    return next((h for h in preferred if h in heads), None)
+
+
+def build_module(trained, *, k: int = 100, exclude_seen: bool = True,
+                   titles: list[str] | None = None) -> ServingModule:
+    """A ``ServingModule`` with every signature ``trained``'s heads can back.
+
+    ``trained`` is a ``TrainedUnified`` (or a fine-tuned one). ``k``: the ``recommend``
+    list size; ``exclude_seen``: leave each user's training items out of ``recommend``;
+    ``titles``: item titles of rows ``1..I-1`` (stored for ``tfrec-p5 recommend``).
+    """
+    heads = list(trained.tasks)
+    module = ServingModule(trained.vocabs)
+    scorers: dict[str, _HeadScorer] = {}
+
+    def scorer(head: str) -> PairScorer:
+        if head not in scorers:
+            scorers[head] = module.track(f"{head}_scorer", _HeadScorer(trained.model, head))
+        return scorers[head].pairs
+
+    recommend_head = _first(RECOMMEND_HEADS, heads)
+    rank_head = _first(RANK_HEADS, heads)
+    if recommend_head is not None:
+        if recommend_head == "retrieval":
+            index = RetrievalIndex.from_trained(trained)
+        else:  # no vectors to precompute: the head scores the catalog per request
+            counts = np.bincount(trained.seen_values, minlength=len(trained.vocabs.item))
+            index = RetrievalIndex(None, None, trained.vocabs.item.tokens,
+                                   counts.astype(np.float32), trained.seen_splits,
+                                   trained.seen_values)
+        if titles is not None:
+            index.item_titles = tf.Variable(np.asarray(titles, dtype=object), trainable=False,
+                                            dtype=tf.string, name="item_titles")
+        add_retrieval_signatures(
+            module, index, k=k, exclude_seen=exclude_seen,
+            pair_scorer=None if rank_head == "retrieval" else scorer(rank_head),
+            recommend_scorer=None if recommend_head == "retrieval" else scorer(recommend_head),
+            default="retrieval" in heads or "rating" not in heads,
+            recommend_task=recommend_head, rank_task=rank_head)
+    if "rating" in heads:  # added last: serving_default stays recommend when it exists
+        add_rating_signatures(module, scorers.get("rating") or module.track(
+            "rating_scorer", _HeadScorer(trained.model, "rating")), trained.rating_range)
+    return module
 
 
 def item_titles(table, vocabs) -> list[str] | None:
@@ -33,65 +119,15 @@ def item_titles(table, vocabs) -> list[str] | None:
     return [title.get(t, "") for t in vocabs.item.tokens.tolist()]
 
 
-class _RatingScorer:
-    """``model.score(features, "rating")`` with the ``rating_model(features, training)``
-    call shape that ``add_rating_signatures`` expects."""
-
-    def __init__(self, model) -> None:
-        class Scorer(tf.Module):
-            def __init__(self, m):
-                super().__init__(name="rating_scorer")
-                self.model = m
-
-            def __call__(self, features, training=False):
-                return self.model.score(features, task="rating")
-        self.module = Scorer(model)
-
-
-def build_module(trained, *, k: int = 100, exclude_seen: bool = True,
-                 titles: list[str] | None = None):
-    """A ``ServingModule`` with every signature the trained heads support."""
-    module = ServingModule(trained.vocabs)
-    heads = trained.tasks
-    scorer = None
-    if "ranking" in heads:
-        model = trained.model
-        module.track("ranking_model", model)
-
-        def scorer(user_index, item_index):
-            feats = {"user_id": user_index, "item_id": item_index}
-            return model.score(feats, task="ranking")
-    if "retrieval" in heads:
-        index = RetrievalIndex.from_trained(trained)
-    else:  # no retrieval head: recommend = the most popular items the user has not seen
-        n_items = len(trained.vocabs.item)
-        counts = np.bincount(trained.seen_values, minlength=n_items).astype(np.float32)
-        index = RetrievalIndex(np.zeros((len(trained.vocabs.user), 1), np.float32),
-                               np.zeros((n_items, 1), np.float32), trained.vocabs.item.tokens,
-                               counts, trained.seen_splits, trained.seen_values,
-                               item_prior=counts)
-    if titles is not None:
-        index.item_titles = tf.Variable(np.asarray(titles, dtype=object), trainable=False,
-                                        dtype=tf.string, name="item_titles")
-    add_retrieval_signatures(module, index, k=k, exclude_seen=exclude_seen,
-                             pair_scorer=scorer, default="retrieval" in heads
-                             or "rating" not in heads)
-    if "retrieval" not in heads:
-        module.tasks = [t for t in module.tasks if t != "retrieval"]
-    if "rating" in heads:  # added last: serving_default stays recommend when it exists
-        add_rating_signatures(module, _RatingScorer(trained.model).module,
-                              trained.rating_range)
-    return module
-
-
-def serving_module(trained, *, k: int = 100, exclude_seen: bool = True) -> ServingModule:
+def serving_module(trained, *, k: int = 100, exclude_seen: bool = True,
+                   titles: list[str] | None = None) -> ServingModule:
     """The ``ServingModule`` for a trained or fine-tuned model: ``next_items`` /
-    ``score_items`` for a next-item model, else
-    ``build_module``'s signatures, so ``export(...)`` and ``tfrec-p5 predict`` work
+    ``score_items`` for a next-item model, else ``build_module``'s signatures (every one
+    scored by the model's own heads), so ``export(...)`` and ``tfrec-p5 predict`` work
     unchanged.
 
         export(serving_module(finetune(backbone, train)), "saved_models/ft")
     """
     if isinstance(trained, TrainedSequential):
         return sequential_module(trained.vocabs, trained.head, top_k=k)
-    return build_module(trained, k=k, exclude_seen=exclude_seen)
+    return build_module(trained, k=k, exclude_seen=exclude_seen, titles=titles)

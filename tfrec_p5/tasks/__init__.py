@@ -3,7 +3,6 @@
     from tfrec_p5.tasks import RatingHead, RetrievalHead, RankingHead
     model = UnifiedModel(user_tower, item_tower, {"retrieval": RetrievalHead(n_items)})
 
-``tfrec_p5.tasks.cli`` registers the ``retrieval`` / ``ranking`` / ``all`` CLI tasks.
 Names are imported lazily so that ``tfrec-p5 --help`` does not import TensorFlow.
 """
 
