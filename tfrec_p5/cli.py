@@ -352,6 +352,15 @@ def _strategy(name: str | None, task: str | None = None):
 
 # ---------------------------------------------------------------------- commands
 def _cmd_train(args: argparse.Namespace) -> int:
+    from tfrec_p5.training import RunGuard
+
+    # Holds the --out lock and checks the backup (tfrec_p5.training.backup); on any exit,
+    # Ctrl-C included, it releases the lock and clears a backup with nothing to resume.
+    with RunGuard(refuse=lambda message: CliError(message, status=2)) as guard:
+        return _train_guarded(args, guard)
+
+
+def _train_guarded(args: argparse.Namespace, guard) -> int:
     task = _task(args.task)
     strategy = _strategy(getattr(args, "strategy", None), task.name)
     from tfrec_p5 import distribute
@@ -362,7 +371,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     validate_export_dir(args.out)  # a bad --out fails now, not after training
 
     info = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
-    table = load(args.data)
+    from tfrec_p5.training import check_training_data, command_line
+
+    guard.lock(args.out, command_line(PROG, args), enabled=distribute.is_chief(strategy),
+               info=info)
+    table = check_training_data(load(args.data), args.split, info)
     train, validation, test, validation_note = _split_parts(table, args.split, args.seed)
     if task.fold_validation and validation is not None:
         from tfrec_p5.data import Interactions
@@ -379,6 +392,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     out = os.fspath(args.out)
     backup_dir = os.path.join(out, BACKUP_PREFIX + task.name)
+    guard.check_backup(backup_dir, {
+        "command": "train", "task": task.name, "data": args.data, "split": args.split,
+        "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size,
+        "config": config_overrides, "weights": args.weights,
+    }, data=[train, validation], restart=args.restart, write=distribute.is_chief(strategy),
+        info=info)
     say_resume(backup_dir, info)
     request = TrainRequest(train=train, validation=validation, seed=args.seed,
                            epochs=args.epochs, batch_size=args.batch_size,
@@ -546,6 +565,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "signature returns (default 100)")
     p.add_argument("--include-seen", action="store_true", help="recommend may return the "
                    "user's training items (default: excluded)")
+    p.add_argument("--restart", action="store_true", help="discard the backup an "
+                   "interrupted run left in OUT/.backup-TASK and start over (without it, a "
+                   "rerun resumes from that backup, and refuses if its settings or training "
+                   "data differ)")
     p.add_argument("--strategy", default="default",
                    choices=["default", "mirrored", "multi_worker", "parameter_server"],
                    help="tf.distribute strategy (default: one process). multi_worker and "

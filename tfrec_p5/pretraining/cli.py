@@ -58,7 +58,17 @@ def _split(table, spec: str, seed: int, *, prefer_validation: bool = False):
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain on the training part of ``--data`` and write the backbone to ``--out``."""
-    from tfrec_p5.cli import CliError, _read_config, _strategy
+    from tfrec_p5.cli import CliError
+    from tfrec_p5.training import RunGuard
+
+    # The --out lock and the backup's settings record (tfrec_p5.training.backup), released
+    # and cleared however the run ends.
+    with RunGuard(refuse=lambda message: CliError(message, status=2)) as guard:
+        return _pretrain_guarded(args, guard)
+
+
+def _pretrain_guarded(args: argparse.Namespace, guard) -> int:
+    from tfrec_p5.cli import PROG, CliError, _read_config, _strategy
 
     # --strategy (tfrec_p5.distribute): parameter-server worker / ps tasks serve here.
     strategy = _strategy(getattr(args, "strategy", None))
@@ -83,7 +93,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CliError(str(err), status=2) from err
     info = sys.stderr if args.json else sys.stdout
-    table = load(args.data)
+    from tfrec_p5.training import check_training_data, command_line
+
+    guard.lock(args.out, command_line(PROG, args), enabled=distribute.is_chief(strategy),
+               info=info)
+    table = check_training_data(load(args.data), args.split, info)
     train, test = _split(table, args.split, args.seed, prefer_validation=True)
     print(f"pretrain on {args.data} ({args.split}, seed {args.seed}): {len(train):,} "
           f"training rows; tasks {', '.join(tasks)}", file=info)
@@ -92,6 +106,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from tfrec_p5.cli import BACKUP_PREFIX, say_resume
 
     backup_dir = os.path.join(args.out, BACKUP_PREFIX + "pretrain")
+    guard.check_backup(backup_dir, {
+        "command": "pretrain", "data": args.data, "split": args.split, "seed": args.seed,
+        "tasks": tasks, "weights": args.weights, "label_fraction": args.label_fraction,
+        "epochs": args.epochs, "batch_size": args.batch_size, "config": overrides,
+    }, data=[train], restart=args.restart, write=distribute.is_chief(strategy), info=info)
     say_resume(backup_dir, info)
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect:
@@ -134,7 +153,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise CliError(str(err), status=2) from err
     backbone = load_backbone(args.backbone)  # fail fast, before loading data
     info = sys.stderr if args.json else sys.stdout
-    table = load(args.data)
+    from tfrec_p5.training import check_training_data
+
+    table = check_training_data(load(args.data), args.split, info)
     validation = None
     if args.task == "next_item":
         # next-item validation is the split's own (leave-one-out: each user's second-last
@@ -203,6 +224,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--config", metavar="FILE.json", help="PretrainConfig overrides (JSON)")
     p.add_argument("--overwrite", action="store_true", help="replace a backbone in --out")
+    p.add_argument("--restart", action="store_true", help="discard the backup an "
+                   "interrupted pretrain left in OUT/.backup-pretrain and start over "
+                   "(without it, a rerun resumes from that backup, and refuses if its "
+                   "settings or training data differ)")
     p.add_argument("--strategy", default="default",
                    choices=["default", "mirrored", "multi_worker", "parameter_server"],
                    help="tf.distribute strategy (see 'tfrec-p5 train --help'); multi_worker "
