@@ -28,7 +28,7 @@ from typing import Any
 
 from tfrec_p5.cli.builtin import parse_weights
 from tfrec_p5.cli.common import BACKUP_PREFIX, flat, format_table, read_config, resolve_strategy
-from tfrec_p5.cli.registry import CliError, get_task, run_evaluate
+from tfrec_p5.cli.registry import PROG, CliError, get_task, run_evaluate
 
 __all__ = ["add_parsers"]
 
@@ -49,6 +49,15 @@ def _split(table, spec: str, seed: int, *, prefer_validation: bool = False):
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Pretrain on the training part of ``--data`` and write the backbone to ``--out``."""
+    from tfrec_p5.training import RunGuard
+
+    # The --out lock and the backup's settings record (tfrec_p5.training.backup), released
+    # and cleared however the run ends.
+    with RunGuard(refuse=lambda message: CliError(message, status=2)) as guard:
+        return _pretrain_guarded(args, guard)
+
+
+def _pretrain_guarded(args: argparse.Namespace, guard) -> int:
     # --strategy (tfrec_p5.distribute): parameter-server worker / ps tasks serve here.
     strategy = resolve_strategy(getattr(args, "strategy", None))
     from tfrec_p5 import distribute
@@ -73,13 +82,22 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CliError(str(err), status=2) from err
     info = sys.stderr if args.json else sys.stdout
-    table = load(args.data)
+    from tfrec_p5.training import check_training_data, command_line
+
+    guard.lock(args.out, command_line(PROG, args), enabled=distribute.is_chief(strategy),
+               info=info)
+    table = check_training_data(load(args.data), args.split, info)
     train, test = _split(table, args.split, args.seed, prefer_validation=True)
     print(f"pretrain on {args.data} ({args.split}, seed {args.seed}): {len(train):,} "
           f"training rows; tasks {', '.join(tasks)}", file=info)
     # Like `train`: a killed run leaves a BackupAndRestore checkpoint; the same command
     # resumes from its last finished epoch.
     backup_dir = os.path.join(args.out, BACKUP_PREFIX + "pretrain")
+    guard.check_backup(backup_dir, {
+        "command": "pretrain", "data": args.data, "split": args.split, "seed": args.seed,
+        "tasks": tasks, "weights": args.weights, "label_fraction": args.label_fraction,
+        "epochs": args.epochs, "batch_size": args.batch_size, "config": overrides,
+    }, data=[train], restart=args.restart, write=distribute.is_chief(strategy), info=info)
     message = resume_message(backup_dir)
     if message:
         print(message, file=info)
@@ -124,7 +142,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise CliError(str(err), status=2) from err
     backbone = load_backbone(args.backbone)  # fail fast, before loading data
     info = sys.stderr if args.json else sys.stdout
-    table = load(args.data)
+    from tfrec_p5.training import check_training_data
+
+    table = check_training_data(load(args.data), args.split, info)
     validation = None
     if args.task == "next_item":
         # next-item validation is the split's own (leave-one-out: each user's second-last
@@ -193,6 +213,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--config", metavar="FILE.json", help="PretrainConfig overrides (JSON)")
     p.add_argument("--overwrite", action="store_true", help="replace a backbone in --out")
+    p.add_argument("--restart", action="store_true", help="discard the backup an "
+                   "interrupted pretrain left in OUT/.backup-pretrain and start over "
+                   "(without it, a rerun resumes from that backup, and refuses if its "
+                   "settings or training data differ)")
     p.add_argument("--strategy", default="default",
                    choices=["default", "mirrored", "multi_worker", "parameter_server"],
                    help="tf.distribute strategy (see 'tfrec-p5 train --help'); multi_worker "

@@ -27,13 +27,22 @@ from tfrec_p5.cli.common import (
     resolve_strategy,
     split_parts,
 )
-from tfrec_p5.cli.registry import CliError, TrainRequest, get_task, run_evaluate
+from tfrec_p5.cli.registry import PROG, CliError, TrainRequest, get_task, run_evaluate
 
 __all__ = ["add_parser", "cmd_train"]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train ``--task`` on ``--data``, evaluate, export to ``--out``."""
+    from tfrec_p5.training import RunGuard
+
+    # Holds the --out lock and checks the backup (tfrec_p5.training.backup); on any exit,
+    # Ctrl-C included, it releases the lock and clears a backup with nothing to resume.
+    with RunGuard(refuse=lambda message: CliError(message, status=2)) as guard:
+        return _train_guarded(args, guard)
+
+
+def _train_guarded(args: argparse.Namespace, guard) -> int:
     task = get_task(args.task)
     strategy = resolve_strategy(getattr(args, "strategy", None), task.name)
     # Every option and config field is checked before the data load (which can take long).
@@ -62,7 +71,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     validate_export_dir(args.out)  # a bad --out fails now, not after training
 
     info = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
-    table = load(args.data)
+    from tfrec_p5.training import check_training_data, command_line
+
+    guard.lock(args.out, command_line(PROG, args), enabled=distribute.is_chief(strategy),
+               info=info)
+    table = check_training_data(load(args.data), args.split, info)
     train, validation, test, validation_note = split_parts(table, args.split, args.seed)
     if task.fold_validation and validation is not None:
         train = Interactions.concat(train, validation)
@@ -77,6 +90,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     out = os.fspath(args.out)
     backup_dir = os.path.join(out, BACKUP_PREFIX + task.name)
+    guard.check_backup(backup_dir, {
+        "command": "train", "task": task.name, "data": args.data, "split": args.split,
+        "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size,
+        "config": request.config, "weights": args.weights,
+    }, data=[train, validation], restart=args.restart, write=distribute.is_chief(strategy),
+        info=info)
     message = resume_message(backup_dir)
     if message:
         print(message, file=info)
@@ -170,6 +189,10 @@ def add_parser(sub, task_names: list[str]) -> None:
                    "next_items signature returns (default 100)")
     p.add_argument("--include-seen", action="store_true", help="recommend may return the "
                    "user's training items (default: excluded)")
+    p.add_argument("--restart", action="store_true", help="discard the backup an "
+                   "interrupted run left in OUT/.backup-TASK and start over (without it, a "
+                   "rerun resumes from that backup, and refuses if its settings or training "
+                   "data differ)")
     p.add_argument("--strategy", default="default",
                    choices=["default", "mirrored", "multi_worker", "parameter_server"],
                    help="tf.distribute strategy (default: one process). multi_worker and "

@@ -127,7 +127,10 @@ def leave_one_out(table: Interactions) -> Split:
 
     The P5 / SASRec protocol. Users with fewer than 3 events stay wholly in train.
     Repeats of a (user, item) pair are collapsed to their first event (and counted in a
-    log line) so that no pair can be both a training and a held-out item.
+    log line) so that no pair can be both a training and a held-out item. Without a
+    ``timestamp`` column the row order is the time order (right for files written in
+    time order, such as the Amazon sequences; the CLI prints ``FILE_ORDER_NOTE``, see
+    ``uses_file_order``).
     """
     n = len(table)
     ts = table.timestamp if table.timestamp is not None else np.arange(n)
@@ -151,6 +154,24 @@ def leave_one_out(table: Interactions) -> Split:
     val = order[long_enough & (from_end == 2)]
     train = order[~long_enough | (from_end > 2)]
     return Split(table.take(train), table.take(test), table.take(val), method="leave-one-out")
+
+
+#: What the CLI prints when ``uses_file_order`` is true.
+FILE_ORDER_NOTE = "leave-one-out: the data have no timestamps; using file order as time"
+_LEAVE_ONE_OUT = ("leave-one-out", "leave_one_out", "loo")
+
+
+def uses_file_order(spec: str, table: Interactions) -> bool:
+    """Whether the split ``spec`` takes ``table``'s row order as time: ``leave-one-out``
+    on data without timestamps (``temporal`` refuses such data instead).
+
+    Why a question and not a refusal: sequence files (Amazon, S3-Rec) are written in
+    time order and have no timestamps, and leave-one-out is their standard protocol; but
+    a shuffled CSV would make "last item" arbitrary, so the user must be told.
+
+        uses_file_order("leave-one-out", load("amazon:Beauty.txt"))   # True
+    """
+    return spec.partition(":")[0] in _LEAVE_ONE_OUT and table.timestamp is None
 
 
 def tfrs_split(table: Interactions, path: str | os.PathLike) -> Split:
@@ -188,7 +209,7 @@ def parse_split(spec: str, table: Interactions, seed: int = 42) -> Split | None:
             return random_split(table, float(arg or 0.8), seed=seed)
         if kind == "temporal":
             return temporal_split(table, float(arg or 0.8))
-        if kind in ("leave-one-out", "leave_one_out", "loo"):
+        if kind in _LEAVE_ONE_OUT:
             return leave_one_out(table)
         if kind == "tfrs":
             return tfrs_split(table, arg)
