@@ -110,3 +110,19 @@ def test_only_the_cli_imports_the_cli():
                        and any(t == "tfrec_p5.cli" or t.startswith("tfrec_p5.cli.")
                                for t in targets))
     assert offenders == []
+
+
+def test_no_package_import_hides_in_a_function_below_the_cli():
+    """Below the command line every ``tfrec_p5`` import is at module level, so the graph
+    above is the whole truth. (The CLI imports lazily on purpose: ``tfrec-p5 --help`` must
+    answer without loading TensorFlow.)"""
+    hidden = []
+    for name, path in _modules().items():
+        if name == "tfrec_p5.cli" or name.startswith("tfrec_p5.cli."):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                hidden += [f"{name}:{inner.lineno}" for inner in ast.walk(node)
+                           if isinstance(inner, ast.ImportFrom) and inner.module
+                           and inner.module.startswith("tfrec_p5")]
+    assert hidden == []

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 import tensorflow as tf
 
+from tfrec_p5.data.errors import DataError
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.evaluation.ranking import metrics_from_ranks, ranks_of_targets, sample_negatives
 from tfrec_p5.export.boundary import top_k_or_pad
@@ -220,8 +221,6 @@ def cli_evaluate(signatures: Callable[[str], Callable[..., Mapping]], table: Int
                  protocol: str | None = None) -> dict[str, float]:
     """``tfrec-p5 train/evaluate --task sequential``: both protocols unless ``protocol``."""
     if history is None or len(history) == 0:
-        from tfrec_p5.data.errors import DataError
-
         raise DataError("sequential evaluation needs the events before the held-out items: "
                         "use --split leave-one-out", field="split")
     return evaluate_next_items(signatures, table, history, protocol=protocol or "all")

@@ -42,6 +42,7 @@ from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import Vocabularies, user_histories
 from tfrec_p5.evaluation.ranking import group_by_row
 from tfrec_p5.tasks.next_item import HISTORY, NEXT_ITEM, NextItemTask
+from tfrec_p5.tasks.retrieval import item_frequencies
 from tfrec_p5.towers import ItemTower, SideFeatures
 
 log = logging.getLogger(__name__)
@@ -336,7 +337,6 @@ def train_sequential(train: Interactions, validation: Interactions | None,
         raise ValueError("no training sequence has two or more items")
     probs = None
     if config.loss == "sampled":
-        from tfrec_p5.tasks.retrieval import item_frequencies
         probs = item_frequencies(train, vocabs)
     side = SideFeatures.build(train, vocabs, user_features=()) \
         if config.use_item_features and train.item_features else None

@@ -48,6 +48,7 @@ from tfrec_p5.data.pipeline import (
 )
 from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.data.vocabulary import EMPTY_BUCKET
+from tfrec_p5.evaluation import factorized_topk_accuracy, full_ranking_metrics, group_by_row
 from tfrec_p5.models.averaging import WeightAverage
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
 from tfrec_p5.models.refit import (
@@ -362,8 +363,6 @@ def retrieval_metrics(score_fn, table: Interactions, vocabs: Vocabularies,
     Rows of ``table`` whose user or item is unknown to the vocabularies are skipped (a
     two-tower model cannot rank an item it has no vector for).
     """
-    from tfrec_p5.evaluation import factorized_topk_accuracy, full_ranking_metrics, group_by_row
-
     users = vocabs.user.lookup(table.user_id)
     items = vocabs.item.lookup(table.item_id)
     keep = (users > 0) & (items > 0)

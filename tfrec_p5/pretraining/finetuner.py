@@ -46,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_p5.config import Config
+from tfrec_p5.data import load
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import pointwise_dataset, retrieval_dataset
 from tfrec_p5.data.splits import carve_validation, leave_one_out
@@ -302,8 +303,6 @@ def finetune(backbone: Backbone | str | os.PathLike, data: Interactions | str, *
     if not isinstance(backbone, Backbone):
         backbone = load_backbone(backbone)
     if isinstance(data, str):
-        from tfrec_p5.data import load
-
         data = load(data)
     if config.task == "rating" and data.rating is None:
         raise ValueError("fine-tuning the rating task needs a 'rating' column")

@@ -46,6 +46,7 @@ import tensorflow as tf
 
 from tfrec_p5 import distribute
 from tfrec_p5.config import Config
+from tfrec_p5.data import load
 from tfrec_p5.data.interactions import ITEM, RATING, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, batched_dataset
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
@@ -344,8 +345,6 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
                             data_spec=data_spec, verbose=verbose, backup_dir=backup_dir,
                             strategy=strategy)
     if isinstance(data, str):
-        from tfrec_p5.data import load
-
         data_spec = data_spec or data
         data = load(data)
     config = config or PretrainConfig()

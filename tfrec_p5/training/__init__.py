@@ -3,7 +3,7 @@ one-line notes about the training data that a user must not miss.
 
 Why a layer of its own: the CLI commands (``train``, ``pretrain``, ``finetune``) share
 these checks, and the models and data layers must not know about the CLI. Nothing here
-imports TensorFlow or ``tfrec_p5.cli``.
+imports ``tfrec_p5.cli`` (the CLI passes its own error type in).
 
     from tfrec_p5.training import RunGuard, check_training_data
 

@@ -27,8 +27,7 @@ folder lie:
                            data=[train], restart=args.restart)
         ...train (resuming if the backup is ours), export...
 
-Nothing here imports TensorFlow or ``tfrec_p5.cli`` (the CLI passes its own error type in
-``refuse``).
+Nothing here imports ``tfrec_p5.cli`` (the CLI passes its own error type in ``refuse``).
 """
 
 from __future__ import annotations

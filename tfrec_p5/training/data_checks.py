@@ -17,6 +17,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, TextIO
 
+from tfrec_p5.data.rating_range import infer_rating_range
+from tfrec_p5.data.splits import FILE_ORDER_NOTE, uses_file_order
+
 #: Outlier examples named in the warning (the count is always given).
 _EXAMPLES = 3
 
@@ -42,9 +45,6 @@ def check_training_data(table: Any, split: str | None, info: TextIO) -> Any:
 
         table = check_training_data(load("csv:r.csv"), "random:0.8", sys.stdout)
     """
-    from tfrec_p5.data.rating_range import infer_rating_range
-    from tfrec_p5.data.splits import FILE_ORDER_NOTE, uses_file_order
-
     if table.rating is not None and len(table) and table.rating_range is None:
         check = infer_rating_range(table.rating)
         print(f"rating range [{_g(check.low)}, {_g(check.high)}] inferred from the data; "

@@ -26,6 +26,7 @@ import numpy as np
 from tfrec_p5.data.errors import DataError
 from tfrec_p5.data.interactions import ITEM, RATING, TIMESTAMP, USER, Interactions
 from tfrec_p5.data.sources import register
+from tfrec_p5.data.sources.movielens import movielens_table
 
 PROBE_TIMEOUT_S = 5.0
 _DEFAULT_HOST = "storage.googleapis.com"
@@ -86,8 +87,6 @@ def table_from_tfds(ds, name: str, user: str | None = None, item: str | None = N
                      for p in parts]
         columns[key] = np.concatenate(parts)
     if name.startswith(("movielens", "movie_lens")) and user is None and item is None:
-        from tfrec_p5.data.sources.movielens import movielens_table
-
         return movielens_table(columns, source=f"tfds:{name}")
     mapping = {USER: user or USER, ITEM: item or ITEM}
     if rating or "rating" in columns:
