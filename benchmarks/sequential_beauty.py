@@ -31,7 +31,9 @@ import numpy as np
 
 import tfrec_p5  # noqa: F401  (before TensorFlow)
 from tfrec_p5 import data
-from tfrec_p5.export.sequential import concat_tables, evaluate_next_items, sequential_module
+from tfrec_p5.data import Interactions
+from tfrec_p5.evaluation import evaluate_next_items
+from tfrec_p5.export.sequential import sequential_module
 from tfrec_p5.models.sequential import SequentialConfig, train_sequential
 
 DEFAULT_DATA = "/work/shared/data/amazon/Beauty.txt"
@@ -146,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     table = data.load(f"amazon:{args.data}")
     split = data.leave_one_out(table)
-    history = concat_tables(split.train, split.validation)
+    history = Interactions.concat(split.train, split.validation)
     config = SequentialConfig.from_dict({**SequentialConfig().to_dict(),
                                          **json.loads(args.config)})
     result: dict = {

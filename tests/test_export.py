@@ -22,6 +22,7 @@ import tensorflow as tf
 
 import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
 from tfrec_p5.data import Interactions, Vocabularies, Vocabulary, load, random_split
+from tfrec_p5.evaluation import predict_ratings
 from tfrec_p5.export import (
     DEFAULT_SIGNATURE,
     ITEM_ID_SPEC,
@@ -33,7 +34,6 @@ from tfrec_p5.export import (
     list_versions,
     load_export,
     load_metadata,
-    predict_ratings,
     resolve_export,
 )
 from tfrec_p5.export import saved_model as saved_model_lib

@@ -19,8 +19,8 @@ from _sequences import cyclic_interactions  # tests/ is on sys.path
 
 from tfrec_p5 import data
 from tfrec_p5.data.interactions import Interactions
-from tfrec_p5.evaluation import MostPopular, full_ranking_metrics
-from tfrec_p5.export.sequential import concat_tables, evaluate_next_items, sequential_module
+from tfrec_p5.evaluation import MostPopular, evaluate_next_items, full_ranking_metrics
+from tfrec_p5.export.sequential import sequential_module
 from tfrec_p5.models.sequential import (
     SequentialConfig,
     length_bucketed_dataset,
@@ -118,7 +118,7 @@ def test_loo_never_exposes_held_out_items_to_training():
     # Validation inputs are training items only; test inputs add the validation item.
     q = ranking_queries(split.train, split.validation, vocabs, max_len=8)
     assert (q.history > 0).sum(axis=1).max() == 5
-    q = ranking_queries(concat_tables(split.train, split.validation), split.test, vocabs, 8)
+    q = ranking_queries(Interactions.concat(split.train, split.validation), split.test, vocabs, 8)
     assert (q.history > 0).sum(axis=1).max() == 6
 
 

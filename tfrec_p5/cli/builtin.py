@@ -117,7 +117,7 @@ def _train_rating(request: TrainRequest) -> TrainResult:
 
 
 def _evaluate_rating(signatures: SignatureGetter, table) -> dict[str, float]:
-    from tfrec_p5.export.scoring import evaluate_signature
+    from tfrec_p5.evaluation.signatures import evaluate_signature
 
     return evaluate_signature(signatures("predict_rating"), table)
 
@@ -173,8 +173,11 @@ def _train_unified(task: str):
 
 def _evaluate_unified(task: str):
     def evaluate(signatures: SignatureGetter, table) -> dict[str, float]:
-        from tfrec_p5.evaluation.signatures import evaluate_rank, evaluate_recommend
-        from tfrec_p5.export.scoring import evaluate_signature
+        from tfrec_p5.evaluation.signatures import (
+            evaluate_rank,
+            evaluate_recommend,
+            evaluate_signature,
+        )
 
         out: dict[str, float] = {}
         if task in ("retrieval", "all"):
@@ -225,9 +228,9 @@ def _train_sequential(request: TrainRequest) -> TrainResult:
 
 def _evaluate_sequential(signatures: SignatureGetter, table, *, history=None,
                          protocol: str | None = None) -> dict[str, float]:
-    from tfrec_p5.export.sequential import cli_evaluate
+    from tfrec_p5.evaluation.signatures import evaluate_after_history
 
-    return cli_evaluate(signatures, table, history=history, protocol=protocol)
+    return evaluate_after_history(signatures, table, history=history, protocol=protocol)
 
 
 _RECOMMEND_OPTIONS = frozenset({"top_k", "include_seen"})

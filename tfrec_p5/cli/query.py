@@ -110,7 +110,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from tfrec_p5.export.saved_model import TrainingRecord
 
     if args.protocol is not None:
-        from tfrec_p5.export.sequential import parse_protocol
+        from tfrec_p5.evaluation.signatures import parse_protocol
 
         try:
             parse_protocol(args.protocol)

@@ -14,12 +14,25 @@ from tfrec_p5.evaluation.ranking import (
     sample_negatives,
     sampled_ranking_metrics,
 )
+from tfrec_p5.evaluation.rating import rating_metrics
 from tfrec_p5.evaluation.references import EASE, ItemKNN, MostPopular
-from tfrec_p5.evaluation.signatures import decode_strings, evaluate_rank, evaluate_recommend
+from tfrec_p5.evaluation.signatures import (
+    PROTOCOLS,
+    decode_strings,
+    evaluate_after_history,
+    evaluate_next_items,
+    evaluate_rank,
+    evaluate_recommend,
+    evaluate_signature,
+    parse_protocol,
+    predict_ratings,
+)
 
 __all__ = [
-    "EASE", "ItemKNN", "MostPopular", "decode_strings", "evaluate_rank", "evaluate_recommend",
-    "factorized_topk_accuracy", "full_ranking_metrics",
+    "EASE", "ItemKNN", "MostPopular", "PROTOCOLS", "decode_strings", "evaluate_after_history",
+    "evaluate_next_items", "evaluate_rank", "evaluate_recommend", "evaluate_signature",
+    "factorized_topk_accuracy", "full_ranking_metrics", "parse_protocol", "predict_ratings",
+    "rating_metrics",
     "group_by_row", "metrics_from_ranks", "pad_lists", "ranks_of_targets", "sample_negatives",
     "sampled_ranking_metrics",
 ]

@@ -25,7 +25,6 @@ from tfrec_p5.export.saved_model import (
     next_version,
     resolve_export,
 )
-from tfrec_p5.export.scoring import evaluate_signature, predict_ratings, rating_metrics
 from tfrec_p5.export.serving import (
     DEFAULT_SIGNATURE,
     ITEM_ID_SPEC,
@@ -40,7 +39,7 @@ __all__ = [
     "DEFAULT_SIGNATURE", "EXTRA_DIR", "ExportError", "ITEM_ID_SPEC", "IdLookup",
     "METADATA_FILE", "METRICS_FILE", "PAD_ITEM_ID", "PAD_SCORE", "ServingModule",
     "TrainingRecord", "USER_ID_SPEC", "add_rating_signatures", "build_module", "drop_padding",
-    "evaluate_signature", "export", "item_titles", "list_versions", "load_export",
-    "load_metadata", "next_version", "predict_ratings", "rating_metrics", "resolve_export",
+    "export", "item_titles", "list_versions", "load_export",
+    "load_metadata", "next_version", "resolve_export",
     "serving_module",
 ]

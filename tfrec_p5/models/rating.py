@@ -39,6 +39,7 @@ from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import ITEM, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, normalize_hash_buckets, pointwise_dataset
 from tfrec_p5.data.splits import carve_validation
+from tfrec_p5.evaluation.rating import rating_metrics
 from tfrec_p5.models.refit import (
     best_epochs,
     load_search,
@@ -46,6 +47,7 @@ from tfrec_p5.models.refit import (
     save_search,
     with_search_history,
 )
+from tfrec_p5.tasks.rating import RatingHead
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
 from tfrec_p5.towers.side_features import HISTORY_FEATURES, side_features_for
 
@@ -167,26 +169,14 @@ def build_rating_model(vocabs: Vocabularies, side_features: SideFeatures | None,
     user_vec = UserTower.from_vocab(vocabs, side, **tower_kwargs)(user_in)
     item_vec = ItemTower.from_vocab(vocabs, side, **tower_kwargs)(item_in)
 
-    x = tf.keras.layers.Concatenate(name="concat")([user_vec, item_vec])
-    for i, units in enumerate(config.hidden_units):
-        x = tf.keras.layers.Dense(
-            units, activation="relu", name=f"hidden_{i}",
-            kernel_regularizer=tf.keras.regularizers.L2(config.dense_l2)
-            if config.dense_l2 > 0 else None)(x)
-        if config.dropout > 0:
-            x = tf.keras.layers.Dropout(config.dropout, name=f"dropout_{i}")(x)
-    terms = [tf.keras.layers.Dense(
-        1, bias_initializer=tf.keras.initializers.Constant(global_mean), name="mlp_out")(x)]
-    if config.use_dot:
-        terms.append(tf.keras.layers.Dot(axes=1, name="dot")([user_vec, item_vec]))
-    if config.use_biases:
-        reg = tf.keras.regularizers.L2(config.bias_l2) if config.bias_l2 > 0 else None
-        for inp, n, name in ((user_in, len(vocabs.user), "user_bias"),
-                             (item_in, len(vocabs.item), "item_bias")):
-            terms.append(tf.keras.layers.Embedding(
-                n, 1, embeddings_initializer="zeros", activity_regularizer=reg,
-                name=name)(inp))
-    out = terms[0] if len(terms) == 1 else tf.keras.layers.Add(name="rating_sum")(terms)
+    # The head is the one RatingHead defines (also used inside UnifiedModel), applied to
+    # the symbolic tower outputs: the same layers, names and creation order either way.
+    # training=None lets Keras switch dropout on in fit and off in predict; clipping is
+    # ClipRating's (inference only), so the head itself is built without a range.
+    head = RatingHead.from_rating_config(config.replace(clip_predictions=False),
+                                         len(vocabs.user), len(vocabs.item),
+                                         global_mean=global_mean)
+    out = head.predict({USER: user_in, ITEM: item_in}, user_vec, item_vec, training=None)
     if config.clip_predictions and rating_range is not None:
         out = ClipRating(*rating_range, name="clip")(out)
     return tf.keras.Model(inputs={USER: user_in, ITEM: item_in}, outputs=out,
@@ -342,5 +332,4 @@ def predict_ratings(model: tf.keras.Model, table: Interactions, vocabs: Vocabula
 def evaluate_rating(model: tf.keras.Model, table: Interactions, vocabs: Vocabularies,
                     batch_size: int = 8192) -> dict[str, float]:
     """RMSE and MAE of ``model`` on ``table`` (inference mode: no dropout, clipped)."""
-    err = predict_ratings(model, table, vocabs, batch_size) - table.rating.astype(np.float64)
-    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err)))}
+    return rating_metrics(predict_ratings(model, table, vocabs, batch_size), table.rating)

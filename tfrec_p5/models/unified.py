@@ -48,7 +48,12 @@ from tfrec_p5.data.pipeline import (
 )
 from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.data.vocabulary import EMPTY_BUCKET
-from tfrec_p5.evaluation import factorized_topk_accuracy, full_ranking_metrics, group_by_row
+from tfrec_p5.evaluation import (
+    factorized_topk_accuracy,
+    full_ranking_metrics,
+    group_by_row,
+    rating_metrics,
+)
 from tfrec_p5.models.averaging import WeightAverage
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
 from tfrec_p5.models.refit import (
@@ -343,9 +348,8 @@ class TrainedUnified:
         """
         out: dict[str, float] = {}
         if "rating" in self.model.heads and table.rating is not None:
-            err = self.predict_ratings(table) - table.rating.astype(np.float64)
-            out["rating_rmse"] = float(np.sqrt(np.mean(err ** 2)))
-            out["rating_mae"] = float(np.mean(np.abs(err)))
+            out.update({f"rating_{k}": v for k, v in
+                        rating_metrics(self.predict_ratings(table), table.rating).items()})
         if "retrieval" in self.model.heads:
             out.update({f"retrieval_{k}": v for k, v in
                         retrieval_metrics(self.retrieval_scores, table, self.vocabs,

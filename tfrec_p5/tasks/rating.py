@@ -1,11 +1,11 @@
-"""The rating head: ``RatingModel``'s head (issue #3) as a reusable ``Head`` layer.
+"""The rating head, defined once: used inside ``UnifiedModel`` and by the seed's functional
+rating model alike.
 
-Why a copy of the layers rather than the functional model: inside ``UnifiedModel`` the
-towers are shared with other heads, so the rating head must take tower outputs, not IDs.
-It builds exactly the layers of ``tfrec_p5.models.rating.build_rating_model`` (same names,
-same creation order: MLP → ``mlp_out`` → dot → user / item biases → clip), so a
-``UnifiedModel`` with only this head and the same seed trains to the same numbers as
-``train_rating`` (``tests/test_unified.py`` checks it).
+Why a head on tower outputs rather than on IDs: inside ``UnifiedModel`` the towers are
+shared with other heads. ``tfrec_p5.models.rating.build_rating_model`` applies this same
+head's ``predict`` to its symbolic tower outputs (layers MLP → ``mlp_out`` → dot → user /
+item biases), so a ``UnifiedModel`` with only this head and the same seed trains to the
+same numbers as ``train_rating`` (``tests/test_unified.py`` checks it).
 
     head = RatingHead.from_config_and_vocabs(RatingConfig(), vocabs, global_mean=3.5,
                                              rating_range=(1.0, 5.0))
