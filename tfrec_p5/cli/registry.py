@@ -84,6 +84,9 @@ class Task:
     #: ``evaluate`` ranks a held-out item *after a history* (sequential): it also gets the
     #: events before the evaluated part and ``--protocol``.
     wants_history: bool = False
+    #: What ``train`` will do with validation data under the request's config (carve a
+    #: slice, early-stop, refit, or nothing), one phrase for ``train``'s split line.
+    plan: Callable[[TrainRequest], str] | None = None
 
 
 _TASKS: dict[str, Task] = {}
