@@ -141,12 +141,12 @@ def test_pretrain_resumes_from_the_last_completed_epoch(runs):
     assert "resuming from epoch 1 " in log
     full, resumed = runs["pretrain_full"]["metrics"], runs["pretrain_resumed"]["metrics"]
     print("pretrain resumed vs uninterrupted:", {k: (full[k], resumed[k]) for k in
-                                                ("validation_rating_rmse",
-                                                 "validation_rating_mae",
-                                                 "validation_retrieval_recall@10")})
-    for key in ("validation_rating_rmse", "validation_rating_mae"):
+                                                ("test_rating_rmse",
+                                                 "test_rating_mae",
+                                                 "test_retrieval_recall@10")})
+    for key in ("test_rating_rmse", "test_rating_mae"):
         assert resumed[key] == pytest.approx(full[key], rel=0.01), key
-    assert resumed["validation_retrieval_users"] == full["validation_retrieval_users"]
+    assert resumed["test_retrieval_users"] == full["test_retrieval_users"]
     d = runs["dir"] / "p_killed"
     assert not (d / ".backup-pretrain").exists() and (d / "manifest.json").is_file()
     manifest = json.loads((d / "manifest.json").read_text())

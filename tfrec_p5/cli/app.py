@@ -3,22 +3,27 @@
 Every failure prints one line ``tfrec-p5: error: ...`` to stderr and exits non-zero
 (2 for usage errors and unavailable tasks, 1 otherwise); set ``TFREC_P5_DEBUG=1`` to get
 the traceback instead. TensorFlow is imported once a command runs, with its C++ start-up
-banners silenced, so ``--help`` and usage errors answer at once.
+banners silenced, so ``--help`` and usage errors answer at once; while a command runs, the
+TensorFlow warnings known to be harmless (``HARMLESS_TF_MESSAGES``) are dropped, unless
+``TFREC_P5_DEBUG=1``. ``--help`` of every command shows the options' defaults.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from tfrec_p5 import __version__
 from tfrec_p5.cli import builtin as _builtin_tasks  # noqa: F401  registers the built-in tasks
 from tfrec_p5.cli import pretrain, query, train
 from tfrec_p5.cli.registry import PROG, CliError, tasks
 
-__all__ = ["build_parser", "deterministic_ops", "main"]
+__all__ = ["HARMLESS_TF_MESSAGES", "HarmlessTensorFlowWarnings", "HelpFormatter",
+           "build_parser", "deterministic_ops", "main", "quiet_harmless_warnings"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -26,6 +31,23 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every real default as ``(default: X)``, once.
+
+    Why not plain ``ArgumentDefaultsHelpFormatter``: it would print ``(default: None)``
+    for options whose default is "the config's value" and ``(default: False)`` for every
+    flag; such help strings say their default in words instead. A help string that
+    already mentions its default is left as it is, so no option says it twice.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default in (None, False, argparse.SUPPRESS) or action.required
+                or "default" in text.lower()):
+            return text
+        return super()._get_help_string(action)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,7 +61,53 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub, task_names)
     query.add_parsers(sub, task_names)
     pretrain.add_parsers(sub)
+    for command in sub.choices.values():  # one formatter for every command's --help
+        command.formatter_class = HelpFormatter
     return parser
+
+
+#: Log messages of TensorFlow / Keras / absl that are harmless for ``tfrec-p5``, each with
+#: the reason. Only WARNING and below are dropped, and only these: other warnings and
+#: every error still reach the user.
+HARMLESS_TF_MESSAGES = (
+    # BackupAndRestore checks ``model.built``, which a subclassed model only sets when
+    # called; the trainers create every variable first (models.unified.build_model).
+    "model must be built before you call `fit()`",
+    # Keras' own (re-loadable Keras object) metadata of subclassed layers in a SavedModel;
+    # exports are served and loaded through their signatures, which are complete.
+    "Skipping full serialization of",
+    "arguments contain non-serializable objects",
+    # tf.function traced again for a new input shape (e.g. the last, smaller batch).
+    "triggered tf.function retracing",
+    # SavedModel export: Keras-internal functions that no signature calls.
+    "Found untraced functions such as",
+)
+
+
+class HarmlessTensorFlowWarnings(logging.Filter):
+    """Drops the ``HARMLESS_TF_MESSAGES`` warnings (lower-level records too), keeps the
+    rest."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        message = record.getMessage()
+        return not any(text in message for text in HARMLESS_TF_MESSAGES)
+
+
+@contextlib.contextmanager
+def quiet_harmless_warnings() -> Iterator[None]:
+    """Silence ``HARMLESS_TF_MESSAGES`` on the ``tensorflow`` and ``absl`` loggers while a
+    command runs (restored afterwards, so ``main`` called in-process leaves no trace)."""
+    loggers = [logging.getLogger(name) for name in ("tensorflow", "absl")]
+    quiet = HarmlessTensorFlowWarnings()
+    for logger in loggers:
+        logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(quiet)
 
 
 def _import_tensorflow_quietly(warm_up: bool = True) -> None:
@@ -113,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 warm_up=getattr(args, "strategy", None) != "multi_worker")
         if deterministic:
             deterministic_ops(before_import=False)
-        return args.func(args)
+        with contextlib.nullcontext() if debug else quiet_harmless_warnings():
+            return args.func(args)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted (rerun the same train command to resume from its "
               "backup)", file=sys.stderr)

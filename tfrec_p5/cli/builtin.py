@@ -3,7 +3,9 @@
 
 Each ``train`` function turns a ``TrainRequest`` into a config (defaults ← ``--config``
 file ← ``--epochs`` / ``--batch-size``), trains through the model layer and returns the
-``ServingModule`` to export; each ``evaluate`` scores an export's signatures.
+``ServingModule`` to export; each ``evaluate`` scores an export's signatures; each ``plan``
+says, from the same config, what training will do with validation data (``train``
+prints it under the split line).
 
 * ``rating``: the seed's two-input rating model; signature ``predict_rating``.
 * ``retrieval``: two-tower retrieval (implicit feedback is enough); ``recommend``
@@ -116,6 +118,13 @@ def _train_rating(request: TrainRequest) -> TrainResult:
     return TrainResult(module, config=config_dict, metadata=metadata)
 
 
+def _plan_rating(request: TrainRequest) -> str:
+    from tfrec_p5.models.rating import validation_plan
+
+    return validation_plan(request.train, request.validation, _rating_config(request),
+                           seed=request.seed)
+
+
 def _evaluate_rating(signatures: SignatureGetter, table) -> dict[str, float]:
     from tfrec_p5.evaluation.signatures import evaluate_signature
 
@@ -169,6 +178,15 @@ def _train_unified(task: str):
             metadata["rating_range"] = list(trained.rating_range)
         return TrainResult(module, config=config.to_dict(), metadata=metadata)
     return train
+
+
+def _plan_unified(task: str):
+    def plan(request: TrainRequest) -> str:
+        from tfrec_p5.models.unified import validation_plan
+
+        return validation_plan(request.train, request.validation,
+                               _unified_config(task)(request), seed=request.seed)
+    return plan
 
 
 def _evaluate_unified(task: str):
@@ -226,6 +244,12 @@ def _train_sequential(request: TrainRequest) -> TrainResult:
                        validation_metrics=trained.best_metrics if refit else None)
 
 
+def _plan_sequential(request: TrainRequest) -> str:
+    from tfrec_p5.models.sequential import validation_plan
+
+    return validation_plan(request.train, request.validation, _sequential_config(request))
+
+
 def _evaluate_sequential(signatures: SignatureGetter, table, *, history=None,
                          protocol: str | None = None) -> dict[str, float]:
     from tfrec_p5.evaluation.signatures import evaluate_after_history
@@ -236,23 +260,27 @@ def _evaluate_sequential(signatures: SignatureGetter, table, *, history=None,
 _RECOMMEND_OPTIONS = frozenset({"top_k", "include_seen"})
 register_task(Task("rating", "explicit ratings (RMSE/MAE); signature predict_rating",
                    train=_train_rating, evaluate=_evaluate_rating, signature="predict_rating",
-                   fold_validation=True, config=_rating_config))
+                   fold_validation=True, config=_rating_config, plan=_plan_rating))
 register_task(Task("retrieval", "two-tower top-k retrieval (implicit feedback is enough); "
                    "signatures recommend (default) and rank", train=_train_unified("retrieval"),
                    evaluate=_evaluate_unified("retrieval"), config=_unified_config("retrieval"),
+                   plan=_plan_unified("retrieval"),
                    options=_RECOMMEND_OPTIONS, signature="recommend",
                    fold_validation=True))
 register_task(Task("ranking", "ranking head (pointwise MSE or listwise softmax / ListMLE); "
                    "signature rank", train=_train_unified("ranking"),
                    evaluate=_evaluate_unified("ranking"), config=_unified_config("ranking"),
+                   plan=_plan_unified("ranking"),
                    options=_RECOMMEND_OPTIONS, signature="rank",
                    fold_validation=True))
 register_task(Task("all", "unified multi-task model (--weights rating=1,retrieval=1,"
                    "ranking=0); recommend, rank, predict_rating", train=_train_unified("all"),
                    evaluate=_evaluate_unified("all"), config=_unified_config("all"),
+                   plan=_plan_unified("all"),
                    options=_RECOMMEND_OPTIONS | {"weights"}, signature="recommend",
                    fold_validation=True))
 register_task(Task("sequential", "next-item prediction from a history (SASRec, "
                    "leave-one-out); signature next_items", train=_train_sequential,
                    evaluate=_evaluate_sequential, signature="next_items", wants_history=True,
-                   config=_sequential_config, options=frozenset({"top_k"})))
+                   config=_sequential_config, options=frozenset({"top_k"}),
+                   plan=_plan_sequential))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +17,9 @@ from tfrec_p5.cli.registry import CliError
 if TYPE_CHECKING:
     from tfrec_p5.data.interactions import Interactions
 
-__all__ = ["BACKUP_PREFIX", "DISTRIBUTED_TASKS", "VALIDATION_FRACTION", "describe",
-           "flat", "format_table", "positive_int", "read_config", "resolve_strategy", "split_parts"]
+__all__ = ["BACKUP_PREFIX", "COUNT_METRICS", "DISTRIBUTED_TASKS", "VALIDATION_FRACTION",
+           "describe", "flat", "format_table", "format_value", "positive_int", "read_config",
+           "resolve_strategy", "split_parts"]
 
 #: Share of the training data held out for early stopping when the split makes no
 #: validation part (``random:F``, ``temporal:F``, ``none``, ``tfrs:PATH``).
@@ -26,6 +28,9 @@ VALIDATION_FRACTION = 0.1
 BACKUP_PREFIX = ".backup-"
 #: Tasks that train under ``--strategy`` other than ``default`` (``tfrec_p5.distribute``).
 DISTRIBUTED_TASKS = ("rating", "retrieval", "ranking", "all")
+#: Metric names (or their last ``_`` part: ``test_retrieval_users``) that count things:
+#: printed as integers. A rate that happens to be whole (recall 1.0) keeps its decimals.
+COUNT_METRICS = frozenset({"users", "items", "targets", "examples", "rows", "queries"})
 
 
 def positive_int(text: str) -> int:
@@ -80,6 +85,17 @@ def split_parts(table: Interactions, split_spec: str, seed: int):
     return train, validation, test, note
 
 
+def format_value(name: str, value: float) -> str:
+    """One metric value for people: a count (an ``int``, or a whole number named in
+    ``COUNT_METRICS``) as ``2000``, anything else with 4 decimals (``0.8731``)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(int(value))
+    is_count = name in COUNT_METRICS or name.rsplit("_", 1)[-1] in COUNT_METRICS
+    if is_count and float(value).is_integer():
+        return str(int(value))
+    return f"{value:.4f}"
+
+
 def format_table(rows: Sequence[tuple[str, int, Mapping[str, float]]]) -> str:
     """Metric rows ``(part, examples, {metric: value})`` as an aligned text table."""
     names = list(dict.fromkeys(m for _, _, metrics in rows for m in metrics))
@@ -89,7 +105,8 @@ def format_table(rows: Sequence[tuple[str, int, Mapping[str, float]]]) -> str:
     lines = [f"{'part':<{pw}}{'examples':>10}" + "".join(f"{m:>{w[m]}}" for m in names)]
     for part, count, metrics in rows:
         lines.append(f"{part:<{pw}}{count:>10,}" + "".join(
-            f"{metrics[m]:>{w[m]}.4f}" if m in metrics else f"{'-':>{w[m]}}" for m in names))
+            f"{format_value(m, metrics[m]):>{w[m]}}" if m in metrics else f"{'-':>{w[m]}}"
+            for m in names))
     return "\n".join(lines)
 
 

@@ -24,27 +24,63 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tfrec_p5.cli.builtin import parse_weights
-from tfrec_p5.cli.common import BACKUP_PREFIX, flat, format_table, read_config, resolve_strategy
+from tfrec_p5.cli.common import (
+    BACKUP_PREFIX,
+    flat,
+    format_table,
+    format_value,
+    positive_int,
+    read_config,
+    resolve_strategy,
+)
 from tfrec_p5.cli.registry import PROG, CliError, get_task, run_evaluate
 
-__all__ = ["add_parsers"]
+__all__ = ["add_parsers", "rising_loss_note"]
 
 
 def _split(table, spec: str, seed: int, *, prefer_validation: bool = False):
-    """``(train, held-out)``: the split's test part, or (``prefer_validation``, for
-    pretraining metrics) its own validation part when it has one (leave-one-out: the
-    item right after each user's training items, which next-item validation ranks)."""
+    """``(train, held-out, its name)``: the split's test part (``"test"``), or
+    (``prefer_validation``, for pretraining metrics) its own validation part when it has
+    one (``"validation"``; leave-one-out: the item right after each user's training items,
+    which next-item validation ranks)."""
     from tfrec_p5.data import parse_split
 
     split = parse_split(spec, table, seed=seed)
     if split is None:
-        return table, None
+        return table, None, "test"
     if prefer_validation and split.validation is not None and len(split.validation):
-        return split.train, split.validation
-    return split.train, split.test
+        return split.train, split.validation, "validation"
+    return split.train, split.test, "test"
+
+
+def rising_loss_note(history: Mapping[str, Sequence[float]], part: str, epochs: int,
+                     patience: int) -> str | None:
+    """A note when the held-out loss was lowest before the last epoch of a run without
+    early stopping (``None`` otherwise).
+
+    Why a note and not early stopping by default: the published pretraining defaults run a
+    fixed 20 epochs (more epochs helped the fine-tuned models although the pretraining
+    validation loss rose), so the run keeps them and says what happened instead. The
+    advice depends on the part: stopping on the *test* part would tune on it.
+    """
+    losses = list(history.get("val_loss") or [])
+    if patience > 0 or len(losses) < 2:
+        return None
+    best = min(range(len(losses)), key=losses.__getitem__)
+    rose = len(losses) - 1 - best
+    if rose == 0:
+        return None
+    advice = ('set "patience" > 0 in --config FILE.json to stop early at the best epoch'
+              if part == "validation" else
+              'early stopping needs a validation part that is not the test part: '
+              '--split leave-one-out and "patience" > 0 in --config FILE.json')
+    return (f"note: {part} loss rose for the last {rose} epoch{'s' if rose > 1 else ''} "
+            f"(lowest after epoch {best + 1} of {len(losses)}); pretraining runs its fixed "
+            f"{epochs} epochs ({advice})")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -87,9 +123,16 @@ def _pretrain_guarded(args: argparse.Namespace, guard) -> int:
     guard.lock(args.out, command_line(PROG, args), enabled=distribute.is_chief(strategy),
                info=info)
     table = check_training_data(load(args.data), args.split, info)
-    train, test = _split(table, args.split, args.seed, prefer_validation=True)
+    train, held_out, part = _split(table, args.split, args.seed, prefer_validation=True)
+    if config.patience > 0 and held_out is not None and part == "test":
+        raise CliError(f'"patience" {config.patience} early-stops pretraining on its '
+                       f"held-out part, and with --split {args.split} that is the test part "
+                       "a finetune is tested on; use --split leave-one-out (its own "
+                       'validation part) or "patience": 0', status=2)
     print(f"pretrain on {args.data} ({args.split}, seed {args.seed}): {len(train):,} "
-          f"training rows; tasks {', '.join(tasks)}", file=info)
+          f"training rows; tasks {', '.join(tasks)}"
+          + (f"; held-out metrics on the {part} part ({len(held_out):,} rows)"
+             if held_out is not None else ""), file=info)
     # Like `train`: a killed run leaves a BackupAndRestore checkpoint; the same command
     # resumes from its last finished epoch.
     backup_dir = os.path.join(args.out, BACKUP_PREFIX + "pretrain")
@@ -104,17 +147,22 @@ def _pretrain_guarded(args: argparse.Namespace, guard) -> int:
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect:
         pre = pretrain(train, weights=parse_weights(args.weights) or None, config=config,
-                       label_fraction=args.label_fraction, validation=test, seed=args.seed,
-                       out=args.out, data_spec=args.data, verbose=0 if args.quiet else 1,
-                       backup_dir=backup_dir, strategy=strategy)
+                       label_fraction=args.label_fraction, validation=held_out,
+                       seed=args.seed, out=args.out, data_spec=args.data,
+                       verbose=0 if args.quiet else 1, backup_dir=backup_dir,
+                       strategy=strategy, held_out_name=part)
     if distribute.is_chief(strategy):
         shutil.rmtree(backup_dir, ignore_errors=True)
     manifest = dict(pre.backbone.manifest)
     manifest.update(split=args.split)
+    note = rising_loss_note(pre.trained.history, part, config.epochs, config.patience)
+    if note:
+        print(note, file=info)
     print(f"backbone {args.out}: tasks {manifest['tasks']}, {manifest['epochs']} epochs, "
-          f"{pre.seconds:.1f} s", file=info)
+          f"{pre.seconds:.1f} s in total", file=info)
+    # train_*: the last epoch's averages (as its progress line); {part}_*: the held-out part
     for key, value in sorted(pre.metrics.items()):
-        print(f"  {key:<40}{value:>12.4f}", file=info)
+        print(f"  {key:<40}{format_value(key, value):>12}", file=info)
     if args.json:
         print(json.dumps({"backbone": args.out, "metrics": pre.metrics}, sort_keys=True,
                          allow_nan=False))
@@ -155,7 +203,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         train, validation, test = (table, None, None) if split is None else \
             (split.train, split.validation, split.test)
     else:
-        train, test = _split(table, args.split, args.seed)
+        train, test, _ = _split(table, args.split, args.seed)
     print(f"finetune {args.backbone} for {args.task} (freeze {config.freeze}) on "
           f"{args.data} ({args.split}, seed {args.seed}): {len(train):,} training rows",
           file=info)
@@ -191,27 +239,37 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    """Add the ``pretrain`` and ``finetune`` subcommands to ``tfrec-p5``'s subparsers."""
+    """Add the ``pretrain`` and ``finetune`` subcommands to ``tfrec-p5``'s subparsers.
+
+    Defaults of options that have one are shown by the parser's help formatter; options
+    that default to "the config's value" say so, with the value of the default config.
+    """
     p = sub.add_parser("pretrain", help="pretrain shared towers on several tasks, save a "
                        "backbone", description="Train the towers of a unified model on "
                        "--tasks over the training part of --data and save a backbone "
                        "(towers, vocabularies, side features, manifest.json) to --out.")
-    p.add_argument("--data", default="synthetic", metavar="SPEC", help="data spec "
-                   "(default: synthetic)")
+    p.add_argument("--data", default="synthetic", metavar="SPEC", help="data spec: "
+                   "synthetic, movielens:PATH, amazon:PATH, csv:PATH?..., parquet:PATH, "
+                   "tfds:NAME")
     p.add_argument("--split", default="random:0.8", metavar="SPEC", help="pretrain on the "
                    "training part of this split (random:F, temporal:F, leave-one-out, "
-                   "tfrs:PATH, none); the test part (leave-one-out: the validation part) is "
-                   "only evaluated (default random:0.8)")
-    p.add_argument("--seed", type=int, default=42)
+                   "tfrs:PATH, none); the held-out part (leave-one-out: its validation part, "
+                   "else the test part) is only evaluated")
+    p.add_argument("--seed", type=int, default=42, help="split, label-mask and training "
+                   "seed")
     p.add_argument("--tasks", default="retrieval,rating", help="comma-separated: retrieval, "
-                   "rating, next_item (default retrieval,rating; rating is dropped for data "
-                   "without ratings; next_item orders each user's rows by timestamp)")
-    p.add_argument("--weights", metavar="TASK=W,...", help="loss weight per task")
-    p.add_argument("--label-fraction", type=float, help="share of training ratings the "
-                   "rating task sees (default all)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--config", metavar="FILE.json", help="PretrainConfig overrides (JSON)")
+                   "rating, next_item (rating is dropped for data without ratings; "
+                   "next_item orders each user's rows by timestamp)")
+    p.add_argument("--weights", metavar="TASK=W,...", help="loss weight per task, e.g. "
+                   "retrieval=1,rating=1 (0 switches a task off; default: 1 each)")
+    p.add_argument("--label-fraction", type=float, metavar="F", help="share of training "
+                   "ratings the rating task sees (default: all)")
+    p.add_argument("--epochs", type=positive_int, metavar="N", help="training epochs (default: the "
+                   "config's, 20 for PretrainConfig)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", help="examples per step (default: "
+                   "the config's, 1024 for PretrainConfig)")
+    p.add_argument("--config", metavar="FILE.json", help="PretrainConfig overrides (JSON "
+                   "object)")
     p.add_argument("--overwrite", action="store_true", help="replace a backbone in --out")
     p.add_argument("--restart", action="store_true", help="discard the backup an "
                    "interrupted pretrain left in OUT/.backup-pretrain and start over "
@@ -219,8 +277,9 @@ def add_parsers(sub) -> None:
                    "settings or training data differ)")
     p.add_argument("--strategy", default="default",
                    choices=["default", "mirrored", "multi_worker", "parameter_server"],
-                   help="tf.distribute strategy (see 'tfrec-p5 train --help'); multi_worker "
-                   "and parameter_server read TF_CONFIG; --batch-size is the global batch")
+                   help="tf.distribute strategy ('default' is one process; see 'tfrec-p5 "
+                   "train --help'); multi_worker and parameter_server read TF_CONFIG; "
+                   "--batch-size is the global batch")
     p.add_argument("--deterministic", action="store_true", help="bit-identical reruns "
                    "(oneDNN off, TF op determinism; see 'train --help')")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
@@ -233,22 +292,34 @@ def add_parsers(sub) -> None:
                        description="Load --backbone, grow it to new IDs, attach a fresh "
                        "--task head, train on the training part of --data, report test "
                        "metrics, export to --out/<version>/ like 'train' does.")
-    p.add_argument("--backbone", required=True, metavar="DIR")
+    p.add_argument("--backbone", required=True, metavar="DIR", help="backbone folder "
+                   "written by 'tfrec-p5 pretrain'")
     p.add_argument("--task", default="rating", choices=["rating", "retrieval", "next_item"],
-                   help="next_item: the backbone's item tower + its pretrained next-item "
-                   "encoder (use --split leave-one-out); exports next_items / score_items")
-    p.add_argument("--data", default="synthetic", metavar="SPEC")
-    p.add_argument("--split", default="random:0.8", metavar="SPEC")
-    p.add_argument("--seed", type=int, default=42)
+                   help="the fresh head; next_item: the backbone's item tower + its "
+                   "pretrained next-item encoder (use --split leave-one-out); exports "
+                   "next_items / score_items")
+    p.add_argument("--data", default="synthetic", metavar="SPEC", help="data spec (as "
+                   "'pretrain --data')")
+    p.add_argument("--split", default="random:0.8", metavar="SPEC", help="fine-tune on the "
+                   "training part, report metrics on the test part; the same --split and "
+                   "--seed as 'pretrain' test on rows the backbone never saw")
+    p.add_argument("--seed", type=int, default=42, help="split and training seed")
     p.add_argument("--freeze", choices=["none", "towers", "embeddings", "lower_lr", "auto"],
-                   help="what to freeze (default auto; towers: only the new head trains; lower_lr: "
-                   "everything trains, the backbone at --backbone-lr-scale x the LR; auto: "
-                   "towers with few labels per user, lower_lr with many)")
-    p.add_argument("--backbone-lr-scale", type=float)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--config", metavar="FILE.json", help="FinetuneConfig overrides (JSON)")
-    p.add_argument("--top-k", type=int, default=100, help="recommend signature size")
+                   help="what to freeze (default: the config's, auto; towers: only the new "
+                   "head trains; lower_lr: everything trains, the backbone at "
+                   "--backbone-lr-scale x the LR; auto: towers with few labels per user, "
+                   "lower_lr with many)")
+    p.add_argument("--backbone-lr-scale", type=float, metavar="X", help="--freeze lower_lr: "
+                   "the backbone's learning rate as a multiple of the head's (default: the "
+                   "config's, 0.1)")
+    p.add_argument("--epochs", type=positive_int, metavar="N", help="maximum epochs of the early-"
+                   "stopping search (default: the config's, 40 for FinetuneConfig)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", help="examples per step (default: "
+                   "the config's, 512 for FinetuneConfig)")
+    p.add_argument("--config", metavar="FILE.json", help="FinetuneConfig overrides (JSON "
+                   "object)")
+    p.add_argument("--top-k", type=positive_int, default=100, help="items the exported recommend "
+                   "signature returns")
     p.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no Keras progress bar")
     p.add_argument("--out", required=True, metavar="DIR", help="export folder, e.g. "

@@ -91,6 +91,9 @@ class Task:
     #: The ``TrainRequest.options`` this task uses (``weights``, ``top_k``,
     #: ``include_seen``); giving another one is a usage error, not silently ignored.
     options: frozenset[str] = frozenset()
+    #: What ``train`` will do with validation data under the request's config (carve a
+    #: slice, early-stop, refit, or nothing), one phrase for ``train``'s split line.
+    plan: Callable[[TrainRequest], str] | None = None
 
 
 _TASKS: dict[str, Task] = {}

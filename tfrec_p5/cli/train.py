@@ -81,15 +81,25 @@ def _train_guarded(args: argparse.Namespace, guard) -> int:
         train = Interactions.concat(train, validation)
         validation, validation_note = None, "folded into training (the task picks its epochs)"
     test_data = load(args.test_data) if args.test_data else None
-    print(f"data {args.data}: {describe(table)}", file=info)
-    n_validation = len(validation) if validation is not None else 0
-    print(f"split {args.split} (seed {args.seed}): train {len(train):,}, validation "
-          f"{n_validation:,}, test {len(test) if test is not None else 0:,}"
-          + (f"; test data {args.test_data}: {len(test_data):,}" if test_data else ""),
-          file=info)
-
     out = os.fspath(args.out)
     backup_dir = os.path.join(out, BACKUP_PREFIX + task.name)
+    request = dataclasses.replace(request, train=train, validation=validation,
+                                  backup_dir=backup_dir)
+    # The split line says what training really does with validation data: a task that
+    # folds the split's validation part into training may carve its own slice from it.
+    if task.plan is not None:
+        plan = task.plan(request)
+        validation_note = plan if task.fold_validation else f"{validation_note}: {plan}"
+    print(f"data {args.data}: {describe(table)}", file=info)
+    parts = [f"train {len(train):,}"]
+    if validation is not None:
+        parts.append(f"validation {len(validation):,}")
+    parts.append(f"test {len(test) if test is not None else 0:,}")
+    print(f"split {args.split} (seed {args.seed}): {', '.join(parts)}"
+          + (f"; test data {args.test_data}: {len(test_data):,}" if test_data else ""),
+          file=info)
+    print(f"validation: {validation_note}", file=info)
+
     guard.check_backup(backup_dir, {
         "command": "train", "task": task.name, "data": args.data, "split": args.split,
         "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size,
@@ -99,8 +109,6 @@ def _train_guarded(args: argparse.Namespace, guard) -> int:
     message = resume_message(backup_dir)
     if message:
         print(message, file=info)
-    request = dataclasses.replace(request, train=train, validation=validation,
-                                  backup_dir=backup_dir)
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect, distribute.use_strategy(strategy):  # Keras progress bars print to stdout
         result = task.train(request)
@@ -163,17 +171,21 @@ def add_parser(sub, task_names: list[str]) -> None:
                        description="Train, evaluate on the held-out part, export to "
                        "OUT/<version>/ (metadata and metrics in OUT/<version>/assets.extra/).")
     p.add_argument("--task", default="rating", choices=task_names,
-                   help="what to train: " + ", ".join(task_names) + " (default rating)")
+                   help="what to train: " + ", ".join(task_names))
     p.add_argument("--data", default="synthetic", metavar="SPEC",
                    help="data spec: synthetic, movielens:PATH, amazon:PATH, csv:PATH?..., "
-                   "parquet:PATH, tfds:NAME (default: synthetic)")
+                   "parquet:PATH, tfds:NAME")
     p.add_argument("--split", default="random:0.8", metavar="SPEC",
                    help="random:F, temporal:F, leave-one-out, tfrs:PATH or none (train on all "
                    "of --data; evaluate on --test-data). Validation for early stopping: the "
-                   "split's own, else 10%% of the training part. Default random:0.8")
-    p.add_argument("--seed", type=int, default=42, help="split and training seed (default 42)")
-    p.add_argument("--epochs", type=positive_int, help="override the config's epochs")
-    p.add_argument("--batch-size", type=positive_int, help="override the config's batch size")
+                   "split's own, else 10%% of the training part (the line after the split "
+                   "says what the task does with it)")
+    p.add_argument("--seed", type=int, default=42, help="split and training seed")
+    p.add_argument("--epochs", type=positive_int, metavar="N", help="override the config's "
+                   "epochs (default: the task's config; rating: 40, an upper bound for early "
+                   "stopping)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N", help="override the "
+                   "config's batch size (default: the task's config)")
     p.add_argument("--config", metavar="FILE.json", help="hyper-parameters (JSON object)")
     p.add_argument("--log-dir", metavar="DIR", help="TensorBoard log folder")
     p.add_argument("--test-data", metavar="SPEC", help="also evaluate on this data after "
@@ -185,8 +197,8 @@ def add_parser(sub, task_names: list[str]) -> None:
                    "(same seed and data): oneDNN off and TF op determinism; a bit slower")
     p.add_argument("--weights", metavar="TASK=W,...", help="--task all: loss weight per head, "
                    "e.g. rating=1,retrieval=1,ranking=0 (0 switches a head off)")
-    p.add_argument("--top-k", type=positive_int, help="items the exported recommend / "
-                   "next_items signature returns (default 100)")
+    p.add_argument("--top-k", type=positive_int, metavar="K", help="items the exported "
+                   "recommend / next_items signature returns (default: 100)")
     p.add_argument("--include-seen", action="store_true", help="recommend may return the "
                    "user's training items (default: excluded)")
     p.add_argument("--restart", action="store_true", help="discard the backup an "
@@ -195,7 +207,7 @@ def add_parser(sub, task_names: list[str]) -> None:
                    "data differ)")
     p.add_argument("--strategy", default="default",
                    choices=["default", "mirrored", "multi_worker", "parameter_server"],
-                   help="tf.distribute strategy (default: one process). multi_worker and "
+                   help="tf.distribute strategy ('default' is one process). multi_worker and "
                    "parameter_server read the cluster from TF_CONFIG; run the same command "
                    "on every task (parameter-server workers / ps then just serve). "
                    "--batch-size is the global batch")

@@ -40,6 +40,8 @@ from tfrec_p5.data.interactions import ITEM, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, normalize_hash_buckets, pointwise_dataset
 from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.evaluation.rating import rating_metrics
+from tfrec_p5.models.progress import announce_refit
+from tfrec_p5.models.progress import validation_plan as describe_plan
 from tfrec_p5.models.refit import (
     best_epochs,
     load_search,
@@ -255,6 +257,7 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
     def refit(record: dict) -> TrainedRating:
         log.info("train_rating: refitting on all %d rows for %d epochs", len(train),
                  record["best_epochs"])
+        announce_refit(len(train), record["best_epochs"], verbose)
         out = train_rating(train, None, config.replace(
             refit_full=False, validation_fraction=0.0, epochs=record["best_epochs"]),
             vocabs=vocabs, seed=seed, callbacks=callbacks, verbose=verbose,
@@ -310,6 +313,28 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
         return refit(save_search(backup_dir, history,
                                  best_epochs(history, "val_rmse", hist.epoch), stopped))
     return TrainedRating(model, vocabs, side, history, config, global_mean, stopped)
+
+
+def validation_plan(train: Interactions, validation: Interactions | None,
+                    config: RatingConfig, seed: int = 42) -> str:
+    """What ``train_rating(train, validation, config, seed=seed)`` does with validation
+    data, as one phrase (``tfrec_p5.models.progress.validation_plan``).
+
+    Why a function beside ``train_rating``: the command line prints it before training
+    starts, and it must follow the same rules (carved slice, early stopping, refit).
+    """
+    fit_table, validation = carve_validation(train, validation, config.validation_fraction,
+                                             seed)
+    carved = fit_table is not train
+    refit = config.refit_full and carved
+    # val_rmse picks the epoch when early stopping is on or when the refit needs a count.
+    monitor = "val_rmse" if validation is not None and (config.patience > 0 or refit) \
+        else None
+    return describe_plan(epochs=config.epochs,
+                         validation_rows=len(validation) if validation is not None else 0,
+                         carved_fraction=config.validation_fraction if carved else None,
+                         monitor=monitor, patience=config.patience,
+                         refit_rows=len(train) if refit else None)
 
 
 def predict_ratings(model: tf.keras.Model, table: Interactions, vocabs: Vocabularies,

@@ -41,6 +41,8 @@ from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import Vocabularies, user_histories
 from tfrec_p5.evaluation.ranking import group_by_row
+from tfrec_p5.models.progress import announce_refit
+from tfrec_p5.models.progress import validation_plan as describe_plan
 from tfrec_p5.tasks.next_item import HISTORY, NEXT_ITEM, NextItemTask
 from tfrec_p5.tasks.retrieval import item_frequencies
 from tfrec_p5.towers import ItemTower, SideFeatures
@@ -258,6 +260,7 @@ class _ValidationStopper(tf.keras.callbacks.Callback):
         super().__init__()
         self.head, self.queries, self.config = head, queries, config
         self.started, self.verbose = started, verbose
+        self.epoch_started = started
         self.best = -1.0
         self.best_epoch = 0
         self.best_metrics: dict[str, float] = {}
@@ -265,10 +268,15 @@ class _ValidationStopper(tf.keras.callbacks.Callback):
         self.wait = 0
         self.records: list[dict[str, float]] = []
 
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch_started = time.perf_counter()
+
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = logs if logs is not None else {}
+        # epoch_seconds: this epoch (training + validation); total_seconds: since fitting
+        # started (filled in below, once the validation metrics are computed).
         record = {"epoch": epoch + 1, "loss": float(logs.get("loss", math.nan)),
-                  "seconds": time.perf_counter() - self.started}
+                  "epoch_seconds": 0.0, "total_seconds": 0.0}
         if self.queries is not None and len(self.queries):
             metrics = ranking_metrics(self.head, self.queries, batch_size=
                                       self.config.eval_batch_size)
@@ -284,6 +292,9 @@ class _ValidationStopper(tf.keras.callbacks.Callback):
                 self.wait += 1
                 if self.wait >= self.config.patience and epoch + 1 >= self.config.min_epochs:
                     self.model.stop_training = True
+        now = time.perf_counter()
+        record["epoch_seconds"] = now - self.epoch_started
+        record["total_seconds"] = now - self.started
         self.records.append(record)
         if self.verbose:
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
@@ -357,6 +368,8 @@ def train_sequential(train: Interactions, validation: Interactions | None,
     model.fit(dataset, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks,
               verbose=0)
     if config.refit and queries is not None and stopper.best_epoch > 0:
+        announce_refit(len(train) + len(validation), stopper.best_epoch, verbose,
+                       what="training + validation rows")
         final = train_sequential(
             Interactions.concat(train, validation), None,
             config.replace(refit=False, epochs=stopper.best_epoch, max_minutes=None),
@@ -372,3 +385,16 @@ def train_sequential(train: Interactions, validation: Interactions | None,
                              epochs_run=len(stopper.records),
                              best_metrics=stopper.best_metrics, history=stopper.records,
                              train_seconds=time.perf_counter() - started)
+
+
+def validation_plan(train: Interactions, validation: Interactions | None,
+                    config: SequentialConfig) -> str:
+    """What ``train_sequential(train, validation, config)`` does with validation data, as
+    one phrase (``tfrec_p5.models.progress.validation_plan``): early stopping on the
+    validation item's full-ranking NDCG@10, then (``config.refit``) a refit on training +
+    validation items for the best epoch count."""
+    rows = len(validation) if validation is not None else 0
+    return describe_plan(epochs=config.epochs, validation_rows=rows, carved_fraction=None,
+                         monitor="val_ndcg@10", patience=config.patience,
+                         refit_rows=len(train) + rows if config.refit else None,
+                         refit_what="training + validation rows")

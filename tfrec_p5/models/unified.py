@@ -55,6 +55,8 @@ from tfrec_p5.evaluation import (
     rating_metrics,
 )
 from tfrec_p5.models.averaging import WeightAverage
+from tfrec_p5.models.progress import announce_refit, plural
+from tfrec_p5.models.progress import validation_plan as describe_plan
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
 from tfrec_p5.models.refit import (
     best_epochs,
@@ -493,6 +495,43 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
     return model, tables
 
 
+def selection_monitor(config: UnifiedConfig, active: Sequence[str]) -> str | None:
+    """The validation metric that early stopping (and a refit's epoch count) follows:
+    ``val_rmse`` with a rating head, else ``val_recall@10`` with a validated retrieval
+    head; ``None`` without ``patience`` (validation then only reports metrics)."""
+    if config.patience <= 0:
+        return None
+    if "rating" in active:
+        return "val_rmse"
+    if "retrieval" in active and config.validate_retrieval:
+        return "val_recall@10"
+    return None
+
+
+def validation_plan(train: Interactions, validation: Interactions | None,
+                    config: UnifiedConfig, seed: int = 42) -> str:
+    """What ``train_unified(train, validation, config, seed=seed)`` does with validation
+    data, as one phrase (``tfrec_p5.models.progress.validation_plan``), by the same rules:
+    the carved slice, ``selection_monitor`` and ``refit_full``."""
+    fit_table, validation = carve_validation(train, validation, config.validation_fraction,
+                                             seed)
+    carved = fit_table is not train
+    active = config.active()
+    monitor = selection_monitor(config, active) if validation is not None else None
+    validated = validation is not None and (
+        monitor is not None or ("retrieval" in active and config.validate_retrieval))
+    if carved and not validated:  # the slice is held out, yet nothing reads it
+        return (f"{config.validation_fraction * 100:g} % of train ({len(validation):,} "
+                f"rows) carved and left unused: no active head validates (fixed "
+                f"{plural(config.epochs, 'epoch')})")
+    return describe_plan(epochs=config.epochs,
+                         validation_rows=len(validation) if validated else 0,
+                         carved_fraction=config.validation_fraction if carved else None,
+                         monitor=monitor, patience=config.patience,
+                         refit_rows=len(train) if config.refit_full and carved and monitor
+                         else None)
+
+
 def train_unified(train: Interactions, validation: Interactions | None,
                   config: UnifiedConfig, *, vocabs: Vocabularies | None = None,
                   seed: int = 42, callbacks: Sequence[tf.keras.callbacks.Callback] = (),
@@ -519,6 +558,7 @@ def train_unified(train: Interactions, validation: Interactions | None,
     searching = config.refit_full and fit_table is not train
 
     def refit(record: dict) -> TrainedUnified:
+        announce_refit(len(train), record["best_epochs"], verbose)
         out = train_unified(train, None, config.replace(
             refit_full=False, validation_fraction=0.0, epochs=record["best_epochs"]),
             vocabs=vocabs, seed=seed, callbacks=callbacks, verbose=verbose, log_dir=log_dir,
@@ -574,18 +614,17 @@ def train_unified(train: Interactions, validation: Interactions | None,
     if backup_dir is not None:
         before.append(tf.keras.callbacks.BackupAndRestore(str(backup_dir)))
     val_ds = val_steps = None
-    if validation is not None and "rating" in active and config.patience > 0:
+    monitor = selection_monitor(config, active)
+    if validation is not None and monitor == "val_rmse":
         val_batch = max(config.batch_size, 8192)
         val_ds, val_steps = distribute.fit_input(
             strategy, lambda **kw: make(validation, val_batch, False, **kw))
         cbs.append(tf.keras.callbacks.EarlyStopping(
             monitor="val_rmse", mode="min", patience=config.patience,
             restore_best_weights=True))
-    monitor = "val_rmse"
     if validation is not None and "retrieval" in active and config.validate_retrieval:
         cbs.append(RetrievalValidation(validation, vocabs, *history_csr(fit_table, vocabs)))
-        if "rating" not in active and config.patience > 0:
-            monitor = "val_recall@10"
+        if monitor == "val_recall@10":
             cbs.append(tf.keras.callbacks.EarlyStopping(
                 monitor=monitor, mode="max", patience=config.patience,
                 restore_best_weights=True))

@@ -50,6 +50,7 @@ from tfrec_p5.data import load
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import pointwise_dataset, retrieval_dataset
 from tfrec_p5.data.splits import carve_validation, leave_one_out
+from tfrec_p5.models.progress import announce_refit
 from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
 from tfrec_p5.models.sequential import (
     NextItemModel,
@@ -370,6 +371,7 @@ def finetune(backbone: Backbone | str | os.PathLike, data: Interactions | str, *
         values_ = np.asarray(history[monitor])
         best = int(np.argmin(values_) if mode == "min" else np.argmax(values_)) + 1
         log.info("finetune: refitting on all %d rows for %d epochs", len(data), best)
+        announce_refit(len(data), best, verbose)
         refit = finetune(grown, data, config=config.replace(
             validation_fraction=0.0, refit_full=False, epochs=best), seed=seed,
             verbose=verbose, callbacks=callbacks)
@@ -443,6 +445,7 @@ def _finetune_next_item(backbone: Backbone, data: Interactions,
     if config.refit_full and carved and stopper.best_epoch > 0:
         log.info("finetune: refitting next_item on all %d rows for %d epochs", len(data),
                  stopper.best_epoch)
+        announce_refit(len(data), stopper.best_epoch, verbose)
         refit = finetune(grown, data, config=config.replace(
             validation_fraction=0.0, refit_full=False, epochs=stopper.best_epoch),
             seed=seed, verbose=verbose, callbacks=callbacks)

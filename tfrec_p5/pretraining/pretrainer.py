@@ -110,6 +110,25 @@ class PretrainModel(UnifiedModel):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.task_losses = [tf.keras.metrics.Mean(name=f"{t}_loss") for t in self.heads]
+        # The TFRS step reports ``loss`` / ``regularization_loss`` / ``total_loss`` of
+        # the last batch only: the epoch's history (and the summary built from it) then
+        # disagrees with the progress bar, and a small last batch drags it far from the
+        # per-task losses (the retrieval loss is a sum over the batch). Averaged over
+        # the epoch like the per-task losses, ``loss`` is their weighted sum.
+        self.step_losses = {name: tf.keras.metrics.Mean(name=name)
+                            for name in ("loss", "regularization_loss", "total_loss")}
+
+    def _epoch_means(self, logs: dict) -> dict:
+        for name, tracker in self.step_losses.items():
+            tracker.update_state(logs[name])
+            logs[name] = tracker.result()
+        return logs
+
+    def train_step(self, inputs):
+        return self._epoch_means(super().train_step(inputs))
+
+    def test_step(self, inputs):
+        return self._epoch_means(super().test_step(inputs))
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         features = self._features(inputs)
@@ -292,15 +311,17 @@ def _with_histories(pairs: tf.data.Dataset | None, data: Interactions,
 
 
 def _next_item_validation(head: NextItemTask | None, data: Interactions,
-                          validation: Interactions, vocabs: Vocabularies) -> dict[str, float]:
+                          validation: Interactions, vocabs: Vocabularies,
+                          prefix: str = "validation") -> dict[str, float]:
     """Full-ranking HR/NDCG@10 of the pretrained next-item head on ``validation`` when it
-    holds one next item per user (a leave-one-out split); else nothing."""
+    holds one next item per user (a leave-one-out split); else nothing. Keys are
+    ``{prefix}_next_item_hr@10``, ...."""
     if head is None or len(np.unique(validation.user_id)) != len(validation):
         return {}
     queries = ranking_queries(data, validation, vocabs, head.max_len)
     if not len(queries):
         return {}
-    return {f"validation_next_item_{k}": v
+    return {f"{prefix}_next_item_{k}": v
             for k, v in ranking_metrics(head, queries, ks=(10,)).items()}
 
 
@@ -311,7 +332,8 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
              vocabs: Vocabularies | None = None, seed: int = 42,
              out: str | os.PathLike | None = None, data_spec: str | None = None,
              verbose: int = 1, backup_dir: str | os.PathLike | None = None,
-             strategy: tf.distribute.Strategy | str | None = None) -> Pretrained:
+             strategy: tf.distribute.Strategy | str | None = None,
+             held_out_name: str = "validation") -> Pretrained:
     """Pretrain the towers of a ``UnifiedModel`` on ``tasks`` and (with ``out``) save the
     backbone.
 
@@ -325,6 +347,9 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
         mask, or a random fraction drawn with ``seed``); default: all.
       validation: held-out rows; their rating RMSE / retrieval Recall@10 go to the
         manifest's metrics (and ``val_loss`` drives early stopping if ``patience > 0``).
+      held_out_name: what ``validation`` is, the prefix of its metrics
+        (``validation_rating_rmse``); pass ``"test"`` when it is a split's test part, so
+        the numbers are named by the part they were computed on.
       out: backbone folder (``save_backbone``); the manifest records data, tasks,
         weights, epochs, metrics and the config.
       backup_dir: adds ``BackupAndRestore``: rerunning the same call after an interruption
@@ -343,7 +368,7 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
                             label_fraction=label_fraction, validation=validation,
                             vocabs=vocabs, seed=seed, out=None if out is None else target,
                             data_spec=data_spec, verbose=verbose, backup_dir=backup_dir,
-                            strategy=strategy)
+                            strategy=strategy, held_out_name=held_out_name)
     if isinstance(data, str):
         data_spec = data_spec or data
         data = load(data)
@@ -452,10 +477,10 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
     metrics = {f"train_{k}": v[-1] for k, v in history.items() if not k.startswith("val_")}
     if validation is not None and len(validation):
         if pair_tasks:
-            metrics.update({f"validation_{k}": v for k, v in
+            metrics.update({f"{held_out_name}_{k}": v for k, v in
                             trained.evaluate(validation, ks=(10,), factorized_ks=()).items()})
         metrics.update(_next_item_validation(heads.get("next_item"), data, validation,
-                                             vocabs))
+                                             vocabs, held_out_name))
     pre = Pretrained(backbone, trained, config, metrics, None, seconds)
     if out is not None:
         manifest = {
