@@ -266,8 +266,8 @@ def add_parsers(sub) -> None:
                    "ratings the rating task sees (default: all)")
     p.add_argument("--epochs", type=positive_int, metavar="N", help="training epochs (default: the "
                    "config's, 20 for PretrainConfig)")
-    p.add_argument("--batch-size", type=positive_int, metavar="N", help="examples per step (default: "
-                   "the config's, 1024 for PretrainConfig)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N",
+                   help="examples per step (default: the config's, 1024 for PretrainConfig)")
     p.add_argument("--config", metavar="FILE.json", help="PretrainConfig overrides (JSON "
                    "object)")
     p.add_argument("--overwrite", action="store_true", help="replace a backbone in --out")
@@ -314,8 +314,8 @@ def add_parsers(sub) -> None:
                    "config's, 0.1)")
     p.add_argument("--epochs", type=positive_int, metavar="N", help="maximum epochs of the early-"
                    "stopping search (default: the config's, 40 for FinetuneConfig)")
-    p.add_argument("--batch-size", type=positive_int, metavar="N", help="examples per step (default: "
-                   "the config's, 512 for FinetuneConfig)")
+    p.add_argument("--batch-size", type=positive_int, metavar="N",
+                   help="examples per step (default: the config's, 512 for FinetuneConfig)")
     p.add_argument("--config", metavar="FILE.json", help="FinetuneConfig overrides (JSON "
                    "object)")
     p.add_argument("--top-k", type=positive_int, default=100, help="items the exported recommend "
