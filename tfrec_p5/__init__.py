@@ -13,6 +13,19 @@ from tfrec_p5._keras_guard import ensure_legacy_keras as _ensure_legacy_keras
 
 _ensure_legacy_keras()
 
+import importlib  # noqa: E402
+
 from tfrec_p5._version import __version__  # noqa: E402
 
-__all__ = ["__version__"]
+#: The subpackages, in the order data flows through them; each has its own ``__all__``.
+SUBPACKAGES = ("data", "towers", "tasks", "training", "models", "pretraining", "evaluation",
+               "export", "distribute", "cli")
+__all__ = ["SUBPACKAGES", "__version__", *SUBPACKAGES]
+
+
+def __getattr__(name: str):
+    """``tfrec_p5.data`` etc. on first use, so ``import tfrec_p5`` stays light (it must
+    run before TensorFlow is imported)."""
+    if name in SUBPACKAGES:
+        return importlib.import_module(f"tfrec_p5.{name}")
+    raise AttributeError(f"module 'tfrec_p5' has no attribute {name!r}")

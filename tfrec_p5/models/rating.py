@@ -1,4 +1,4 @@
-"""The rating model (issue #3): user tower + item tower → predicted rating.
+"""The rating model: user tower + item tower → predicted rating.
 
 Why this shape: the towers are the shared backbone later tasks reuse, so the rating head
 sits *on top of* them. The head is the TFRS "basic ranking" MLP (concat → dense ReLU →

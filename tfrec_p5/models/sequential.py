@@ -1,4 +1,4 @@
-"""Sequential recommendation (issue #6): train the next-item head on leave-one-out splits.
+"""Sequential recommendation: train the next-item head on leave-one-out splits.
 
 Why this shape: P5's sequential task is "given a user's items so far, what comes next?".
 The strongest simple model for it is SASRec trained with full-softmax cross-entropy on

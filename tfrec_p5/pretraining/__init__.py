@@ -1,4 +1,4 @@
-"""Pretrain once, fine-tune anywhere (issue #5): backbone checkpoints and transfer.
+"""Pretrain once, fine-tune anywhere: backbone checkpoints and transfer.
 
 Why: P5's promise is one pretrained recommender reused by many tasks. Here the
 *backbone* is the pair of shared towers of a ``UnifiedModel`` (ID embeddings, side-feature

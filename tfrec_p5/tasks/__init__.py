@@ -15,7 +15,7 @@ _EXPORTS = {
     "RankingHead": "ranking", "listwise_dataset": "ranking", "listwise_examples": "ranking",
     "RatingHead": "rating", "HistoryEncoder": "retrieval", "RetrievalHead": "retrieval",
     "history_csr": "retrieval", "item_frequencies": "retrieval",
-    "SquaredRetrieval": "squared",
+    "SquaredRetrieval": "squared", "NextItemTask": "next_item",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -26,5 +26,3 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'tfrec_p5.tasks' has no attribute {name!r}")
 
 
-_EXPORTS.update({"NextItemTask": "next_item"})  # issue #6 (sequential)
-__all__ = sorted(_EXPORTS)
