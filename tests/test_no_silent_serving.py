@@ -244,3 +244,12 @@ def test_right_shapes_still_work_including_empty_batches(dense):
     assert sig["recommend"](user_id=_s([]))["item_ids"].shape[0] == 0
     out = sig["rank"](user_id=_s(["u1", "u2"]), item_ids=tf.zeros([2, 0], tf.string))
     assert out["item_ids"].shape == [2, 0]
+
+
+def test_a_finetuned_export_keeps_the_item_titles(finetuned):
+    """``recommend`` shows titles for a fine-tuned model as for a trained one."""
+    path, train = finetuned
+    loaded, _, _ = load_export(path)
+    titles = _decode(loaded.retrieval_index.item_titles.numpy())
+    assert len(titles) and all(titles)
+    assert set(titles) <= set(train.columns["item_title"].astype(str).tolist())

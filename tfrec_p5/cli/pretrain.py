@@ -174,7 +174,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     overrides = read_config(args.config)
     from tfrec_p5.data import load
     from tfrec_p5.export.saved_model import export, validate_export_dir
-    from tfrec_p5.export.unified import serving_module
+    from tfrec_p5.export.unified import item_titles, serving_module
 
     validate_export_dir(args.out)  # a bad --out fails now, not after training
     from tfrec_p5.pretraining.backbone import load_backbone
@@ -211,7 +211,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     with redirect:
         tuned = finetune(backbone, train, config=config, validation=validation,
                          seed=args.seed, verbose=0 if args.quiet else 1)
-    module = serving_module(tuned, k=args.top_k)
+    module = serving_module(tuned, k=args.top_k, titles=item_titles(train, tuned.vocabs))
     task = get_task("sequential" if args.task == "next_item" else args.task)
     rows, metrics = [], {}
     if test is not None and len(test):
