@@ -6,8 +6,6 @@ subprocess checks the installed console script's error output end to end.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
@@ -16,23 +14,15 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
+from _cli import run
 
 import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
-from tfrec_p5 import cli
 from tfrec_p5.cli import builtin as cli_tasks
 from tfrec_p5.export import load_export, load_metadata
 
 SMALL = "synthetic?num_users=200&num_items=100&num_interactions=5000"
 OTHER = "synthetic?num_users=200&num_items=100&num_interactions=1500&seed=7"
 TRAIN_ARGS = ["--data", SMALL, "--epochs", "1", "--batch-size", "256", "--quiet"]
-
-
-def run(argv: list[str]) -> tuple[int, str, str]:
-    """``main(argv)`` → (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = cli.main(argv)
-    return status, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

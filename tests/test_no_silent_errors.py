@@ -4,28 +4,19 @@ now it refuses with one line (exit 2 for usage errors) or says exactly what chan
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 
 import numpy as np
 import pytest
+from _cli import run
 
 import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
-from tfrec_p5 import cli
 from tfrec_p5.data.sources import parse_spec, resolve_spec
 from tfrec_p5.export import export, load_metadata
 from tfrec_p5.export.saved_model import TrainingRecord
 
 SMALL = "synthetic?num_users=200&num_items=100&num_interactions=5000"
 TRAIN_ARGS = ["--data", SMALL, "--epochs", "1", "--batch-size", "256", "--quiet"]
-
-
-def run(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = cli.main(argv)
-    return status, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,6 @@ as a subprocess, because TensorFlow's log handler writes to the process's real s
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import logging
 import os
@@ -25,9 +23,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from _cli import run
 
 import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
-from tfrec_p5 import cli
 from tfrec_p5.cli import app, common, registry
 from tfrec_p5.cli import pretrain as cli_pretrain
 from tfrec_p5.data import load
@@ -38,14 +36,6 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = "synthetic?num_users=200&num_items=100&num_interactions=5000"
 # sequential evaluation samples 99 unseen negatives per user: needs a larger catalog
 SEQ = "synthetic?num_users=200&num_items=300&num_interactions=5000"
-
-
-def run(argv: list[str]) -> tuple[int, str, str]:
-    """``main(argv)`` → (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = cli.main(argv)
-    return status, out.getvalue(), err.getvalue()
 
 
 def line_starting(text: str, prefix: str) -> str:

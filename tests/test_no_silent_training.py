@@ -20,7 +20,6 @@ test runs a real second process, the way two shells would.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -34,9 +33,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from _cli import run
 
 import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
-from tfrec_p5 import cli
 from tfrec_p5.cli import builtin as cli_builtin
 from tfrec_p5.export import load_metadata
 
@@ -44,14 +43,6 @@ SMALL = "synthetic?num_users=200&num_items=100&num_interactions=5000"
 OTHER = "synthetic?num_users=150&num_items=80&num_interactions=3000&seed=7"
 TINY = {"embedding_dim": 8, "hidden_units": [8], "use_side_features": False,
         "history_len": 0, "refit_full": False, "steps_per_execution": 4}
-
-
-def run(argv: list[str]) -> tuple[int, str, str]:
-    """``main(argv)`` → (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = cli.main(argv)
-    return status, out.getvalue(), err.getvalue()
 
 
 def one_error_line(stderr: str) -> str:
