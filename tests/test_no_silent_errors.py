@@ -75,7 +75,8 @@ def test_evaluate_refuses_data_that_shares_no_ids_and_counts_unknown_ids(rating_
     status, stdout, stderr = run(["evaluate", "--model", str(rating_export), "--data",
                                   f"csv:{mixed}", "--split", "none", "--allow-overlap"])
     assert status == 0, stderr
-    assert "unknown to the model: users of 50.0%" in stdout
+    assert "unknown to the model: the user of 20 and the item of 0 of the 40 test rows " \
+        "(50.0% / 0.0%" in stdout
 
 
 # ---------------------------------------------------------------------- 4: no data recorded

@@ -93,9 +93,10 @@ def _check_test_rows(record, meta: dict, test, *, same_run: bool, allow_overlap:
         print(f"warning: {message}; scored anyway (--allow-overlap)", file=info)
     unknown = record.unknown_shares(test)
     if unknown["users"] or unknown["items"]:
-        print(f"note: unknown to the model: users of {unknown['users']:.1%} and items of "
-              f"{unknown['items']:.1%} of the test rows (scored from the out-of-vocabulary "
-              "rows)", file=info)
+        counts = {k: round(v * len(test)) for k, v in unknown.items()}
+        print(f"note: unknown to the model: the user of {counts['users']:,} and the item of "
+              f"{counts['items']:,} of the {len(test):,} test rows ({unknown['users']:.1%} / "
+              f"{unknown['items']:.1%}; scored from the out-of-vocabulary rows)", file=info)
     if unknown["items"] == 1.0 or (not by_history and unknown["users"] == 1.0):
         raise CliError("the test rows share no IDs with the model (every "
                        + ("item" if unknown["items"] == 1.0 else "user")
