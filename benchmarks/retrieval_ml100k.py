@@ -70,7 +70,8 @@ GRID = {
 }
 GRID.update({name: dict(SOFTMAX, **overrides) for name, overrides in {
     # the starting point (pure ID embeddings, in-batch softmax + logQ)
-    "ids_only_dim16_inbatch": dict(history=False, use_user_tower=True, full_softmax=False,
+    "ids_only_dim16_inbatch": dict(history=False, leave_target_out=False, use_user_tower=True,
+                                   full_softmax=False,
                                    embedding_dim=16, learning_rate=0.01, temperature=0.1),
     "hist64_inbatch": dict(use_user_tower=True, full_softmax=False, temperature=0.1),
     "hist64_full_softmax_no_user_id": dict(temperature=0.1),

@@ -57,9 +57,11 @@ def rating_config():
 def retrieval_config(**changes):
     from tfrec_p5.models.unified import UnifiedConfig
 
-    return UnifiedConfig(weights={"retrieval": 1.0}, embedding_dim=16, history_dropout=0.0,
-                         batch_size=BATCH, epochs=1, steps_per_execution=4,
-                         learning_rate=1e-2).replace(**changes)
+    base = dict(weights={"retrieval": 1.0}, embedding_dim=16, batch_size=BATCH, epochs=1,
+                steps_per_execution=4, learning_rate=1e-2)
+    if changes.get("history", True):  # history_dropout exists only with a history query
+        base["history_dropout"] = 0.0
+    return UnifiedConfig(**{**base, **changes})
 
 
 def weights_of(model) -> list[np.ndarray]:

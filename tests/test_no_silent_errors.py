@@ -130,6 +130,7 @@ def test_bad_numeric_options_are_usage_errors_before_loading(tmp_path, argv, nee
     ("retrieval", {"dropout": 2}, "unknown config key"),
     ("retrieval", {"batch_size": 0}, "batch_size must be >= 1"),
     ("sequential", {"max_len": 0}, "max_len must be >= 1"),
+    ("retrieval", {"temperature": 0.1}, "does nothing with retrieval_loss='squared'"),
 ])
 def test_bad_config_fields_are_refused_before_loading(tmp_path, task, config, needle):
     path = tmp_path / "c.json"

@@ -53,8 +53,8 @@ SOFTMAX = {"retrieval_loss": "softmax", "leave_target_out": True, "ema_momentum"
 @pytest.mark.parametrize("overrides", [
     {**SOFTMAX, "log_q": False, "temperature": None},
     {**SOFTMAX, "num_hard_negatives": 8, "full_softmax": False},
-    {**SOFTMAX, "remove_accidental_hits": False, "full_softmax": False, "history": False,
-     "use_user_tower": True},
+    {"retrieval_loss": "softmax", "ema_momentum": None, "remove_accidental_hits": False,
+     "full_softmax": False, "history": False, "use_user_tower": True},
     {**SOFTMAX, "item_bias": True, "use_user_tower": True, "use_side_features": True},
     {"history": False, "use_user_tower": True, "retrieval_l2": 0.0},  # squared, ID query
     {"item_bias": True, "use_side_features": True, "unobserved_weight": 0.5},  # squared

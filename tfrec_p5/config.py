@@ -17,6 +17,14 @@ carried into training) and against a range chosen by its name: sizes, counts and
 must be positive (``POSITIVE``), regularizers and patience non-negative
 (``NON_NEGATIVE``), dropout-like shares below 1 (``BELOW_ONE``). A subclass that defines
 ``__post_init__`` calls ``super().__post_init__()`` once its own normalization is done.
+
+An option that does nothing for the chosen variant cannot be set: a config class lists
+them in ``INERT_UNLESS`` (``{field: (switch, values that use it)}``), and a field set
+away from its default while its switch has another value is refused:
+
+    UnifiedConfig(retrieval_loss="squared", temperature=0.1)
+    # ValueError: UnifiedConfig.temperature does nothing with retrieval_loss='squared'
+    # (it is used when retrieval_loss is 'softmax')
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ import os
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 C = TypeVar("C", bound="Config")
 
@@ -121,8 +129,27 @@ def _numbers(value: Any) -> list[float]:
 class Config:
     """Mixin for ``@dataclass`` configs; nested dataclass fields become nested dicts."""
 
+    #: ``{field: (switch, values of the switch under which the field is used)}``.
+    INERT_UNLESS: ClassVar[Mapping[str, tuple[str, tuple[Any, ...]]]] = {}
+
     def __post_init__(self) -> None:
         self.check_values()
+        self.check_variant()
+
+    def check_variant(self) -> None:
+        """Refuse a field set away from its default when the chosen variant ignores it."""
+        defaults = {f.name: f.default if f.default is not dataclasses.MISSING
+                    else f.default_factory()  # type: ignore[misc]
+                    for f in dataclasses.fields(self)  # type: ignore[arg-type]
+                    if f.default is not dataclasses.MISSING
+                    or f.default_factory is not dataclasses.MISSING}
+        for name, (switch, used_with) in self.INERT_UNLESS.items():
+            value, chosen = getattr(self, name), getattr(self, switch)
+            if chosen not in used_with and name in defaults and value != defaults[name]:
+                wanted = " or ".join(repr(v) for v in used_with)
+                raise ValueError(f"{type(self).__name__}.{name} does nothing with "
+                                 f"{switch}={chosen!r} (it is used when {switch} is "
+                                 f"{wanted})")
 
     def check_values(self) -> None:
         """Refuse a field of the wrong type or out of its range, naming it (``ValueError``)."""

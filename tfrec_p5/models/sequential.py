@@ -32,6 +32,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import tensorflow as tf
@@ -58,6 +59,10 @@ class SequentialConfig(Config):
     ``to_dict``/``from_dict`` round-trip through JSON (``--config FILE``); unknown keys
     are a ``ValueError`` naming them.
     """
+
+    #: ``num_negatives`` is the sampled softmax's; setting it for the full softmax is refused.
+    INERT_UNLESS: ClassVar[Mapping[str, tuple[str, tuple]]] = {
+        "num_negatives": ("loss", ("sampled",))}
 
     embedding_dim: int = 64
     max_len: int = 50

@@ -31,6 +31,7 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import tensorflow as tf
@@ -66,7 +67,13 @@ from tfrec_p5.models.refit import (
     with_search_history,
 )
 from tfrec_p5.tasks.base import Head
-from tfrec_p5.tasks.ranking import CANDIDATES, RankingHead, listwise_dataset, listwise_examples
+from tfrec_p5.tasks.ranking import (
+    CANDIDATES,
+    LISTWISE_LOSSES,
+    RankingHead,
+    listwise_dataset,
+    listwise_examples,
+)
 from tfrec_p5.tasks.rating import RatingHead
 from tfrec_p5.tasks.retrieval import (
     RETRIEVAL_LOSSES,
@@ -172,6 +179,18 @@ class UnifiedConfig(Config):
     ``rating`` (a ``RatingConfig``: its head fields). ``UnifiedConfig.rating_only(cfg)``
     is exactly ``train_rating``'s setup.
     """
+
+    #: Options of one retrieval loss / ranking variant: setting them for another is refused.
+    INERT_UNLESS: ClassVar[Mapping[str, tuple[str, tuple]]] = {
+        **{name: ("retrieval_loss", ("softmax",)) for name in (
+            "temperature", "log_q", "remove_accidental_hits", "num_hard_negatives",
+            "full_softmax")},
+        **{name: ("retrieval_loss", ("squared",)) for name in (
+            "unobserved_weight", "retrieval_l2")},
+        **{name: ("history", (True,)) for name in ("history_dropout", "leave_target_out")},
+        **{name: ("listwise", tuple(LISTWISE_LOSSES)) for name in (
+            "list_size", "lists_per_user")},
+    }
 
     weights: dict[str, float] = field(default_factory=lambda: {"retrieval": 1.0})
     # shared towers
