@@ -126,3 +126,27 @@ def test_no_package_import_hides_in_a_function_below_the_cli():
                            if isinstance(inner, ast.ImportFrom) and inner.module
                            and inner.module.startswith("tfrec_p5")]
     assert hidden == []
+
+
+def test_training_calls_fit_from_one_module_only():
+    """Every trainer runs ``model.fit`` through ``tfrec_p5.training.loop.fit``, so resume,
+    early stopping and the other callbacks behave the same for every task. (A class's own
+    ``fit``, e.g. ``MostPopular.fit``, is not Keras training.)"""
+    callers = set()
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr == "fit" and not (
+                        isinstance(node.func.value, ast.Name)
+                        and node.func.value.id[:1].isupper()):
+                callers.add(name)
+    assert callers == {"tfrec_p5.training.loop"}
+
+
+def test_training_imports_no_higher_layer():
+    """The training layer sits below the trainers that call it and the CLI and export."""
+    above = ("tfrec_p5.models", "tfrec_p5.pretraining", "tfrec_p5.export", "tfrec_p5.cli")
+    offenders = sorted((name, target) for name, targets in import_graph().items()
+                       if name.startswith("tfrec_p5.training") for target in targets
+                       if target.startswith(above))
+    assert offenders == []

@@ -8,6 +8,9 @@ are independent) to keep the wall time down:
   epoch 1 afterwards, so epoch 2 never finished). The same command, rerun, must say
   "resuming from epoch 1", finish, and land within 1% of an uninterrupted run with the
   same seed (not exactly: the resumed epochs draw other shuffles and dropout masks).
+* ``train --task sequential`` and ``finetune`` (rating, on a backbone pretrained in this
+  process) are SIGKILLed the same way during their epoch search; the same command, rerun,
+  must say "resuming from epoch N", finish the search and the refit, and export.
 * ``train --task all --deterministic`` (rating + retrieval heads) twice: identical
   metrics, to the last digit. Without ``--deterministic`` oneDNN's kernels made two such
   runs differ in the 8th digit on this machine (see ``tfrec_p5.cli.deterministic_ops``).
@@ -24,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -117,6 +121,72 @@ def runs(tmp_path_factory):
     return out
 
 
+SEQUENTIAL = {"embedding_dim": 16, "max_len": 10, "num_blocks": 1, "batch_size": 16,
+              "steps_per_execution": 1, "patience": 50}
+FINETUNE = {"steps_per_execution": 1, "batch_size": 32}
+
+
+def _ring_file(path: Path, users: int = 1000, items: int = 300, length: int = 12) -> None:
+    """An Amazon-format sequence file (``user item item ...``): each user walks a ring of
+    items, so epochs take ~0.3 s here and a kill lands well inside the search."""
+    rng = np.random.default_rng(0)
+    starts = rng.integers(items, size=users)
+    path.write_text("".join(f"u{u} " + " ".join(f"i{(s + t) % items}" for t in range(length))
+                            + "\n" for u, s in enumerate(starts)))
+
+
+@pytest.fixture(scope="module")
+def sequential_finetune(tmp_path_factory):
+    """``train --task sequential`` and ``finetune`` killed after one backed-up epoch of
+    their search, then rerun: ``{"saved_at_kill", "log", "json", "dir"}``."""
+    from tfrec_p5.cli import main
+
+    d = tmp_path_factory.mktemp("resume_seq_ft")
+    _ring_file(d / "seq.txt")
+    (d / "seq.json").write_text(json.dumps(SEQUENTIAL))
+    (d / "ft.json").write_text(json.dumps(FINETUNE))
+    (d / "pre.json").write_text(json.dumps(PRETRAIN))
+    seq = ["train", "--task", "sequential", "--data", f"amazon:{d / 'seq.txt'}", "--split",
+           "leave-one-out", "--epochs", "3", "--config", str(d / "seq.json"), "--json",
+           "--quiet", "--out", str(d / "seq")]
+    killed = {"sequential": _start(_cmd(*seq), d / "sk.log")}
+    assert main(["pretrain", "--data", SPEC, "--epochs", "1", "--batch-size", "512",
+                 "--config", str(d / "pre.json"), "--quiet", "--out", str(d / "bb")]) == 0
+    ft = ["finetune", "--backbone", str(d / "bb"), "--data", SPEC, "--epochs", "3",
+          "--config", str(d / "ft.json"), "--json", "--quiet", "--out", str(d / "ft")]
+    killed["finetune"] = _start(_cmd(*ft), d / "fk.log")
+    out = {"saved_at_kill": {
+        "sequential": _kill_after_first_epoch(killed["sequential"],
+                                              d / "seq" / ".backup-sequential")}}
+    resumed = {"sequential": _start(_cmd(*seq), d / "sr.log")}
+    out["saved_at_kill"]["finetune"] = _kill_after_first_epoch(
+        killed["finetune"], d / "ft" / ".backup-finetune")
+    resumed["finetune"] = _start(_cmd(*ft), d / "fr.log")
+    out["json"] = {name: _finish(proc, d / f"{name[0]}r.log")
+                   for name, proc in resumed.items()}
+    out["log"] = {name: (d / f"{name[0]}r.log").read_text() for name in resumed}
+    out["dir"] = d
+    return out
+
+
+@pytest.mark.parametrize("name", ["sequential", "finetune"])
+def test_sequential_and_finetune_resume_from_the_last_completed_epoch(sequential_finetune,
+                                                                      name):
+    saved = sequential_finetune["saved_at_kill"][name]
+    assert saved is not None and saved >= 1
+    assert f"resuming from epoch {saved} " in sequential_finetune["log"][name]
+    metrics = sequential_finetune["json"][name]
+    assert metrics["test_examples"] > 0
+    key = "test_ndcg@10" if name == "sequential" else "test_rmse"
+    assert 0.0 < metrics[key] < 5.0
+    d = sequential_finetune["dir"] / ("seq" if name == "sequential" else "ft")
+    assert sorted(os.listdir(d)) == ["1"]  # exported once; the backup and lock are gone
+    if name == "sequential":  # the search went on after the saved epochs, then the refit
+        meta = json.loads((d / "1" / "assets.extra" / "metadata.json").read_text())
+        assert meta["refit_on_validation"]
+        assert meta["epochs_run"] == (3 - saved) + meta["best_epoch"]
+
+
 def test_killed_mid_epoch_after_one_finished_epoch(runs):
     # the backup of epoch 1 existed, epoch 2's never did: the kill landed in epoch 2
     assert runs["saved_at_kill"] == {"rating": 1, "pretrain": 1}
@@ -187,7 +257,7 @@ class _EpochLog(tf.keras.callbacks.Callback):
 def test_interrupted_refit_resumes_without_searching_again(tmp_path):
     from tfrec_p5.data import load
     from tfrec_p5.models import RatingConfig, train_rating
-    from tfrec_p5.models.refit import load_search
+    from tfrec_p5.training import load_search
 
     table = load("synthetic", num_users=200, num_items=100, num_interactions=4000)
     config = RatingConfig(**{**RATING, "refit_full": True, "epochs": 3, "patience": 5,
@@ -211,7 +281,7 @@ def test_interrupted_refit_resumes_without_searching_again(tmp_path):
 
 
 def test_best_epochs_reads_the_monitor_direction():
-    from tfrec_p5.models.refit import best_epochs
+    from tfrec_p5.training import best_epochs
 
     assert best_epochs({"val_rmse": [1.0, 0.8, 0.9]}, "val_rmse") == 2
     assert best_epochs({"val_recall@10": [0.1, 0.3, 0.2]}, "val_recall@10") == 2

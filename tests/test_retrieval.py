@@ -9,11 +9,11 @@ import tensorflow as tf
 import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
 from tfrec_p5.data import Vocabularies, load, random_split
 from tfrec_p5.evaluation import MostPopular
-from tfrec_p5.models.averaging import WeightAverage
 from tfrec_p5.models.unified import UnifiedConfig, retrieval_metrics, train_unified
 from tfrec_p5.tasks import HistoryEncoder, ListMLELoss, ListwiseSoftmaxLoss, history_csr
 from tfrec_p5.tasks.retrieval import RetrievalHead
 from tfrec_p5.tasks.squared import SquaredRetrieval
+from tfrec_p5.training import WeightAverage
 
 # dim=2: the planted user-item factors decide most choices (with the default dim=8 the
 # 16 popularity-drawn candidates dominate and even EASE does not beat most-popular).

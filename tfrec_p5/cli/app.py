@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 #: every error still reach the user.
 HARMLESS_TF_MESSAGES = (
     # BackupAndRestore checks ``model.built``, which a subclassed model only sets when
-    # called; the trainers create every variable first (models.unified.build_model).
+    # called; the trainers create every variable first (training.build_variables).
     "model must be built before you call `fit()`",
     # Keras' own (re-loadable Keras object) metadata of subclassed layers in a SavedModel;
     # exports are served and loaded through their signatures, which are complete.

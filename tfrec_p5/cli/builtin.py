@@ -232,7 +232,8 @@ def _train_sequential(request: TrainRequest) -> TrainResult:
 
     config = _sequential_config(request)
     trained = train_sequential(request.train, request.validation, config, seed=request.seed,
-                               verbose=request.verbose, log_dir=request.log_dir)
+                               verbose=request.verbose, log_dir=request.log_dir,
+                               backup_dir=request.backup_dir)
     module = sequential_module(trained.vocabs, trained.head, top_k=config.top_k)
     metadata = {"epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
                 "train_seconds": round(trained.train_seconds, 1),

@@ -7,9 +7,10 @@ TensorFlow and the data layer are imported inside the functions that need them, 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tfrec_p5.cli.registry import CliError
@@ -18,8 +19,8 @@ if TYPE_CHECKING:
     from tfrec_p5.data.interactions import Interactions
 
 __all__ = ["BACKUP_PREFIX", "COUNT_METRICS", "DISTRIBUTED_TASKS", "VALIDATION_FRACTION",
-           "describe", "flat", "format_table", "format_value", "positive_int", "read_config",
-           "resolve_strategy", "split_parts"]
+           "describe", "flat", "format_table", "format_value", "guarded", "positive_int",
+           "read_config", "resolve_strategy", "split_parts"]
 
 #: Share of the training data held out for early stopping when the split makes no
 #: validation part (``random:F``, ``temporal:F``, ``none``, ``tfrs:PATH``).
@@ -31,6 +32,24 @@ DISTRIBUTED_TASKS = ("rating", "retrieval", "ranking", "all")
 #: Metric names (or their last ``_`` part: ``test_retrieval_users``) that count things:
 #: printed as integers. A rate that happens to be whole (recall 1.0) keeps its decimals.
 COUNT_METRICS = frozenset({"users", "items", "targets", "examples", "rows", "queries"})
+
+
+def guarded(command: Callable[[argparse.Namespace, Any], int]
+            ) -> Callable[[argparse.Namespace], int]:
+    """``command(args, guard)`` run as ``command(args)`` inside a ``RunGuard``
+    (``tfrec_p5.training``): the ``--out`` lock and the backup's settings record, released
+    and cleared however the command ends, Ctrl-C included; a refusal exits 2.
+
+        @guarded
+        def cmd_train(args, guard): guard.lock(args.out); ...
+    """
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        from tfrec_p5.training import RunGuard
+
+        with RunGuard(refuse=lambda message: CliError(message, status=2)) as guard:
+            return command(args, guard)
+    return run
 
 
 def positive_int(text: str) -> int:

@@ -33,6 +33,7 @@ from tfrec_p5.cli.common import (
     flat,
     format_table,
     format_value,
+    guarded,
     positive_int,
     read_config,
     resolve_strategy,
@@ -83,17 +84,9 @@ def rising_loss_note(history: Mapping[str, Sequence[float]], part: str, epochs: 
             f"{epochs} epochs ({advice})")
 
 
-def cmd_pretrain(args: argparse.Namespace) -> int:
+@guarded
+def cmd_pretrain(args: argparse.Namespace, guard) -> int:
     """Pretrain on the training part of ``--data`` and write the backbone to ``--out``."""
-    from tfrec_p5.training import RunGuard
-
-    # The --out lock and the backup's settings record (tfrec_p5.training.backup), released
-    # and cleared however the run ends.
-    with RunGuard(refuse=lambda message: CliError(message, status=2)) as guard:
-        return _pretrain_guarded(args, guard)
-
-
-def _pretrain_guarded(args: argparse.Namespace, guard) -> int:
     # --strategy (tfrec_p5.distribute): parameter-server worker / ps tasks serve here.
     strategy = resolve_strategy(getattr(args, "strategy", None))
     from tfrec_p5 import distribute
@@ -103,7 +96,6 @@ def _pretrain_guarded(args: argparse.Namespace, guard) -> int:
         raise CliError(f"{args.out} already holds a backbone (pass --overwrite to replace "
                        "it)")
     from tfrec_p5.data import load
-    from tfrec_p5.models.refit import resume_message
     from tfrec_p5.pretraining.pretrainer import PretrainConfig, pretrain
 
     try:
@@ -141,9 +133,6 @@ def _pretrain_guarded(args: argparse.Namespace, guard) -> int:
         "tasks": tasks, "weights": args.weights, "label_fraction": args.label_fraction,
         "epochs": args.epochs, "batch_size": args.batch_size, "config": overrides,
     }, data=[train], restart=args.restart, write=distribute.is_chief(strategy), info=info)
-    message = resume_message(backup_dir)
-    if message:
-        print(message, file=info)
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect:
         pre = pretrain(train, weights=parse_weights(args.weights) or None, config=config,
@@ -169,7 +158,8 @@ def _pretrain_guarded(args: argparse.Namespace, guard) -> int:
     return 0
 
 
-def cmd_finetune(args: argparse.Namespace) -> int:
+@guarded
+def cmd_finetune(args: argparse.Namespace, guard) -> int:
     """Fine-tune a backbone on the training part of ``--data``, test, export."""
     overrides = read_config(args.config)
     from tfrec_p5.data import load
@@ -190,8 +180,9 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         raise CliError(str(err), status=2) from err
     backbone = load_backbone(args.backbone)  # fail fast, before loading data
     info = sys.stderr if args.json else sys.stdout
-    from tfrec_p5.training import check_training_data
+    from tfrec_p5.training import check_training_data, command_line
 
+    guard.lock(args.out, command_line(PROG, args), info=info)
     table = check_training_data(load(args.data), args.split, info)
     validation = None
     if args.task == "next_item":
@@ -207,10 +198,19 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     print(f"finetune {args.backbone} for {args.task} (freeze {config.freeze}) on "
           f"{args.data} ({args.split}, seed {args.seed}): {len(train):,} training rows",
           file=info)
+    # Like `train`: a killed run leaves a backup; the same command resumes from it.
+    backup_dir = os.path.join(args.out, BACKUP_PREFIX + "finetune")
+    guard.check_backup(backup_dir, {
+        "command": "finetune", "backbone": os.path.abspath(args.backbone),
+        "task": args.task, "data": args.data, "split": args.split, "seed": args.seed,
+        "freeze": args.freeze, "epochs": args.epochs, "batch_size": args.batch_size,
+        "backbone_lr_scale": args.backbone_lr_scale, "config": overrides,
+    }, data=[train, validation], restart=args.restart, info=info)
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect:
         tuned = finetune(backbone, train, config=config, validation=validation,
-                         seed=args.seed, verbose=0 if args.quiet else 1)
+                         seed=args.seed, verbose=0 if args.quiet else 1,
+                         backup_dir=backup_dir)
     module = serving_module(tuned, k=args.top_k, titles=item_titles(train, tuned.vocabs))
     task = get_task("sequential" if args.task == "next_item" else args.task)
     rows, metrics = [], {}
@@ -230,6 +230,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         else len(tuned.history.get("loss", [])),
     }
     path = export(module, args.out, metadata=metadata, metrics=metrics)
+    shutil.rmtree(backup_dir, ignore_errors=True)
     if rows:
         print(format_table(rows), file=info)
     print(f"exported {path} (signatures: {', '.join(module.signature_names())})", file=info)
@@ -320,6 +321,10 @@ def add_parsers(sub) -> None:
                    "object)")
     p.add_argument("--top-k", type=positive_int, default=100, help="items the exported recommend "
                    "signature returns")
+    p.add_argument("--restart", action="store_true", help="discard the backup an "
+                   "interrupted finetune left in OUT/.backup-finetune and start over "
+                   "(without it, a rerun resumes from that backup, and refuses if its "
+                   "settings or training data differ)")
     p.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no Keras progress bar")
     p.add_argument("--out", required=True, metavar="DIR", help="export folder, e.g. "

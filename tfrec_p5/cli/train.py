@@ -22,6 +22,7 @@ from tfrec_p5.cli.common import (
     describe,
     flat,
     format_table,
+    guarded,
     positive_int,
     read_config,
     resolve_strategy,
@@ -32,17 +33,9 @@ from tfrec_p5.cli.registry import PROG, CliError, TrainRequest, get_task, run_ev
 __all__ = ["add_parser", "cmd_train"]
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+@guarded
+def cmd_train(args: argparse.Namespace, guard) -> int:
     """Train ``--task`` on ``--data``, evaluate, export to ``--out``."""
-    from tfrec_p5.training import RunGuard
-
-    # Holds the --out lock and checks the backup (tfrec_p5.training.backup); on any exit,
-    # Ctrl-C included, it releases the lock and clears a backup with nothing to resume.
-    with RunGuard(refuse=lambda message: CliError(message, status=2)) as guard:
-        return _train_guarded(args, guard)
-
-
-def _train_guarded(args: argparse.Namespace, guard) -> int:
     task = get_task(args.task)
     strategy = resolve_strategy(getattr(args, "strategy", None), task.name)
     # Every option and config field is checked before the data load (which can take long).
@@ -66,7 +59,6 @@ def _train_guarded(args: argparse.Namespace, guard) -> int:
     from tfrec_p5.data.fingerprint import table_fingerprint
     from tfrec_p5.data.sources import resolve_spec
     from tfrec_p5.export.saved_model import TrainingRecord, export, validate_export_dir
-    from tfrec_p5.models.refit import resume_message
 
     validate_export_dir(args.out)  # a bad --out fails now, not after training
 
@@ -105,10 +97,7 @@ def _train_guarded(args: argparse.Namespace, guard) -> int:
         "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size,
         "config": request.config, "weights": args.weights,
     }, data=[train, validation], restart=args.restart, write=distribute.is_chief(strategy),
-        info=info)
-    message = resume_message(backup_dir)
-    if message:
-        print(message, file=info)
+        info=info)  # says "resuming from epoch N" when the backup is resumed
     redirect = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     with redirect, distribute.use_strategy(strategy):  # Keras progress bars print to stdout
         result = task.train(request)

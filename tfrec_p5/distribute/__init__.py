@@ -268,23 +268,6 @@ def steps_per_execution(strategy: tf.distribute.Strategy | None, requested: int)
 
 
 # ---------------------------------------------------------------------- data
-def tensorboard_callbacks(log_dir: str | os.PathLike | None,
-                          strategy: tf.distribute.Strategy | None,
-                          who: str) -> list[tf.keras.callbacks.Callback]:
-    """``[TensorBoard(log_dir)]``, or ``[]`` (with a warning) where Keras cannot log.
-
-    Why: ``tf.keras.callbacks.TensorBoard`` does not support ``ParameterServerStrategy``;
-    training should still run there, just without logs.
-    """
-    if log_dir is None:
-        return []
-    if is_parameter_server(strategy):
-        log.warning("%s: TensorBoard does not support ParameterServerStrategy; no logs "
-                    "written", who)
-        return []
-    return [tf.keras.callbacks.TensorBoard(str(log_dir), profile_batch=0)]
-
-
 def fit_input(strategy: tf.distribute.Strategy | None,
               build: Callable[..., tf.data.Dataset],
               steps: int | None = None) -> tuple[Any, int | None]:

@@ -26,7 +26,6 @@ user IDs instead of building a vocabulary, ``min_count=5`` sends rare IDs to the
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,28 +39,17 @@ from tfrec_p5.data.interactions import ITEM, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, normalize_hash_buckets, pointwise_dataset
 from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.evaluation.rating import rating_metrics
-from tfrec_p5.models.progress import announce_refit
-from tfrec_p5.models.progress import validation_plan as describe_plan
-from tfrec_p5.models.refit import (
-    best_epochs,
-    load_search,
-    refit_backup_dir,
-    save_search,
-    with_search_history,
-)
 from tfrec_p5.tasks.rating import RatingHead
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
 from tfrec_p5.towers.side_features import HISTORY_FEATURES, side_features_for
-
-log = logging.getLogger(__name__)
-
-_OPTIMIZERS = {
-    "adam": tf.keras.optimizers.Adam,
-    "adamw": tf.keras.optimizers.AdamW,
-    "adagrad": tf.keras.optimizers.Adagrad,
-    "sgd": tf.keras.optimizers.SGD,
-    "rmsprop": tf.keras.optimizers.RMSprop,
-}
+from tfrec_p5.training import (
+    OPTIMIZERS,
+    fit,
+    optimizer,
+    search_record,
+    train_with_refit,
+)
+from tfrec_p5.training import validation_plan as describe_plan
 
 
 @dataclass
@@ -113,9 +101,9 @@ class RatingConfig(Config):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, tuple(value))
-        if self.optimizer.lower() not in _OPTIMIZERS:
+        if self.optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use one of "
-                             f"{sorted(_OPTIMIZERS)}")
+                             f"{sorted(OPTIMIZERS)}")
         super().__post_init__()
 
     @classmethod
@@ -187,10 +175,9 @@ def build_rating_model(vocabs: Vocabularies, side_features: SideFeatures | None,
 
 def compile_rating_model(model: tf.keras.Model, config: RatingConfig) -> tf.keras.Model:
     """MSE loss, RMSE / MAE metrics, the configured optimizer and ``steps_per_execution``."""
-    kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
-    optimizer = _OPTIMIZERS[config.optimizer.lower()](learning_rate=config.learning_rate,
-                                                      **kwargs)
-    model.compile(optimizer=optimizer, loss=tf.keras.losses.MeanSquaredError(),
+    model.compile(optimizer=optimizer(config.optimizer, config.learning_rate,
+                                      config.weight_decay),
+                  loss=tf.keras.losses.MeanSquaredError(),
                   metrics=[tf.keras.metrics.RootMeanSquaredError(name="rmse"),
                            tf.keras.metrics.MeanAbsoluteError(name="mae")],
                   steps_per_execution=config.steps_per_execution)
@@ -208,7 +195,6 @@ class TrainedRating:
     config: RatingConfig
     global_mean: float = 0.0
     stopped_epoch: int = 0
-    extra: dict = field(default_factory=dict)
 
     def evaluate(self, table: Interactions, batch_size: int = 8192) -> dict[str, float]:
         return evaluate_rating(self.model, table, self.vocabs, batch_size=batch_size)
@@ -226,49 +212,29 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
       from ``train`` too.
     * ``validation=None``: ``config.validation_fraction`` (10%) of the training pairs are
       carved off with ``random_split(train, seed=seed)`` and used only for early stopping
-      (``EarlyStopping(monitor="val_rmse", restore_best_weights=True)``); the model trains
-      on the other 90%. ``validation_fraction=0`` trains on everything for
-      ``config.epochs`` epochs with no early stopping. ``config.refit_full`` then retrains
-      from scratch on all of ``train`` for the best epoch count found on the slice.
-    * ``log_dir`` adds a ``TensorBoard`` callback; ``backup_dir`` adds
-      ``BackupAndRestore``: rerunning the same call after an interruption resumes from the
-      last finished epoch (early-stopping state restarts with it); an interruption during
-      the refit resumes the refit, without searching again (``tfrec_p5.models.refit``).
+      (on ``val_rmse``, best weights restored); the model trains on the other 90%.
+      ``validation_fraction=0`` trains on everything for ``config.epochs`` epochs with no
+      early stopping. ``config.refit_full`` then retrains from scratch on all of
+      ``train`` for the best epoch count found on the slice.
+    * ``log_dir``: TensorBoard logs; ``backup_dir``: rerunning the same call after a kill
+      resumes from the last finished epoch, or the refit without searching again
+      (``tfrec_p5.training.fit``, ``tfrec_p5.training.search_then_refit``).
     * Seeds: ``tf.keras.utils.set_random_seed(seed)`` (Python, numpy, TF) and the shuffle.
     * ``strategy``: a ``tf.distribute.Strategy`` or a name (``default``, ``mirrored``,
       ``multi_worker``, ``parameter_server``; ``tfrec_p5.distribute.resolve_strategy``);
-      ``None`` = the strategy in scope (the default one: plain single-process training).
-      The model and optimizer are built in ``strategy.scope()``; ``config.batch_size``
-      is the global batch.
+      ``None`` = the strategy in scope (by default plain single-process training).
+      ``config.batch_size`` is the global batch.
     """
-    if log_dir is not None:
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError as err:
-            raise ImportError("train_rating(log_dir=...) writes TensorBoard logs and needs "
-                              "the 'tensorboard' package: pip install tensorboard") from err
-    tf.keras.utils.set_random_seed(seed)
     strategy = distribute.resolve_strategy(strategy)
     vocabs = vocabs or Vocabularies.build(train, config.min_count, config.hash_buckets)
-    fit_table, validation = carve_validation(train, validation, config.validation_fraction,
-                                             seed)
-    searching = config.refit_full and fit_table is not train
+    return train_with_refit(train_rating, _fit_rating, train, validation, config, seed=seed,
+                            backup_dir=backup_dir, verbose=verbose, vocabs=vocabs,
+                            callbacks=callbacks, log_dir=log_dir, strategy=strategy)
 
-    def refit(record: dict) -> TrainedRating:
-        log.info("train_rating: refitting on all %d rows for %d epochs", len(train),
-                 record["best_epochs"])
-        announce_refit(len(train), record["best_epochs"], verbose)
-        out = train_rating(train, None, config.replace(
-            refit_full=False, validation_fraction=0.0, epochs=record["best_epochs"]),
-            vocabs=vocabs, seed=seed, callbacks=callbacks, verbose=verbose,
-            log_dir=log_dir, backup_dir=refit_backup_dir(backup_dir), strategy=strategy)
-        out.history = with_search_history(record, out.history)
-        out.stopped_epoch = record["stopped_epoch"]
-        return out
 
-    record = load_search(backup_dir) if searching else None
-    if record is not None:  # an interrupted run finished its search: go on with the refit
-        return refit(record)
+def _fit_rating(train, fit_table, validation, config, *, vocabs, seed, callbacks, verbose,
+                log_dir, backup_dir, strategy) -> tuple[TrainedRating, dict | None]:
+    """One fit of ``train_rating`` on ``fit_table`` and its ``search_record``."""
     side = side_features_for(config, train, vocabs, fit_table)
     global_mean = float(np.mean(fit_table.rating))
     rating_range = train.rating_range or (float(np.min(train.rating)),
@@ -282,23 +248,16 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
     train_ds, steps = distribute.fit_input(strategy, lambda **kw: pointwise_dataset(
         fit_table, vocabs, config.batch_size, shuffle=True, seed=seed, **kw))
     val_ds = val_steps = None
-    cbs: list[tf.keras.callbacks.Callback] = []
-    if backup_dir is not None:
-        cbs.append(tf.keras.callbacks.BackupAndRestore(str(backup_dir)))
     if validation is not None:
         val_batch = max(config.batch_size, 8192)
         val_ds, val_steps = distribute.fit_input(strategy, lambda **kw: pointwise_dataset(
             validation, vocabs, val_batch, **kw))
-        if config.patience > 0:
-            cbs.append(tf.keras.callbacks.EarlyStopping(
-                monitor="val_rmse", mode="min", patience=config.patience,
-                restore_best_weights=True))
-    cbs.extend(distribute.tensorboard_callbacks(log_dir, strategy, "train_rating"))
-    cbs.extend(callbacks)
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs,
-                     verbose=verbose, steps_per_epoch=steps, validation_steps=val_steps)
-    stopped = next((cb.stopped_epoch for cb in cbs
-                    if isinstance(cb, tf.keras.callbacks.EarlyStopping)), 0)
+    stop = val_ds is not None and config.patience > 0
+    history = fit(model, train_ds, epochs=config.epochs, validation_data=val_ds,
+                  steps_per_epoch=steps, validation_steps=val_steps,
+                  monitor="val_rmse" if stop else None, patience=config.patience,
+                  backup_dir=backup_dir, log_dir=log_dir, strategy=strategy,
+                  callbacks=callbacks, verbose=verbose, name="train_rating")
     if distribute.is_parameter_server(strategy):  # serve / evaluate from plain variables
         def rebuild() -> tf.keras.Model:
             plain = build_rating_model(vocabs, side, config, global_mean=global_mean,
@@ -307,18 +266,15 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
         probe_x = next(iter(pointwise_dataset(fit_table, vocabs, 256)))[0]
         model = distribute.unsharded_copy(model, rebuild,
                                           probe=lambda m: m(probe_x, training=False))
-    history = dict(hist.history)
-    if searching and "val_rmse" in history:
-        # ``hist.epoch`` holds the real epoch numbers, also after a BackupAndRestore resume.
-        return refit(save_search(backup_dir, history,
-                                 best_epochs(history, "val_rmse", hist.epoch), stopped))
-    return TrainedRating(model, vocabs, side, history, config, global_mean, stopped)
+    trained = TrainedRating(model, vocabs, side, dict(history.history), config, global_mean,
+                            history.stopped_epoch)
+    return trained, search_record(history, "val_rmse")
 
 
 def validation_plan(train: Interactions, validation: Interactions | None,
                     config: RatingConfig, seed: int = 42) -> str:
     """What ``train_rating(train, validation, config, seed=seed)`` does with validation
-    data, as one phrase (``tfrec_p5.models.progress.validation_plan``).
+    data, as one phrase (``tfrec_p5.training.validation_plan``).
 
     Why a function beside ``train_rating``: the command line prints it before training
     starts, and it must follow the same rules (carved slice, early stopping, refit).

@@ -27,10 +27,10 @@ HR@10 from ~0.49 to ~0.53, see ``benchmarks/RESULTS.md``).
 
 from __future__ import annotations
 
-import logging
 import math
+import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -42,13 +42,11 @@ from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import Vocabularies, user_histories
 from tfrec_p5.evaluation.ranking import group_by_row
-from tfrec_p5.models.progress import announce_refit
-from tfrec_p5.models.progress import validation_plan as describe_plan
 from tfrec_p5.tasks.next_item import HISTORY, NEXT_ITEM, NextItemTask
 from tfrec_p5.tasks.retrieval import item_frequencies
 from tfrec_p5.towers import ItemTower, SideFeatures
-
-log = logging.getLogger(__name__)
+from tfrec_p5.training import best_epochs, fit, optimizer, search_then_refit
+from tfrec_p5.training import validation_plan as describe_plan
 
 
 @dataclass
@@ -256,22 +254,20 @@ def ranking_metrics(head: NextItemTask, queries: RankingQueries, ks=(5, 10),
     return out
 
 
-class _ValidationStopper(tf.keras.callbacks.Callback):
-    """Per epoch: validation full-ranking metrics; keep the best weights (by NDCG@10), stop
-    after ``patience`` epochs without gain or when the time budget is spent."""
+class NextItemValidation(tf.keras.callbacks.Callback):
+    """Per epoch: full-ranking HR / NDCG @5, @10 of the validation item into the logs
+    (``val_ndcg@10`` picks the epoch) and one record of the epoch in ``records`` (loss,
+    seconds, metrics; printed when ``verbose``). ``queries=None``: records only."""
 
     def __init__(self, head: NextItemTask, queries: RankingQueries | None,
-                 config: SequentialConfig, started: float, verbose: int) -> None:
+                 batch_size: int = 512, verbose: int = 0) -> None:
         super().__init__()
-        self.head, self.queries, self.config = head, queries, config
-        self.started, self.verbose = started, verbose
-        self.epoch_started = started
-        self.best = -1.0
-        self.best_epoch = 0
-        self.best_metrics: dict[str, float] = {}
-        self.best_weights = None
-        self.wait = 0
+        self.head, self.queries = head, queries
+        self.batch_size, self.verbose = batch_size, verbose
         self.records: list[dict[str, float]] = []
+
+    def on_train_begin(self, logs=None) -> None:
+        self.started = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self.epoch_started = time.perf_counter()
@@ -279,24 +275,13 @@ class _ValidationStopper(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         logs = logs if logs is not None else {}
         # epoch_seconds: this epoch (training + validation); total_seconds: since fitting
-        # started (filled in below, once the validation metrics are computed).
+        # started; both measured once the validation metrics are in.
         record = {"epoch": epoch + 1, "loss": float(logs.get("loss", math.nan)),
                   "epoch_seconds": 0.0, "total_seconds": 0.0}
         if self.queries is not None and len(self.queries):
-            metrics = ranking_metrics(self.head, self.queries, batch_size=
-                                      self.config.eval_batch_size)
+            metrics = ranking_metrics(self.head, self.queries, batch_size=self.batch_size)
             record.update({f"val_{k}": v for k, v in metrics.items()})
-            for k, v in metrics.items():
-                logs[f"val_{k}"] = v
-            score = metrics["ndcg@10"]
-            if score > self.best:
-                self.best, self.best_epoch, self.best_metrics = score, epoch + 1, metrics
-                self.best_weights = self.model.get_weights()
-                self.wait = 0
-            else:
-                self.wait += 1
-                if self.wait >= self.config.patience and epoch + 1 >= self.config.min_epochs:
-                    self.model.stop_training = True
+            logs.update({f"val_{k}": v for k, v in metrics.items()})
         now = time.perf_counter()
         record["epoch_seconds"] = now - self.epoch_started
         record["total_seconds"] = now - self.started
@@ -304,14 +289,6 @@ class _ValidationStopper(tf.keras.callbacks.Callback):
         if self.verbose:
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                            for k, v in record.items()), flush=True)
-        budget = self.config.max_minutes
-        if budget is not None and time.perf_counter() - self.started > 60.0 * budget:
-            log.info("sequential: time budget of %.1f min reached", budget)
-            self.model.stop_training = True
-
-    def on_train_end(self, logs=None) -> None:
-        if self.best_weights is not None:
-            self.model.set_weights(self.best_weights)
 
 
 @dataclass
@@ -332,9 +309,66 @@ class TrainedSequential:
         return self.model.head
 
 
+def fit_next_item(model: tfrs.Model, vocabs: Vocabularies, train: Interactions,
+                  validation: Interactions | None, config: SequentialConfig, *, seed: int,
+                  verbose: int = 0, log_dir: str | None = None,
+                  backup_dir: str | os.PathLike | None = None,
+                  callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+                  result: type[TrainedSequential] = TrainedSequential,
+                  **fields) -> tuple[TrainedSequential, dict | None]:
+    """Train a compiled next-item ``model`` on every prefix of ``train``'s sequences,
+    keeping the epoch with the best NDCG@10 on ``validation`` (one item per user).
+
+    Why shared: ``train_sequential`` and ``finetune(task="next_item")`` train alike
+    (length-bucketed batches, early stopping after ``config.patience`` epochs, not before
+    ``config.min_epochs``, the ``config.max_minutes`` budget, ``backup_dir`` to resume).
+    Returns ``result(model, vocabs, config, ..., **fields)`` and its search record
+    (``tfrec_p5.training.search_then_refit``; ``None`` when nothing was validated).
+
+        trained, record = fit_next_item(model, vocabs, train, validation, config, seed=1)
+    """
+    started = time.perf_counter()
+    examples = next_item_examples(train, vocabs, config.max_len)
+    if not len(examples["user_id"]):
+        raise ValueError("no training sequence has two or more items")
+    queries = ranking_queries(train, validation, vocabs, config.max_len) \
+        if validation is not None and len(validation) else None
+    dataset = length_bucketed_dataset(examples, config.batch_size, seed=seed)
+    report = NextItemValidation(model.head, queries, config.eval_batch_size, verbose)
+    history = fit(model, dataset, epochs=config.epochs,
+                  steps_per_epoch=int(dataset.cardinality().numpy()),
+                  monitor="val_ndcg@10" if queries is not None and len(queries) else None,
+                  patience=config.patience, min_epochs=config.min_epochs,
+                  validators=[report], backup_dir=backup_dir, log_dir=log_dir,
+                  max_minutes=config.max_minutes, callbacks=callbacks, verbose=0,
+                  name="train_sequential")
+    records = report.records
+    best = best_epochs(history.history, "val_ndcg@10", history.epoch) \
+        if "val_ndcg@10" in history.history else 0
+    best_metrics = next(({k[len("val_"):]: v for k, v in r.items() if k.startswith("val_")}
+                         for r in records if r["epoch"] == best), {})
+    trained = result(model, vocabs, config, best_epoch=best, epochs_run=len(records),
+                     best_metrics=best_metrics, history=records,
+                     train_seconds=time.perf_counter() - started, **fields)
+    return trained, {"best_epochs": best, "best_metrics": best_metrics,
+                     "records": records} if best > 0 else None
+
+
+def with_selection(refit: TrainedSequential, record: dict) -> TrainedSequential:
+    """``refit`` reporting the selection run of ``record`` (``fit_next_item``): its best
+    epoch and metrics, its records before the refit's (marked ``"refit": 1.0``)."""
+    refit.best_epoch, refit.best_metrics = record["best_epochs"], record["best_metrics"]
+    refit.history = record["records"] + [{**r, "refit": 1.0} for r in refit.history]
+    refit.epochs_run += len(record["records"])
+    return refit
+
+
 def train_sequential(train: Interactions, validation: Interactions | None,
                      config: SequentialConfig | None = None, *, seed: int = 42,
-                     verbose: int = 0, log_dir: str | None = None) -> TrainedSequential:
+                     verbose: int = 0, log_dir: str | None = None,
+                     backup_dir: str | os.PathLike | None = None,
+                     callbacks: Sequence[tf.keras.callbacks.Callback] = ()
+                     ) -> TrainedSequential:
     """Fit ``NextItemModel`` on ``train``; early-stop on ``validation`` (one item per user).
 
     The vocabularies come from ``train`` only. With ``validation=None`` the model trains
@@ -344,58 +378,52 @@ def train_sequential(train: Interactions, validation: Interactions | None,
     validation`` for exactly that many epochs and return it (the usual final fit: the
     most recent item of every user becomes a training target too). The test item is still
     never seen; ``best_metrics`` stay the validation numbers of the selection run.
+
+    ``backup_dir``: a rerun of the same call after a kill resumes from the last finished
+    epoch, or the refit without selecting again (``tfrec_p5.training``). Early stopping
+    restarts with the resumed epochs: the best epoch is the best one since the resume.
     """
     config = config or SequentialConfig()
-    tf.keras.utils.set_random_seed(seed)
+    started = time.perf_counter()
+    kwargs = {"seed": seed, "verbose": verbose, "log_dir": log_dir, "callbacks": callbacks}
+    if not (config.refit and validation is not None and len(validation)):
+        return _train_once(train, validation, config, backup_dir=backup_dir, **kwargs)[0]
+
+    def refit(record: dict, refit_dir: str | None) -> TrainedSequential:
+        final = train_sequential(
+            Interactions.concat(train, validation), None,
+            config.replace(refit=False, epochs=record["best_epochs"], max_minutes=None),
+            backup_dir=refit_dir, **kwargs)
+        final.config, final.train_seconds = config, time.perf_counter() - started
+        return with_selection(final, record)
+
+    return search_then_refit(
+        backup_dir, lambda: _train_once(train, validation, config, backup_dir=backup_dir,
+                                        **kwargs),
+        refit, rows=len(train) + len(validation), verbose=verbose,
+        what="training + validation rows")
+
+
+def _train_once(train: Interactions, validation: Interactions | None,
+                config: SequentialConfig, **kwargs) -> tuple[TrainedSequential, dict | None]:
+    """One selection (or refit) run of ``train_sequential``: a fresh model on ``train``
+    (``fit_next_item``'s result and search record)."""
+    tf.keras.utils.set_random_seed(kwargs["seed"])
     vocabs = Vocabularies.build(train)
-    examples = next_item_examples(train, vocabs, config.max_len)
-    if not len(examples["user_id"]):
-        raise ValueError("no training sequence has two or more items")
-    probs = None
-    if config.loss == "sampled":
-        probs = item_frequencies(train, vocabs)
+    probs = item_frequencies(train, vocabs) if config.loss == "sampled" else None
     side = SideFeatures.build(train, vocabs, user_features=()) \
         if config.use_item_features and train.item_features else None
     model = build_model(config, vocabs, probs, side)
-    optimizer = tf.keras.optimizers.AdamW(config.learning_rate, weight_decay=
-                                          config.weight_decay) if config.weight_decay > 0 \
-        else tf.keras.optimizers.Adam(config.learning_rate)
-    model.compile(optimizer=optimizer, steps_per_execution=config.steps_per_execution)
-    dataset = length_bucketed_dataset(examples, config.batch_size, seed=seed)
-    steps = int(dataset.cardinality().numpy())
-    queries = ranking_queries(train, validation, vocabs, config.max_len) \
-        if validation is not None and len(validation) else None
-    started = time.perf_counter()
-    stopper = _ValidationStopper(model.head, queries, config, started, verbose)
-    callbacks: list[tf.keras.callbacks.Callback] = [stopper]
-    if log_dir:
-        callbacks.append(tf.keras.callbacks.TensorBoard(log_dir))
-    model.fit(dataset, epochs=config.epochs, steps_per_epoch=steps, callbacks=callbacks,
-              verbose=0)
-    if config.refit and queries is not None and stopper.best_epoch > 0:
-        announce_refit(len(train) + len(validation), stopper.best_epoch, verbose,
-                       what="training + validation rows")
-        final = train_sequential(
-            Interactions.concat(train, validation), None,
-            config.replace(refit=False, epochs=stopper.best_epoch, max_minutes=None),
-            seed=seed, verbose=verbose, log_dir=log_dir)
-        return TrainedSequential(final.model, final.vocabs, config,
-                                 best_epoch=stopper.best_epoch,
-                                 epochs_run=len(stopper.records) + final.epochs_run,
-                                 best_metrics=stopper.best_metrics,
-                                 history=stopper.records + [{**r, "refit": 1.0}
-                                                            for r in final.history],
-                                 train_seconds=time.perf_counter() - started)
-    return TrainedSequential(model, vocabs, config, best_epoch=stopper.best_epoch,
-                             epochs_run=len(stopper.records),
-                             best_metrics=stopper.best_metrics, history=stopper.records,
-                             train_seconds=time.perf_counter() - started)
+    model.compile(optimizer=optimizer("adamw" if config.weight_decay > 0 else "adam",
+                                      config.learning_rate, config.weight_decay),
+                  steps_per_execution=config.steps_per_execution)
+    return fit_next_item(model, vocabs, train, validation, config, **kwargs)
 
 
 def validation_plan(train: Interactions, validation: Interactions | None,
                     config: SequentialConfig) -> str:
     """What ``train_sequential(train, validation, config)`` does with validation data, as
-    one phrase (``tfrec_p5.models.progress.validation_plan``): early stopping on the
+    one phrase (``tfrec_p5.training.validation_plan``): early stopping on the
     validation item's full-ranking NDCG@10, then (``config.refit``) a refit on training +
     validation items for the best epoch count."""
     rows = len(validation) if validation is not None else 0

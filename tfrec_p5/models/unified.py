@@ -26,9 +26,7 @@ global batch. ``UnifiedConfig(hash_buckets=..., min_count=...)`` bound the ID ta
 
 from __future__ import annotations
 
-import logging
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -55,17 +53,7 @@ from tfrec_p5.evaluation import (
     group_by_row,
     rating_metrics,
 )
-from tfrec_p5.models.averaging import WeightAverage
-from tfrec_p5.models.progress import announce_refit, plural
-from tfrec_p5.models.progress import validation_plan as describe_plan
-from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
-from tfrec_p5.models.refit import (
-    best_epochs,
-    load_search,
-    refit_backup_dir,
-    save_search,
-    with_search_history,
-)
+from tfrec_p5.models.rating import RatingConfig
 from tfrec_p5.tasks.base import Head
 from tfrec_p5.tasks.ranking import (
     CANDIDATES,
@@ -84,8 +72,18 @@ from tfrec_p5.tasks.retrieval import (
 )
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
 from tfrec_p5.towers.side_features import HISTORY_FEATURES, side_features_for
+from tfrec_p5.training import (
+    OPTIMIZERS,
+    FitHistory,
+    build_variables,
+    fit,
+    optimizer,
+    plural,
+    search_record,
+    train_with_refit,
+)
+from tfrec_p5.training import validation_plan as describe_plan
 
-log = logging.getLogger(__name__)
 TASKS = ("rating", "retrieval", "ranking")
 
 
@@ -231,7 +229,7 @@ class UnifiedConfig(Config):
     learning_rate: float = 3e-3
     weight_decay: float = 0.0
     ema_momentum: float | None = 0.99  # validate / export the weights' moving average
-    #                                    (models.averaging; single-process training only)
+    #                                    (training.averaging; single-process training only)
     batch_size: int = 1024
     epochs: int = 9
     patience: int = 0               # >0 with a rating head: early stop on val_rmse
@@ -258,7 +256,7 @@ class UnifiedConfig(Config):
         unknown = sorted(set(self.weights) - set(TASKS))
         if unknown:
             raise ValueError(f"unknown task(s) in weights: {unknown}; known: {list(TASKS)}")
-        if self.optimizer.lower() not in _OPTIMIZERS:
+        if self.optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         if self.retrieval_loss not in RETRIEVAL_LOSSES:
             raise ValueError(f"retrieval_loss {self.retrieval_loss!r}; expected one of "
@@ -428,32 +426,6 @@ class RetrievalValidation(tf.keras.callbacks.Callback):
             logs["val_ndcg@10"] = metrics.get("ndcg@10", 0.0)
 
 
-class _EpochTimer(tf.keras.callbacks.Callback):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._t = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._t)
-
-
-def build_model(model: tfrs.Model, dataset: tf.data.Dataset,
-                strategy: tf.distribute.Strategy | None = None) -> None:
-    """Create ``model``'s variables by running ``compute_loss`` on the first batch of
-    ``dataset`` in inference mode: directly for the default strategy, in the coordinator's
-    scope for parameter servers, in a replica context (``strategy.run``, so metrics can
-    update) for mirrored / multi-worker."""
-    batch = next(iter(dataset))
-    if distribute.is_default(strategy) or distribute.is_parameter_server(strategy):
-        with distribute.scope(strategy):
-            model.compute_loss(batch, training=False)
-        return
-    strategy.run(lambda b: model.compute_loss(b, training=False), args=(batch,))
-
-
 def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConfig, *,
                   fit_table: Interactions | None = None) -> tuple[UnifiedModel, dict]:
     """The model for ``config`` and the tables it was built from (side features, ...).
@@ -530,7 +502,7 @@ def selection_monitor(config: UnifiedConfig, active: Sequence[str]) -> str | Non
 def validation_plan(train: Interactions, validation: Interactions | None,
                     config: UnifiedConfig, seed: int = 42) -> str:
     """What ``train_unified(train, validation, config, seed=seed)`` does with validation
-    data, as one phrase (``tfrec_p5.models.progress.validation_plan``), by the same rules:
+    data, as one phrase (``tfrec_p5.training.validation_plan``), by the same rules:
     the carved slice, ``selection_monitor`` and ``refit_full``."""
     fit_table, validation = carve_validation(train, validation, config.validation_fraction,
                                              seed)
@@ -559,115 +531,114 @@ def train_unified(train: Interactions, validation: Interactions | None,
                   strategy: tf.distribute.Strategy | str | None = None) -> TrainedUnified:
     """Train the active heads of ``config`` jointly on ``train``.
 
-    Data: pointwise ``(features, rating)`` batches when only the rating head is on (the
-    same batches ``train_rating`` sees), listwise batches for a listwise-only ranking
-    model, else ``{user_id, item_id[, rating]}`` pair batches (in-batch negatives).
-    ``validation`` (or ``config.validation_fraction`` of train, carved as
-    ``train_rating`` does) drives early stopping on ``val_rmse`` when ``patience > 0`` and
-    the rating head is on.
+    Data: see ``unified_batches``. ``validation`` (or ``config.validation_fraction`` of
+    train, carved as ``train_rating`` does) drives early stopping on
+    ``selection_monitor`` when ``patience > 0``; ``config.refit_full`` then retrains on
+    all of ``train`` for the best epoch count (``tfrec_p5.training.search_then_refit``).
+    ``backup_dir``, ``log_dir`` and ``callbacks`` as ``train_rating``.
 
     ``strategy``: as ``train_rating`` (a ``tf.distribute.Strategy``, a name, or ``None``
     for the one in scope); ``config.batch_size`` is the global batch.
     """
-    tf.keras.utils.set_random_seed(seed)
     strategy = distribute.resolve_strategy(strategy)
     vocabs = vocabs or Vocabularies.build(train, config.min_count, config.hash_buckets)
-    fit_table, validation = carve_validation(train, validation, config.validation_fraction,
-                                             seed)
-    searching = config.refit_full and fit_table is not train
+    return train_with_refit(train_unified, _fit_unified, train, validation, config, seed=seed,
+                            backup_dir=backup_dir, verbose=verbose, vocabs=vocabs,
+                            callbacks=callbacks, log_dir=log_dir, strategy=strategy)
 
-    def refit(record: dict) -> TrainedUnified:
-        announce_refit(len(train), record["best_epochs"], verbose)
-        out = train_unified(train, None, config.replace(
-            refit_full=False, validation_fraction=0.0, epochs=record["best_epochs"]),
-            vocabs=vocabs, seed=seed, callbacks=callbacks, verbose=verbose, log_dir=log_dir,
-            backup_dir=refit_backup_dir(backup_dir), strategy=strategy)
-        out.history = with_search_history(record, out.history)
-        return out
 
-    record = load_search(backup_dir) if searching else None
-    if record is not None:  # an interrupted run finished its search: go on with the refit
-        return refit(record)
+def _fit_unified(train, fit_table, validation, config, *, vocabs, seed, callbacks, verbose,
+                 log_dir, backup_dir, strategy) -> tuple[TrainedUnified, dict | None]:
+    """One fit of ``train_unified`` on ``fit_table`` and its ``search_record``."""
     with distribute.scope(strategy):
         model, tables = build_unified(train, vocabs, config, fit_table=fit_table)
-        kwargs = {"weight_decay": config.weight_decay} if config.weight_decay > 0 else {}
-        model.compile(optimizer=_OPTIMIZERS[config.optimizer.lower()](
-            learning_rate=config.learning_rate, **kwargs),
-            steps_per_execution=distribute.steps_per_execution(
-                strategy, config.steps_per_execution))
+        model.compile(optimizer=optimizer(config.optimizer, config.learning_rate,
+                                          config.weight_decay),
+                      steps_per_execution=distribute.steps_per_execution(
+                          strategy, config.steps_per_execution))
     if not distribute.is_default(strategy):
         distribute.make_losses_distributable(model)
-
-    active = list(model.heads)
-    with_rating = any(t in active for t in ("rating", "ranking"))
-    listwise_only = active == ["ranking"] and config.listwise is not None
-
-    def make(table: Interactions, batch_size: int, shuffle: bool,
-             **dist) -> tf.data.Dataset:
-        if listwise_only:
-            if not dist:
-                return listwise_dataset(table, vocabs, config.list_size,
-                                        config.lists_per_user, batch_size, shuffle, seed)
-            ex = listwise_examples(table, vocabs, config.list_size, config.lists_per_user,
-                                   seed)  # = listwise_dataset, with the distribution kwargs
-            ex[ITEM] = ex[CANDIDATES][:, 0]
-            return batched_dataset({k: tf.constant(v) for k, v in ex.items()}, batch_size,
-                                   shuffle, seed, **dist)
-        if active == ["rating"]:
-            return pointwise_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed,
-                                     **dist)
-        return retrieval_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed,
-                                 with_rating=with_rating, **dist)
-
-    train_ds, steps = distribute.fit_input(
-        strategy, lambda **kw: make(fit_table, config.batch_size, True, **kw))
-    cbs: list[tf.keras.callbacks.Callback] = []
-    average = WeightAverage(config.ema_momentum) \
-        if config.ema_momentum is not None and distribute.is_default(strategy) else None
-    if backup_dir is not None or distribute.is_parameter_server(strategy):
-        # Build the variables before fit (BackupAndRestore needs them; the parameter-server
-        # coordinator must create them outside the scheduled steps) on one batch: inference
-        # mode draws no random numbers, so the initial weights are the ones fit would make.
-        build_model(model, make(fit_table, config.batch_size, True), strategy)
-    before: list[tf.keras.callbacks.Callback] = []
-    if backup_dir is not None:
-        before.append(tf.keras.callbacks.BackupAndRestore(str(backup_dir)))
-    val_ds = val_steps = None
-    monitor = selection_monitor(config, active)
-    if validation is not None and monitor == "val_rmse":
-        val_batch = max(config.batch_size, 8192)
-        val_ds, val_steps = distribute.fit_input(
-            strategy, lambda **kw: make(validation, val_batch, False, **kw))
-        cbs.append(tf.keras.callbacks.EarlyStopping(
-            monitor="val_rmse", mode="min", patience=config.patience,
-            restore_best_weights=True))
-    if validation is not None and "retrieval" in active and config.validate_retrieval:
-        cbs.append(RetrievalValidation(validation, vocabs, *history_csr(fit_table, vocabs)))
-        if monitor == "val_recall@10":
-            cbs.append(tf.keras.callbacks.EarlyStopping(
-                monitor=monitor, mode="max", patience=config.patience,
-                restore_best_weights=True))
-    cbs.extend(distribute.tensorboard_callbacks(log_dir, strategy, "train_unified"))
-    timer = _EpochTimer()
-    cbs.append(timer)
-    cbs.extend(callbacks)
-    # Validation, early stopping and the epoch-end callbacks see the averaged weights (the
-    # ones fit leaves in the model).
-    cbs = average.around(cbs, before) if average is not None else before + cbs
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs,
-                     verbose=verbose, steps_per_epoch=steps, validation_steps=val_steps)
-    history = dict(hist.history)
+    history = fit_unified(model, fit_table, validation, config, vocabs=vocabs, seed=seed,
+                          strategy=strategy, backup_dir=backup_dir, log_dir=log_dir,
+                          callbacks=callbacks, verbose=verbose)
     if distribute.is_parameter_server(strategy):  # serve / evaluate from plain variables
-        probe_ds = make(fit_table, config.batch_size, False)
+        probe_ds = unified_batches(fit_table, list(model.heads), config, vocabs,
+                                   config.batch_size, False, seed)
         probe_x = UnifiedModel._features(next(iter(probe_ds)))
         model = distribute.unsharded_copy(
             model, lambda: build_unified(train, vocabs, config, fit_table=fit_table)[0],
-            lambda plain: build_model(plain, probe_ds), probe=lambda m: m.score(probe_x))
-    if searching and monitor in history:
-        # As train_rating: the best epoch count found on validation, refit on all rows.
-        return refit(save_search(backup_dir, history,
-                                 best_epochs(history, monitor, hist.epoch)))
-    return TrainedUnified(model, vocabs, config, tables["side_features"], history,
-                          tables["seen_splits"], tables["seen_values"],
-                          tables["item_probabilities"], tables["global_mean"],
-                          tables["rating_range"], timer.seconds)
+            lambda plain: build_variables(plain, probe_ds), probe=lambda m: m.score(probe_x))
+    trained = TrainedUnified(model, vocabs, config, tables["side_features"],
+                             dict(history.history), tables["seen_splits"],
+                             tables["seen_values"], tables["item_probabilities"],
+                             tables["global_mean"], tables["rating_range"],
+                             history.epoch_seconds)
+    return trained, search_record(history, selection_monitor(config, trained.tasks))
+
+
+def unified_batches(table: Interactions, heads: Sequence[str], config: UnifiedConfig,
+                    vocabs: Vocabularies, batch_size: int, shuffle: bool, seed: int,
+                    **distribution) -> tf.data.Dataset:
+    """What a ``UnifiedModel`` with ``heads`` trains on: the batches ``train_rating`` sees
+    for the rating head alone, listwise batches for a listwise-only ranking head, else
+    ``{user_id, item_id[, rating]}`` pairs (``distribution``: ``distribute.fit_input``).
+
+        unified_batches(train, ["retrieval"], config, vocabs, 1024, True, seed=42)
+    """
+    heads = list(heads)
+    if heads == ["ranking"] and config.listwise is not None:
+        if not distribution:
+            return listwise_dataset(table, vocabs, config.list_size, config.lists_per_user,
+                                    batch_size, shuffle, seed)
+        ex = listwise_examples(table, vocabs, config.list_size, config.lists_per_user,
+                               seed)  # = listwise_dataset, with the distribution kwargs
+        ex[ITEM] = ex[CANDIDATES][:, 0]
+        return batched_dataset({k: tf.constant(v) for k, v in ex.items()}, batch_size,
+                               shuffle, seed, **distribution)
+    if heads == ["rating"]:
+        return pointwise_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed,
+                                 **distribution)
+    return retrieval_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed,
+                             with_rating=any(t in heads for t in ("rating", "ranking")),
+                             **distribution)
+
+
+def fit_unified(model: UnifiedModel, fit_table: Interactions,
+                validation: Interactions | None, config: UnifiedConfig, *,
+                vocabs: Vocabularies, seed: int,
+                strategy: tf.distribute.Strategy | None = None,
+                backup_dir: str | os.PathLike | None = None,
+                log_dir: str | os.PathLike | None = None,
+                callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+                verbose: int = 1) -> FitHistory:
+    """Train a compiled ``UnifiedModel`` on ``fit_table`` (``tfrec_p5.training.fit``),
+    early-stopping on ``selection_monitor`` over ``validation``. Why public: ``finetune``
+    trains its heads on a pretrained backbone exactly this way.
+
+        history = fit_unified(model, train, validation, config, vocabs=vocabs, seed=42)
+    """
+    heads = list(model.heads)
+
+    def batches(table: Interactions, batch_size: int, shuffle: bool, **dist):
+        return unified_batches(table, heads, config, vocabs, batch_size, shuffle, seed,
+                               **dist)
+
+    train_ds, steps = distribute.fit_input(
+        strategy, lambda **kw: batches(fit_table, config.batch_size, True, **kw))
+    val_ds = val_steps = None
+    validators: list[tf.keras.callbacks.Callback] = []
+    monitor = selection_monitor(config, heads) if validation is not None else None
+    if monitor == "val_rmse":
+        val_ds, val_steps = distribute.fit_input(strategy, lambda **kw: batches(
+            validation, max(config.batch_size, 8192), False, **kw))
+    if validation is not None and "retrieval" in heads and config.validate_retrieval:
+        validators.append(RetrievalValidation(validation, vocabs,
+                                              *history_csr(fit_table, vocabs)))
+    # The moving average is validated, early-stopped on and left in the model by fit.
+    return fit(model, train_ds, epochs=config.epochs, validation_data=val_ds,
+               steps_per_epoch=steps, validation_steps=val_steps, validators=validators,
+               monitor=monitor, patience=config.patience,
+               build_on=lambda: batches(fit_table, config.batch_size, True),
+               backup_dir=backup_dir, log_dir=log_dir, strategy=strategy,
+               ema_momentum=config.ema_momentum if distribute.is_default(strategy) else None,
+               callbacks=callbacks, verbose=verbose, name="train_unified")

@@ -36,7 +36,6 @@ known rows are kept exactly, new ones are initialised from side features.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -48,31 +47,35 @@ import tensorflow as tf
 from tfrec_p5.config import Config
 from tfrec_p5.data import load
 from tfrec_p5.data.interactions import Interactions
-from tfrec_p5.data.pipeline import pointwise_dataset, retrieval_dataset
 from tfrec_p5.data.splits import carve_validation, leave_one_out
-from tfrec_p5.models.progress import announce_refit
-from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
+from tfrec_p5.models.rating import RatingConfig
 from tfrec_p5.models.sequential import (
     NextItemModel,
     SequentialConfig,
     TrainedSequential,
-    _ValidationStopper,
-    length_bucketed_dataset,
-    next_item_examples,
-    ranking_queries,
+    fit_next_item,
+    with_selection,
 )
 from tfrec_p5.models.unified import (
-    RetrievalValidation,
     TrainedUnified,
     UnifiedConfig,
     UnifiedModel,
+    fit_unified,
+    selection_monitor,
 )
 from tfrec_p5.pretraining.backbone import Backbone, grow_backbone, load_backbone
 from tfrec_p5.pretraining.pretrainer import rating_range_of
-from tfrec_p5.tasks.next_item import NEXT_ITEM, NextItemTask, copy_encoder_weights
+from tfrec_p5.tasks.next_item import NextItemTask, copy_encoder_weights
 from tfrec_p5.tasks.rating import RatingHead
 from tfrec_p5.tasks.retrieval import RetrievalHead, history_csr, item_frequencies
 from tfrec_p5.towers import Tower
+from tfrec_p5.training import (
+    OPTIMIZERS,
+    optimizer,
+    search_record,
+    search_then_refit,
+    with_search_history,
+)
 
 log = logging.getLogger(__name__)
 FREEZE_MODES = ("none", "towers", "embeddings", "lower_lr", "auto")
@@ -185,7 +188,7 @@ class FinetuneConfig(Config):
         if self.freeze not in FREEZE_MODES:
             raise ValueError(f"unknown freeze mode {self.freeze!r}; use one of "
                              f"{list(FREEZE_MODES)}")
-        if self.optimizer.lower() not in _OPTIMIZERS:
+        if self.optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         super().__post_init__()
 
@@ -234,10 +237,6 @@ def _copy_backbone(backbone: Backbone) -> Backbone:
                     dict(backbone.manifest), None if head is None else head.clone(towers[1]))
 
 
-def _sized(ds: tf.data.Dataset, n: int, batch_size: int) -> tf.data.Dataset:
-    return ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
-
-
 def resolve_freeze(config: FinetuneConfig, data: Interactions) -> str:
     """The freeze mode ``config`` asks for; ``"auto"`` picks it from the label count.
 
@@ -258,6 +257,14 @@ def resolve_freeze(config: FinetuneConfig, data: Interactions) -> str:
     log.info("finetune: freeze auto -> %s (%.1f labels per user, threshold %.1f)", mode,
              per_user, config.auto_labels_per_user)
     return mode
+
+
+def _backbone_optimizer(config: FinetuneConfig) -> tf.keras.optimizers.Optimizer | None:
+    """``freeze="lower_lr"``: the towers' own optimizer at ``backbone_lr_scale`` x the
+    learning rate (``None``: the towers share the head's)."""
+    if config.freeze != "lower_lr":
+        return None
+    return optimizer(config.optimizer, config.learning_rate * config.backbone_lr_scale)
 
 
 def _add_bias_prior(head: RatingHead, prior: float, rows: int) -> None:
@@ -283,17 +290,22 @@ def finetune(backbone: Backbone | str | os.PathLike, data: Interactions | str, *
              task: str | None = None, freeze: str | None = None,
              config: FinetuneConfig | None = None, validation: Interactions | None = None,
              seed: int = 42, verbose: int = 1,
-             callbacks: Sequence[tf.keras.callbacks.Callback] = ()) -> Finetuned:
+             callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+             backup_dir: str | os.PathLike | None = None) -> Finetuned | FinetunedSequential:
     """Fine-tune ``backbone`` (a ``Backbone`` or its folder) on ``data`` for ``task``.
 
     * The backbone is grown to the IDs of ``data`` (and ``validation``) it lacks.
     * A fresh head: ``RatingHead`` (``config.rating``'s head; output bias at the mean of
-      ``data``'s ratings) or ``RetrievalHead`` (user tower as the query, full softmax,
-      log-Q from ``data``'s item frequencies).
+      ``data``'s ratings), ``RetrievalHead`` (user tower as the query, full softmax,
+      log-Q from ``data``'s item frequencies) or the next-item head (see
+      ``_finetune_next_item``).
     * ``freeze`` (see module docstring) and ``config.backbone_lr_scale``.
     * ``validation=None``: ``config.validation_fraction`` of ``data`` is carved off for
-      early stopping (val RMSE / val Recall@10), then (``refit_full``) the run repeats
-      on all of ``data`` from the same backbone for the best epoch count.
+      early stopping (val RMSE / val Recall@10; next_item: each user's last item, val
+      NDCG@10), then (``refit_full``) the run repeats on all of ``data`` from the same
+      backbone for the best epoch count.
+    * ``backup_dir``: a rerun of the same call after a kill resumes from the last
+      finished epoch, or the refit without searching again (``tfrec_p5.training``).
     """
     started = time.perf_counter()
     config = config or FinetuneConfig()
@@ -308,21 +320,59 @@ def finetune(backbone: Backbone | str | os.PathLike, data: Interactions | str, *
     if config.task == "rating" and data.rating is None:
         raise ValueError("fine-tuning the rating task needs a 'rating' column")
     config = config.replace(freeze=resolve_freeze(config, data))
-    if config.task == "next_item":
-        return _finetune_next_item(backbone, data, validation, config, seed, verbose,
-                                   callbacks, started)
     carved = validation is None and config.validation_fraction > 0
-    fit_table, validation = carve_validation(data, validation, config.validation_fraction,
-                                             seed)
+    if config.task != "next_item":
+        fit_table, validation = carve_validation(data, validation,
+                                                 config.validation_fraction, seed)
+    elif carved:  # next-item validation is leave-one-out: each user's last item
+        loo = leave_one_out(data)
+        fit_table, validation = Interactions.concat(loo.train, loo.validation), loo.test
+    else:
+        fit_table = data
     grown = grow_backbone(backbone, data if carved or validation is None
-                          else Interactions.concat(data, validation),
-                          seed=seed)
+                          else Interactions.concat(data, validation), seed=seed)
+    kwargs = {"seed": seed, "verbose": verbose, "callbacks": callbacks,
+              "backup_dir": backup_dir}
+
+    def search() -> tuple[Finetuned | FinetunedSequential, dict | None]:
+        if config.task == "next_item":
+            tuned, record = _finetune_next_item(grown, fit_table, validation, config,
+                                                **kwargs)
+        else:
+            tuned, record = _finetune_pairs(grown, fit_table, validation, config,
+                                            rating_range=rating_range_of(data), **kwargs)
+        tuned.seconds = time.perf_counter() - started
+        return tuned, record
+
+    def refit(record: dict, refit_dir: str | None) -> Finetuned | FinetunedSequential:
+        out = finetune(grown, data, config=config.replace(
+            validation_fraction=0.0, refit_full=False, epochs=record["best_epochs"]),
+            seed=seed, verbose=verbose, callbacks=callbacks, backup_dir=refit_dir)
+        if config.task == "next_item":
+            out = with_selection(out, record)
+        else:
+            out.history = with_search_history(record, out.history)
+        out.backbone, out.seconds = backbone, time.perf_counter() - started
+        return out
+
+    if config.refit_full and carved:
+        return search_then_refit(backup_dir, search, refit, rows=len(data), verbose=verbose)
+    return search()[0]
+
+
+def _finetune_pairs(grown: Backbone, fit_table: Interactions,
+                    validation: Interactions | None, config: FinetuneConfig, *,
+                    rating_range: tuple[float, float] | None, seed: int, verbose: int,
+                    callbacks: Sequence[tf.keras.callbacks.Callback],
+                    backup_dir: str | os.PathLike | None) -> tuple[Finetuned, dict | None]:
+    """One rating / retrieval fine-tuning run on ``fit_table`` (early stopping on
+    ``validation``) and its search record (``tfrec_p5.training.search_record``);
+    ``rating_range``: the fine-tuning data's, for clipping predictions."""
     tf.keras.utils.set_random_seed(seed)
     work = _copy_backbone(grown)
     vocabs = work.vocabs
     for tower in (work.user_tower, work.item_tower):
         _freeze(tower, config.freeze)
-    rating_range = rating_range_of(data)
     global_mean = float(np.mean(fit_table.rating)) if fit_table.rating is not None else 0.0
     probs = item_frequencies(fit_table, vocabs)
     if config.task == "rating":
@@ -335,76 +385,34 @@ def finetune(backbone: Backbone | str | os.PathLike, data: Interactions | str, *
                              item_probabilities=probs if config.log_q else None,
                              full_softmax=config.full_softmax, history=None,
                              use_user_tower=True)
-    opt = _OPTIMIZERS[config.optimizer.lower()]
-    backbone_opt = opt(learning_rate=config.learning_rate * config.backbone_lr_scale) \
-        if config.freeze == "lower_lr" else None
     model = FinetuneModel(work.user_tower, work.item_tower, {config.task: head},
-                          backbone_optimizer=backbone_opt)
-    model.compile(optimizer=opt(learning_rate=config.learning_rate),
+                          backbone_optimizer=_backbone_optimizer(config))
+    model.compile(optimizer=optimizer(config.optimizer, config.learning_rate),
                   steps_per_execution=config.steps_per_execution)
-
-    def make(table: Interactions, batch_size: int, shuffle: bool) -> tf.data.Dataset:
-        if config.task == "rating":
-            ds = pointwise_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed)
-        else:
-            ds = retrieval_dataset(table, vocabs, batch_size, shuffle=shuffle, seed=seed)
-        return _sized(ds, len(table), batch_size)
-
+    # The heads train as train_unified trains them (no moving average of the weights).
+    run = UnifiedConfig(weights={config.task: 1.0}, batch_size=config.batch_size,
+                        epochs=config.epochs, patience=config.patience, ema_momentum=None)
+    history = fit_unified(model, fit_table, validation if validation is not None and
+                          len(validation) else None, run, vocabs=vocabs, seed=seed,
+                          backup_dir=backup_dir, callbacks=callbacks, verbose=verbose)
     splits, values = history_csr(fit_table, vocabs)
-    cbs: list[tf.keras.callbacks.Callback] = []
-    val_ds, monitor = None, None
-    if validation is not None and len(validation) and config.patience > 0:
-        if config.task == "rating":
-            val_ds = make(validation, max(config.batch_size, 8192), False)
-            monitor, mode = "val_rmse", "min"
-        else:
-            cbs.append(RetrievalValidation(validation, vocabs, splits, values, ks=(10,)))
-            monitor, mode = "val_recall@10", "max"
-        cbs.append(tf.keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
-                                                    patience=config.patience,
-                                                    restore_best_weights=True))
-    cbs.extend(callbacks)
-    hist = model.fit(make(fit_table, config.batch_size, True), validation_data=val_ds,
-                     epochs=config.epochs, callbacks=cbs, verbose=verbose)
-    history = {k: [float(x) for x in v] for k, v in hist.history.items()}
-    if config.refit_full and carved and monitor in history:
-        values_ = np.asarray(history[monitor])
-        best = int(np.argmin(values_) if mode == "min" else np.argmax(values_)) + 1
-        log.info("finetune: refitting on all %d rows for %d epochs", len(data), best)
-        announce_refit(len(data), best, verbose)
-        refit = finetune(grown, data, config=config.replace(
-            validation_fraction=0.0, refit_full=False, epochs=best), seed=seed,
-            verbose=verbose, callbacks=callbacks)
-        refit.history = {**{f"search_{k}": v for k, v in history.items()}, **refit.history}
-        refit.backbone = backbone
-        refit.seconds = time.perf_counter() - started
-        return refit
-    return Finetuned(model, vocabs, UnifiedConfig(weights={config.task: 1.0}),
-                     work.side_features, history, splits, values, probs, global_mean,
-                     rating_range, backbone=work, finetune_config=config,
-                     seconds=time.perf_counter() - started)
+    tuned = Finetuned(model, vocabs, run, work.side_features,
+                      {k: [float(x) for x in v] for k, v in history.history.items()},
+                      splits, values, probs, global_mean, rating_range, backbone=work,
+                      finetune_config=config)
+    return tuned, search_record(history, selection_monitor(run, [config.task]))
 
 
-def _finetune_next_item(backbone: Backbone, data: Interactions,
-                        validation: Interactions | None, config: FinetuneConfig, seed: int,
-                        verbose: int, callbacks: Sequence[tf.keras.callbacks.Callback],
-                        started: float) -> FinetunedSequential:
+def _finetune_next_item(grown: Backbone, fit_table: Interactions,
+                        validation: Interactions | None, config: FinetuneConfig, *,
+                        seed: int, verbose: int,
+                        callbacks: Sequence[tf.keras.callbacks.Callback],
+                        backup_dir: str | os.PathLike | None
+                        ) -> tuple[FinetunedSequential, dict | None]:
     """``finetune(task="next_item")``: the backbone's item tower + its pretrained next-item
     encoder (or a fresh one, shaped by ``config.sequential``), trained on every prefix of
-    every user's history, as ``train_sequential`` does.
-
-    Validation is leave-one-out: ``validation`` (one next item per user) or, when it is
-    ``None``, each user's last item of ``data`` carved off; early stopping keeps the epoch
-    with the best validation full-ranking NDCG@10, and (``refit_full``, carved only) the
-    run repeats on all of ``data`` for that many epochs.
-    """
-    carved = validation is None and config.validation_fraction > 0
-    fit_table = data
-    if carved:
-        loo = leave_one_out(data)
-        fit_table, validation = Interactions.concat(loo.train, loo.validation), loo.test
-    grown = grow_backbone(backbone, data if carved or validation is None
-                          else Interactions.concat(data, validation), seed=seed)
+    every user's history as ``train_sequential`` does (``fit_next_item``: the result and
+    its search record)."""
     tf.keras.utils.set_random_seed(seed)
     work = _copy_backbone(grown)
     vocabs = work.vocabs
@@ -417,21 +425,13 @@ def _finetune_next_item(backbone: Backbone, data: Interactions,
         "loss": seq.loss, "num_negatives": seq.num_negatives}
     probs = item_frequencies(fit_table, vocabs) if args["loss"] == "sampled" else None
     head = NextItemTask(**args, item_probabilities=probs)
-    opt = _OPTIMIZERS[config.optimizer.lower()]
-    backbone_opt = opt(learning_rate=config.learning_rate * config.backbone_lr_scale) \
-        if config.freeze == "lower_lr" else None
-    model = SequentialFinetuneModel(work.item_tower, head, backbone_optimizer=backbone_opt)
+    model = SequentialFinetuneModel(work.item_tower, head,
+                                    backbone_optimizer=_backbone_optimizer(config))
     model(tf.zeros((1, head.max_len), tf.int64))
     if source is not None:
         copy_encoder_weights(source, head)
-    model.compile(optimizer=opt(learning_rate=config.learning_rate),
+    model.compile(optimizer=optimizer(config.optimizer, config.learning_rate),
                   steps_per_execution=config.steps_per_execution)
-    examples = next_item_examples(fit_table, vocabs, head.max_len)
-    if not len(examples[NEXT_ITEM]):
-        raise ValueError("fine-tuning next_item needs users with two or more interactions")
-    dataset = length_bucketed_dataset(examples, seq.batch_size, seed=seed)
-    queries = ranking_queries(fit_table, validation, vocabs, head.max_len) \
-        if validation is not None and len(validation) else None
     seq_config = seq.replace(embedding_dim=int(work.item_tower.embedding_dim),
                              max_len=head.max_len, encoder=args["kind"],
                              num_blocks=args["num_blocks"], num_heads=args["num_heads"],
@@ -439,25 +439,6 @@ def _finetune_next_item(backbone: Backbone, data: Interactions,
                              loss=args["loss"], num_negatives=args["num_negatives"],
                              epochs=config.epochs, patience=config.patience,
                              learning_rate=config.learning_rate)
-    stopper = _ValidationStopper(head, queries, seq_config, time.perf_counter(), verbose)
-    model.fit(dataset, epochs=config.epochs, steps_per_epoch=int(dataset.cardinality()),
-              callbacks=[stopper, *callbacks], verbose=0)
-    if config.refit_full and carved and stopper.best_epoch > 0:
-        log.info("finetune: refitting next_item on all %d rows for %d epochs", len(data),
-                 stopper.best_epoch)
-        announce_refit(len(data), stopper.best_epoch, verbose)
-        refit = finetune(grown, data, config=config.replace(
-            validation_fraction=0.0, refit_full=False, epochs=stopper.best_epoch),
-            seed=seed, verbose=verbose, callbacks=callbacks)
-        refit.best_epoch, refit.best_metrics = stopper.best_epoch, stopper.best_metrics
-        refit.history = stopper.records + [{**r, "refit": 1.0} for r in refit.history]
-        refit.epochs_run += len(stopper.records)
-        refit.backbone = backbone
-        refit.seconds = time.perf_counter() - started
-        return refit
-    return FinetunedSequential(model, vocabs, seq_config, best_epoch=stopper.best_epoch,
-                               epochs_run=len(stopper.records),
-                               best_metrics=stopper.best_metrics, history=stopper.records,
-                               train_seconds=time.perf_counter() - started, backbone=work,
-                               finetune_config=config,
-                               seconds=time.perf_counter() - started)
+    return fit_next_item(model, vocabs, fit_table, validation, seq_config, seed=seed,
+                         verbose=verbose, backup_dir=backup_dir, callbacks=callbacks,
+                         result=FinetunedSequential, backbone=work, finetune_config=config)

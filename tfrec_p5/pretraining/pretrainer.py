@@ -49,8 +49,7 @@ from tfrec_p5.config import Config
 from tfrec_p5.data import load
 from tfrec_p5.data.interactions import ITEM, RATING, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, batched_dataset
-from tfrec_p5.models.rating import _OPTIMIZERS, RatingConfig
-from tfrec_p5.models.refit import backup_epochs
+from tfrec_p5.models.rating import RatingConfig
 from tfrec_p5.models.sequential import (
     SequentialConfig,
     length_bucketed_dataset,
@@ -58,12 +57,13 @@ from tfrec_p5.models.sequential import (
     ranking_metrics,
     ranking_queries,
 )
-from tfrec_p5.models.unified import TrainedUnified, UnifiedConfig, UnifiedModel, build_model
+from tfrec_p5.models.unified import TrainedUnified, UnifiedConfig, UnifiedModel
 from tfrec_p5.pretraining.backbone import Backbone, save_backbone
 from tfrec_p5.tasks.next_item import HISTORY, NEXT_ITEM, NextItemTask
 from tfrec_p5.tasks.rating import RatingHead
 from tfrec_p5.tasks.retrieval import RetrievalHead, history_csr, item_frequencies
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
+from tfrec_p5.training import OPTIMIZERS, fit, optimizer
 
 log = logging.getLogger(__name__)
 PRETRAIN_TASKS = ("retrieval", "rating", "next_item")
@@ -215,7 +215,7 @@ class PretrainConfig(Config):
                              f"{list(PRETRAIN_TASKS)}")
         if not self.tasks:
             raise ValueError("pretraining needs at least one task")
-        if self.optimizer.lower() not in _OPTIMIZERS:
+        if self.optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         super().__post_init__()
 
@@ -278,10 +278,6 @@ def _label_mask(table: Interactions, rating_mask: np.ndarray | None,
         return np.ones(len(table), dtype=bool)
     rng = np.random.default_rng(seed)
     return rng.random(len(table)) < float(label_fraction)
-
-
-def _sized(ds: tf.data.Dataset, n: int, batch_size: int) -> tf.data.Dataset:
-    return ds.apply(tf.data.experimental.assert_cardinality(math.ceil(n / batch_size)))
 
 
 def _with_histories(pairs: tf.data.Dataset | None, data: Interactions,
@@ -417,10 +413,9 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
             else None)
     model = PretrainModel(backbone.user_tower, backbone.item_tower, heads,
                           {t: config.weight(t) for t in heads})
-    model.compile(optimizer=_OPTIMIZERS[config.optimizer.lower()](
-        learning_rate=config.learning_rate),
-        steps_per_execution=distribute.steps_per_execution(strategy,
-                                                           config.steps_per_execution))
+    model.compile(optimizer=optimizer(config.optimizer, config.learning_rate),
+                  steps_per_execution=distribute.steps_per_execution(
+                      strategy, config.steps_per_execution))
     if not distribute.is_default(strategy):
         if "next_item" in heads:
             raise ValueError("next_item pretraining does not support tf.distribute yet")
@@ -433,38 +428,25 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
         if "rating" in active:
             feats[RATING] = tf.constant(table.rating, tf.float32)
             feats[RATING_MASK] = tf.constant(row_mask.astype(np.float32))
-        if dist:  # tf.distribute input (see tfrec_p5.distribute.fit_input)
-            return batched_dataset(feats, batch_size, shuffle, seed, **dist)
-        return _sized(batched_dataset(feats, batch_size, shuffle, seed), len(table),
-                      batch_size)
+        return batched_dataset(feats, batch_size, shuffle, seed, **dist)  # sized
 
     pair_tasks = [t for t in heads if t in PAIR_TASKS]
     train_ds, steps = distribute.fit_input(strategy, lambda **kw: make(
         data, mask, True, config.batch_size, **kw)) if pair_tasks else (None, None)
     if "next_item" in heads:
         train_ds = _with_histories(train_ds, data, vocabs, config, seed)
-    val_ds, val_steps, cbs = None, None, []
-    if backup_dir is not None:
-        # BackupAndRestore restores into built variables: build them on one batch
-        # (inference mode draws no random numbers), as train_unified does.
-        build_model(model, train_ds if distribute.is_default(strategy)
-                    else make(data, mask, True, config.batch_size), strategy)
-        cbs.append(tf.keras.callbacks.BackupAndRestore(str(backup_dir)))
-        # Resuming after N epochs: open (and drop) N iterators so the remaining epochs
-        # draw the shuffles an uninterrupted run would have drawn for them.
-        for _ in range(backup_epochs(str(backup_dir)) or 0):
-            iter(train_ds)
-    elif distribute.is_parameter_server(strategy):  # the coordinator creates the variables
-        build_model(model, make(data, mask, True, config.batch_size), strategy)
+    val_ds = val_steps = None
     if validation is not None and len(validation) and pair_tasks:
         val_mask = np.ones(len(validation), bool) if validation.rating is not None else None
         val_ds, val_steps = distribute.fit_input(strategy, lambda **kw: make(
             validation, val_mask, False, max(config.batch_size, 4096), **kw))
-        if config.patience > 0:
-            cbs.append(tf.keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=config.patience, restore_best_weights=True))
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=cbs,
-                     verbose=verbose, steps_per_epoch=steps, validation_steps=val_steps)
+    hist = fit(model, train_ds, epochs=config.epochs, validation_data=val_ds,
+               steps_per_epoch=steps, validation_steps=val_steps,
+               monitor="val_loss" if val_ds is not None and config.patience > 0 else None,
+               patience=config.patience,
+               build_on=lambda: train_ds if distribute.is_default(strategy)
+               else make(data, mask, True, config.batch_size),
+               backup_dir=backup_dir, strategy=strategy, verbose=verbose, name="pretrain")
     history = {k: [float(x) for x in v] for k, v in hist.history.items()
                if k != "val_next_item_loss"}  # validation batches carry no histories
     if "next_item" in heads:

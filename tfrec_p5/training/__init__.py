@@ -1,20 +1,20 @@
-"""Guards around a training run: the ``--out`` lock, the backup's settings record, and the
-one-line notes about the training data that a user must not miss.
+"""Training: the one loop every trainer fits through, and the guards around a run.
 
-Why a layer of its own: the CLI commands (``train``, ``pretrain``, ``finetune``) share
-these checks, and the models and data layers must not know about the CLI. Nothing here
-imports ``tfrec_p5.cli`` (the CLI passes its own error type in).
+Why a layer of its own: every trainer (``tfrec_p5.models``, ``tfrec_p5.pretraining``) runs
+``model.fit`` the same way (``fit``: resume after a kill, early stopping, TensorBoard, the
+weights' moving average) and picks its epoch count before a refit the same way
+(``search_then_refit``); the CLI commands share the run guards (the ``--out`` lock, the
+backup's settings record, notes about the data). Nothing here imports the trainers, the
+export or the CLI (which passes its own error type in).
 
-    from tfrec_p5.training import RunGuard, check_training_data
-
+    history = fit(model, train_ds, epochs=40, validation_data=val_ds, monitor="val_rmse",
+                  patience=3, backup_dir="saved_models/demo/.backup-rating")
     with RunGuard(refuse=lambda message: CliError(message, status=2)) as guard:
         guard.lock("saved_models/demo", "tfrec-p5 train --out saved_models/demo")
-        table = check_training_data(load("csv:ratings.csv"), "leave-one-out", sys.stdout)
-        guard.check_backup("saved_models/demo/.backup-rating", {"epochs": 6}, data=[table],
-                           restart=False)
-        ...train...
+        guard.check_backup("saved_models/demo/.backup-rating", {"epochs": 6}, data=[table])
 """
 
+from tfrec_p5.training.averaging import WeightAverage
 from tfrec_p5.training.backup import (
     LOCK_FILE,
     RECORD_FILE,
@@ -26,8 +26,32 @@ from tfrec_p5.training.backup import (
     has_progress,
 )
 from tfrec_p5.training.data_checks import check_training_data
+from tfrec_p5.training.loop import (
+    OPTIMIZERS,
+    FitHistory,
+    backup_epochs,
+    build_variables,
+    fit,
+    lower_is_better,
+    optimizer,
+)
+from tfrec_p5.training.progress import plural, validation_plan
+from tfrec_p5.training.refit import (
+    best_epochs,
+    load_search,
+    refit_backup_dir,
+    resume_message,
+    save_search,
+    search_record,
+    search_then_refit,
+    train_with_refit,
+    with_search_history,
+)
 
 __all__ = [
-    "LOCK_FILE", "RECORD_FILE", "OutLock", "RunGuard", "RunRefused", "check_training_data",
-    "command_line", "data_fingerprint", "has_progress",
-]
+    "LOCK_FILE", "OPTIMIZERS", "RECORD_FILE", "FitHistory", "OutLock", "RunGuard",
+    "RunRefused", "WeightAverage", "backup_epochs", "best_epochs", "build_variables",
+    "check_training_data", "command_line", "data_fingerprint", "fit", "has_progress",
+    "load_search", "lower_is_better", "optimizer", "plural", "refit_backup_dir",
+    "resume_message", "save_search", "search_record", "search_then_refit", "train_with_refit",
+    "validation_plan", "with_search_history"]

@@ -45,6 +45,7 @@ from types import TracebackType
 from typing import Any, TextIO
 
 from tfrec_p5.data.fingerprint import table_fingerprint
+from tfrec_p5.training.refit import resume_message
 
 #: The lock file in ``--out`` (one per folder, whatever the task).
 LOCK_FILE = ".lock"
@@ -58,7 +59,8 @@ _INFORMATIONAL = ("data",)
 _FLAGS = {"task": "--task", "tasks": "--tasks", "split": "--split", "seed": "--seed",
           "epochs": "--epochs", "batch_size": "--batch-size", "config": "--config",
           "weights": "--weights", "label_fraction": "--label-fraction",
-          "command": "the command"}
+          "backbone": "--backbone", "freeze": "--freeze",
+          "backbone_lr_scale": "--backbone-lr-scale", "command": "the command"}
 #: A lock file without readable content for this long is treated as abandoned (a writer
 #: fills it right after creating it).
 _UNREADABLE_LOCK_SECONDS = 10.0
@@ -410,7 +412,8 @@ class RunGuard:
         """Make ``backup_dir`` safe to resume from, or refuse.
 
         * Something to resume, and the recorded settings and data fingerprint equal
-          ``settings`` / ``data``: kept (the caller resumes).
+          ``settings`` / ``data``: kept (the caller resumes; ``resume_message`` says
+          from where, on ``info``).
         * Something to resume, but they differ (or no record: written by an older
           version): ``refuse(one line naming every difference)``; with ``restart`` the
           folder is discarded instead, said in one line.
@@ -443,6 +446,9 @@ class RunGuard:
                     f"{backup_dir} holds an interrupted run with other settings: "
                     f"{'; '.join(changed)}. Rerun with that run's settings to resume it, "
                     "or pass --restart to discard the backup and start over")
+            message = resume_message(backup_dir)
+            if message and info is not None:
+                print(message, file=info)
             return
         # Nothing to resume: the record below replaces any older one. Empty folders stay
         # (a multi-worker peer may already have made its own below this one).

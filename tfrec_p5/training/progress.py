@@ -5,8 +5,8 @@ Why: a trainer that picks its epoch count on validation data and then retrains (
 validation part into training would otherwise report "validation 0" while the trainer
 carves its own slice. These helpers turn the trainer's real settings into one phrase
 (``validation_plan``, for the command line's split line) and print one line before a
-refit starts (``announce_refit``). They print plain lines to stdout, where Keras'
-progress bars go too, and only when ``verbose > 0``: the model layer stays free of any
+refit starts (``refit.search_then_refit``). They print plain lines to stdout, where Keras'
+progress bars go too, and only when ``verbose > 0``: the training layer stays free of any
 command-line import.
 
     validation_plan(epochs=40, validation_rows=247, carved_fraction=0.1,
@@ -17,7 +17,7 @@ command-line import.
 
 from __future__ import annotations
 
-__all__ = ["announce_refit", "plural", "validation_plan"]
+__all__ = ["plural", "validation_plan"]
 
 
 def plural(count: int, noun: str) -> str:
@@ -59,15 +59,3 @@ def validation_plan(*, epochs: int, validation_rows: int, carved_fraction: float
         return (f"{source} {use}, then a refit on all {refit_rows:,} {refit_what} for the "
                 "best epoch count")
     return f"{source} {use}"
-
-
-def announce_refit(rows: int, epochs: int, verbose: int, *,
-                   what: str = "training rows") -> None:
-    """Print, when ``verbose > 0``, one line saying that the refit pass starts now.
-
-    Why: the refit is a second ``fit`` whose progress starts again at ``Epoch 1/N``; this
-    line names it, so the second run of progress bars is not taken for a restart.
-    """
-    if verbose:
-        print(f"refit: retraining on all {rows:,} {what} for {plural(epochs, 'epoch')} "
-              "(the best epoch count of the search)", flush=True)
