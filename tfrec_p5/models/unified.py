@@ -556,8 +556,6 @@ def _fit_unified(train, fit_table, validation, config, *, vocabs, seed, callback
                                           config.weight_decay),
                       steps_per_execution=distribute.steps_per_execution(
                           strategy, config.steps_per_execution))
-    if not distribute.is_default(strategy):
-        distribute.make_losses_distributable(model)
     history = fit_unified(model, fit_table, validation, config, vocabs=vocabs, seed=seed,
                           strategy=strategy, backup_dir=backup_dir, log_dir=log_dir,
                           callbacks=callbacks, verbose=verbose)

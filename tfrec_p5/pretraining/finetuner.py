@@ -389,18 +389,20 @@ def _finetune_pairs(grown: Backbone, fit_table: Interactions,
                           backbone_optimizer=_backbone_optimizer(config))
     model.compile(optimizer=optimizer(config.optimizer, config.learning_rate),
                   steps_per_execution=config.steps_per_execution)
-    # The heads train as train_unified trains them (no moving average of the weights).
-    run = UnifiedConfig(weights={config.task: 1.0}, batch_size=config.batch_size,
-                        epochs=config.epochs, patience=config.patience, ema_momentum=None)
-    history = fit_unified(model, fit_table, validation if validation is not None and
-                          len(validation) else None, run, vocabs=vocabs, seed=seed,
+    # The head trains as train_unified trains its heads (no moving average of the weights).
+    unified = UnifiedConfig(weights={config.task: 1.0}, batch_size=config.batch_size,
+                            epochs=config.epochs, patience=config.patience,
+                            ema_momentum=None)
+    if validation is not None and not len(validation):
+        validation = None
+    history = fit_unified(model, fit_table, validation, unified, vocabs=vocabs, seed=seed,
                           backup_dir=backup_dir, callbacks=callbacks, verbose=verbose)
     splits, values = history_csr(fit_table, vocabs)
-    tuned = Finetuned(model, vocabs, run, work.side_features,
+    tuned = Finetuned(model, vocabs, unified, work.side_features,
                       {k: [float(x) for x in v] for k, v in history.history.items()},
                       splits, values, probs, global_mean, rating_range, backbone=work,
                       finetune_config=config)
-    return tuned, search_record(history, selection_monitor(run, [config.task]))
+    return tuned, search_record(history, selection_monitor(unified, [config.task]))
 
 
 def _finetune_next_item(grown: Backbone, fit_table: Interactions,

@@ -416,10 +416,8 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
     model.compile(optimizer=optimizer(config.optimizer, config.learning_rate),
                   steps_per_execution=distribute.steps_per_execution(
                       strategy, config.steps_per_execution))
-    if not distribute.is_default(strategy):
-        if "next_item" in heads:
-            raise ValueError("next_item pretraining does not support tf.distribute yet")
-        distribute.make_losses_distributable(model)
+    if not distribute.is_default(strategy) and "next_item" in heads:
+        raise ValueError("next_item pretraining does not support tf.distribute yet")
 
     def make(table: Interactions, row_mask: np.ndarray | None, shuffle: bool,
              batch_size: int, **dist) -> tf.data.Dataset:

@@ -162,8 +162,9 @@ def fit(model: tf.keras.Model, data: Any, *, epochs: int, validation_data: Any =
         epoch's logs, run before early stopping, which may watch them.
       backup_dir: ``BackupAndRestore``: a rerun of the same call after a kill resumes at
         the epoch after the last one saved. Keras removes it when ``fit`` ends.
-      log_dir: TensorBoard logs (needs ``tensorboard``; none under a parameter-server
-        ``strategy``).
+      strategy: the one ``model`` was built under; other than the default, mean-reduced
+        head losses average over the global batch (``make_losses_distributable``).
+      log_dir: TensorBoard logs (needs ``tensorboard``; none under parameter servers).
       ema_momentum: validate, early-stop and end on the weights' moving average
         (``WeightAverage``; single process only).
       max_minutes: stop at the first epoch end after this much fitting time.
@@ -184,6 +185,8 @@ def fit(model: tf.keras.Model, data: Any, *, epochs: int, validation_data: Any =
         except ImportError as err:
             raise ImportError(f"{name}(log_dir=...) writes TensorBoard logs and needs the "
                               "'tensorboard' package: pip install tensorboard") from err
+    if not distribute.is_default(strategy):
+        distribute.make_losses_distributable(model)
     if build_on is not None and (backup_dir is not None
                                  or distribute.is_parameter_server(strategy)):
         build_variables(model, build_on(), strategy)

@@ -53,16 +53,14 @@ def refit_backup_dir(backup_dir: str | os.PathLike | None) -> str | None:
     return None if backup_dir is None else os.path.join(os.fspath(backup_dir), "refit")
 
 
-def search_record(history: tf.keras.callbacks.History, monitor: str | None,
-                  **extra: Any) -> dict | None:
-    """``best_epochs``, ``stopped_epoch`` and ``history`` of a finished search, plus any
-    JSON-able ``extra`` (``None`` when ``monitor`` was never logged: nothing to refit)."""
+def search_record(history: tf.keras.callbacks.History, monitor: str | None) -> dict | None:
+    """``best_epochs``, ``stopped_epoch`` and ``history`` of a finished search (``None``
+    when ``monitor`` was never logged: nothing to refit for)."""
     if monitor is None or monitor not in history.history:
         return None
     return {"best_epochs": best_epochs(history.history, monitor, history.epoch),
             "stopped_epoch": int(getattr(history, "stopped_epoch", 0)),
-            "history": {k: [float(x) for x in v] for k, v in history.history.items()},
-            **extra}
+            "history": {k: [float(x) for x in v] for k, v in history.history.items()}}
 
 
 def save_search(backup_dir: str | os.PathLike | None, record: dict) -> dict:
