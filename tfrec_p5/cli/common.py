@@ -18,7 +18,8 @@ from tfrec_p5.cli.registry import CliError
 if TYPE_CHECKING:
     from tfrec_p5.data.interactions import Interactions
 
-__all__ = ["BACKUP_PREFIX", "COUNT_METRICS", "DISTRIBUTED_TASKS", "VALIDATION_FRACTION",
+__all__ = ["BACKUP_PREFIX", "COUNT_METRICS", "DISTRIBUTED_TASKS", "STRATEGIES",
+           "VALIDATION_FRACTION", "add_run_options",
            "describe", "flat", "format_table", "format_value", "guarded", "positive_int",
            "read_config", "resolve_strategy", "split_parts"]
 
@@ -50,6 +51,31 @@ def guarded(command: Callable[[argparse.Namespace, Any], int]
         with RunGuard(refuse=lambda message: CliError(message, status=2)) as guard:
             return command(args, guard)
     return run
+
+
+STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
+
+
+def add_run_options(parser: argparse.ArgumentParser, backup: str, *,
+                    strategy: bool = True) -> None:
+    """The options every training command shares: ``--restart`` (its backup folder is
+    ``OUT/<backup>``), ``--quiet``, and unless ``strategy=False`` ``--strategy`` and
+    ``--deterministic``."""
+    parser.add_argument("--restart", action="store_true", help="discard the backup an "
+                        f"interrupted run left in OUT/{backup} and start over (without it, "
+                        "a rerun resumes from that backup, and refuses if its settings or "
+                        "training data differ)")
+    parser.add_argument("--quiet", action="store_true", help="no Keras progress bar")
+    if not strategy:
+        return
+    parser.add_argument("--strategy", default="default", choices=STRATEGIES,
+                        help="tf.distribute strategy ('default' is one process). "
+                        "multi_worker and parameter_server read the cluster from TF_CONFIG; "
+                        "run the same command on every task (parameter-server workers / ps "
+                        "then just serve). --batch-size is the global batch")
+    parser.add_argument("--deterministic", action="store_true", help="bit-identical reruns "
+                        "(same seed and data): oneDNN off and TF op determinism; a bit "
+                        "slower")
 
 
 def positive_int(text: str) -> int:

@@ -30,6 +30,7 @@ from typing import Any
 from tfrec_p5.cli.builtin import parse_weights
 from tfrec_p5.cli.common import (
     BACKUP_PREFIX,
+    add_run_options,
     flat,
     format_table,
     format_value,
@@ -272,19 +273,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--config", metavar="FILE.json", help="PretrainConfig overrides (JSON "
                    "object)")
     p.add_argument("--overwrite", action="store_true", help="replace a backbone in --out")
-    p.add_argument("--restart", action="store_true", help="discard the backup an "
-                   "interrupted pretrain left in OUT/.backup-pretrain and start over "
-                   "(without it, a rerun resumes from that backup, and refuses if its "
-                   "settings or training data differ)")
-    p.add_argument("--strategy", default="default",
-                   choices=["default", "mirrored", "multi_worker", "parameter_server"],
-                   help="tf.distribute strategy ('default' is one process; see 'tfrec-p5 "
-                   "train --help'); multi_worker and parameter_server read TF_CONFIG; "
-                   "--batch-size is the global batch")
-    p.add_argument("--deterministic", action="store_true", help="bit-identical reruns "
-                   "(oneDNN off, TF op determinism; see 'train --help')")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    p.add_argument("--quiet", action="store_true", help="no Keras progress bar")
+    add_run_options(p, BACKUP_PREFIX + "pretrain")
     p.add_argument("--out", required=True, metavar="DIR", help="backbone folder, e.g. "
                    "backbones/NAME")
     p.set_defaults(func=cmd_pretrain)
@@ -321,12 +311,8 @@ def add_parsers(sub) -> None:
                    "object)")
     p.add_argument("--top-k", type=positive_int, default=100, help="items the exported recommend "
                    "signature returns")
-    p.add_argument("--restart", action="store_true", help="discard the backup an "
-                   "interrupted finetune left in OUT/.backup-finetune and start over "
-                   "(without it, a rerun resumes from that backup, and refuses if its "
-                   "settings or training data differ)")
     p.add_argument("--json", action="store_true", help="print the metrics JSON on stdout")
-    p.add_argument("--quiet", action="store_true", help="no Keras progress bar")
+    add_run_options(p, BACKUP_PREFIX + "finetune", strategy=False)
     p.add_argument("--out", required=True, metavar="DIR", help="export folder, e.g. "
                    "saved_models/NAME")
     p.set_defaults(func=cmd_finetune)

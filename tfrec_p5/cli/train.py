@@ -19,6 +19,7 @@ import sys
 
 from tfrec_p5.cli.common import (
     BACKUP_PREFIX,
+    add_run_options,
     describe,
     flat,
     format_table,
@@ -181,25 +182,13 @@ def add_parser(sub, task_names: list[str]) -> None:
                    "training (e.g. a separate test file with --split none)")
     p.add_argument("--json", action="store_true", help="print the metrics JSON on stdout "
                    "(progress goes to stderr)")
-    p.add_argument("--quiet", action="store_true", help="no Keras progress bar")
-    p.add_argument("--deterministic", action="store_true", help="bit-identical reruns "
-                   "(same seed and data): oneDNN off and TF op determinism; a bit slower")
     p.add_argument("--weights", metavar="TASK=W,...", help="--task all: loss weight per head, "
                    "e.g. rating=1,retrieval=1,ranking=0 (0 switches a head off)")
     p.add_argument("--top-k", type=positive_int, metavar="K", help="items the exported "
                    "recommend / next_items signature returns (default: 100)")
     p.add_argument("--include-seen", action="store_true", help="recommend may return the "
                    "user's training items (default: excluded)")
-    p.add_argument("--restart", action="store_true", help="discard the backup an "
-                   "interrupted run left in OUT/.backup-TASK and start over (without it, a "
-                   "rerun resumes from that backup, and refuses if its settings or training "
-                   "data differ)")
-    p.add_argument("--strategy", default="default",
-                   choices=["default", "mirrored", "multi_worker", "parameter_server"],
-                   help="tf.distribute strategy ('default' is one process). multi_worker and "
-                   "parameter_server read the cluster from TF_CONFIG; run the same command "
-                   "on every task (parameter-server workers / ps then just serve). "
-                   "--batch-size is the global batch")
+    add_run_options(p, BACKUP_PREFIX + "TASK")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="export folder, e.g. saved_models/NAME (versions 1, 2, ... inside)")
     p.set_defaults(func=cmd_train)
