@@ -5,6 +5,9 @@
     split = data.random_split(table, 0.8, seed=42)
     vocabs = data.Vocabularies.build(split.train)
     train_ds = data.pointwise_dataset(split.train, vocabs, batch_size=8192, shuffle=True)
+
+``register_tfds("movielens/100k-ratings", "../shared/data/ml-100k")`` makes the TFRS
+tutorials' own ``tfds.load("movielens/100k-ratings")`` work offline (``tfds_register``).
 """
 
 from tfrec_p5.data.errors import DataError
@@ -26,11 +29,12 @@ from tfrec_p5.data.splits import (
     temporal_split,
     tfrs_split,
 )
+from tfrec_p5.data.tfds_register import register_tfds
 from tfrec_p5.data.vocabulary import OOV_INDEX, Vocabulary
 
 __all__ = [
     "OOV_INDEX", "DataError", "Interactions", "Split", "Vocabularies", "Vocabulary",
     "batched_dataset", "history_dataset", "leave_one_out", "load", "parse_spec",
-    "parse_split", "pointwise_dataset", "random_split", "register", "retrieval_dataset",
-    "synthetic", "temporal_split", "tfrs_split", "user_histories",
+    "parse_split", "pointwise_dataset", "random_split", "register", "register_tfds",
+    "retrieval_dataset", "synthetic", "temporal_split", "tfrs_split", "user_histories",
 ]
