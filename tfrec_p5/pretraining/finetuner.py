@@ -79,6 +79,9 @@ from tfrec_p5.training import (
 
 log = logging.getLogger(__name__)
 FREEZE_MODES = ("none", "towers", "embeddings", "lower_lr", "auto")
+"""What ``finetune(..., freeze=...)`` (``--freeze``) may keep fixed: nothing, the towers,
+their embeddings, or train the towers at a lower learning rate; ``auto`` picks ``towers`` or
+``lower_lr`` from the labels per user (few labels overfit a free backbone)."""
 FINETUNE_TASKS = ("rating", "retrieval", "next_item")
 
 
