@@ -5,7 +5,8 @@ model), built once for the module, are loaded in a process that imports only Ten
 (no tfrec_p5, TFRS or tf-keras, no ``TF_USE_LEGACY_KERAS``) and called with: empty
 batches, unknown IDs, empty strings, 20,000-character and non-ASCII IDs, bytes that are
 not UTF-8, candidate lists of length 0, and histories longer than ``max_len``. The
-documented fallbacks (README, "Reliability") are checked value by value:
+documented fallbacks (``docs/reliability.md``, "Odd serving requests") are checked value
+by value:
 
 * ``predict_rating`` / ``serving_default``: unknown or empty IDs use the OOV rows; the
   rating is finite and inside the rating range; an empty batch gives shape ``[0]``.

@@ -17,9 +17,12 @@ import importlib  # noqa: E402
 
 from tfrec_p5._version import __version__  # noqa: E402
 
-#: The subpackages, in the order data flows through them; each has its own ``__all__``.
 SUBPACKAGES = ("data", "towers", "tasks", "training", "models", "pretraining", "evaluation",
                "export", "distribute", "cli")
+"""The subpackages, in the order data flows through them; each has its own ``__all__``.
+
+``tfrec_p5.data`` and the others are imported on first use (``tfrec_p5.data.load``), so
+``import tfrec_p5`` stays light: it must run before TensorFlow is imported."""
 __all__ = ["SUBPACKAGES", "__version__", *SUBPACKAGES]
 
 

@@ -8,7 +8,7 @@ anyone can rerun, with the split, seed and metrics recorded next to the export.
     tfrec-p5 evaluate --model saved_models/demo --data synthetic --split random:0.8 --json
 
 The command line is the top layer: nothing else in ``tfrec_p5`` imports it. Its modules:
-``registry`` (``Task``, ``TrainRequest``, ``TrainResult``, ``CliError``), ``tasks`` (the
+``registry`` (``Task``, ``TrainRequest``, ``TrainResult``, ``CliError``), ``builtin`` (the
 built-in ``--task`` values), ``common`` (splits, tables, config files), one module per
 command group (``train``, ``query``: evaluate / predict / recommend, ``pretrain``:
 pretrain / finetune) and ``app`` (parser and ``main``).

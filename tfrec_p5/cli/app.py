@@ -165,6 +165,8 @@ def deterministic_ops(before_import: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tfrec-p5`` with ``argv`` (default ``sys.argv[1:]``); return the exit status.
 
+    It returns instead of exiting, so tests and other programs can run a command in-process:
+
         main(["predict", "--model", "saved_models/demo", "--user", "u1", "--item", "i1"])
     """
     try:

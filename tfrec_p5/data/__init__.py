@@ -1,5 +1,8 @@
 """The data layer: source → interactions → vocabulary → split → tf.data pipeline.
 
+Every source becomes the same ``Interactions`` table, so everything after ``load`` works
+the same on any data:
+
     from tfrec_p5 import data
     table = data.load("movielens:../shared/data/ml-100k")
     split = data.random_split(table, 0.8, seed=42)

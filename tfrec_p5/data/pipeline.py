@@ -117,8 +117,8 @@ def batched_dataset(tensors, batch_size: int, shuffle: bool = False, seed: int |
     The permutation is drawn once per pass with ``tf.random.shuffle`` (seeded, so runs
     repeat) and applied with ``tf.gather``: a full shuffle at memory speed.
 
-    ``distributed`` / ``input_context``: see the module docstring (``tf.distribute``
-    input); ``distributed=True`` yields the same batches as the default.
+    ``distributed`` / ``input_context``: see the ``tfrec_p5.data.pipeline`` module
+    (``tf.distribute`` input); ``distributed=True`` yields the same batches as the default.
     """
     flat = tf.nest.flatten(tensors)
     n = int(flat[0].shape[0])

@@ -36,6 +36,8 @@ import numpy as np
 from tfrec_p5.data.errors import DataError
 
 OOV_INDEX = 0
+"""Index of the shared out-of-vocabulary row: an ID not seen in training maps here, so a
+model answers for every ID (the same numbering as ``tf.keras.layers.StringLookup``)."""
 #: Token that ``HashedVocabulary.tokens`` shows for a bucket no training ID hashed into.
 EMPTY_BUCKET = ""
 

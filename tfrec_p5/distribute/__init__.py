@@ -58,8 +58,9 @@ import tensorflow as tf
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("default", "mirrored", "multi_worker", "parameter_server")
-#: ``MinSizePartitioner``'s default: variables smaller than this stay in one piece.
+"""The names ``resolve_strategy`` (and ``--strategy``) accept; see the module docstring."""
 DEFAULT_MIN_SHARD_BYTES = 256 << 10
+"""``MinSizePartitioner``'s default: variables smaller than this stay in one piece."""
 
 _CACHE: dict[tuple, tf.distribute.Strategy] = {}
 _ACTIVE: list[tf.distribute.Strategy] = []
@@ -90,6 +91,8 @@ def is_default(strategy: tf.distribute.Strategy | None) -> bool:
 
 
 def is_parameter_server(strategy: tf.distribute.Strategy | None) -> bool:
+    """Whether ``strategy`` is a ``ParameterServerStrategy``: its ``model.fit`` wants a
+    ``DatasetCreator`` and its trained tables are sharded (see ``unsharded_copy``)."""
     return isinstance(strategy, tf.distribute.ParameterServerStrategy)
 
 

@@ -1,5 +1,8 @@
 """RMSE and MAE: the rating task's metrics, computed in one place.
 
+The models' ``evaluate`` and the evaluation through an export's signatures both call it,
+so the two report the same numbers for the same predictions:
+
     rating_metrics(predictions, table.rating)      # {"rmse": 0.91, "mae": 0.72}
 """
 

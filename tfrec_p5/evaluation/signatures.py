@@ -28,8 +28,8 @@ __all__ = ["PROTOCOLS", "decode_strings", "evaluate_after_history", "evaluate_ne
            "evaluate_rank", "evaluate_recommend", "evaluate_signature", "parse_protocol",
            "predict_ratings"]
 
-#: Next-item protocols: rank among the full catalog, or P5's 1 + N sampled candidates.
 PROTOCOLS = ("full", "sampled")
+"""Next-item protocols: rank among the full catalog, or P5's 1 + N sampled candidates."""
 
 #: ``signatures(name)`` → a callable signature, as ``ServingModule.signature`` gives.
 Signatures = Callable[[str], Callable[..., Mapping[str, Any]]]

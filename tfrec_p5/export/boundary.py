@@ -36,10 +36,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-#: Item ID of a padding entry in a fixed-size top-k output: "no item here".
 PAD_ITEM_ID = ""
-#: Score of a padding entry: below every real score, finite (strict JSON can carry it).
+"""Item ID of a padding entry in a fixed-size top-k output: "no item here"."""
 PAD_SCORE = float(np.finfo(np.float32).min)
+"""Score of a padding entry: below every real score, finite (strict JSON can carry it)."""
 
 
 # ---------------------------------------------------------------------- inputs
@@ -111,6 +111,9 @@ def check_shapes(signature: str, specs: Sequence[tf.TensorSpec],
 def checked_signature(signature: str, fn: Callable[..., dict[str, tf.Tensor]],
                       specs: Sequence[tf.TensorSpec]) -> Callable[..., dict[str, tf.Tensor]]:
     """``fn`` behind ``check_shapes``: same parameters (by position or name), same result.
+
+    A malformed request then fails at the signature boundary with an error naming the
+    signature and its inputs, not deep inside the towers:
 
         tf.function(checked_signature("recommend", recommend, [USER_ID_SPEC]),
                     input_signature=[relaxed_spec(USER_ID_SPEC)])

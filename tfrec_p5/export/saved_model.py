@@ -58,8 +58,13 @@ from tfrec_p5.data.pipeline import Vocabularies
 from tfrec_p5.export.serving import ServingModule, add_rating_signatures
 
 EXTRA_DIR = "assets.extra"
+"""Folder of a version for our own files: TF Serving carries it along but never reads it."""
 METADATA_FILE = "metadata.json"
+"""In ``EXTRA_DIR``: data, split, seed, tasks, vocab sizes, rating range, config, versions
+and every file's size and SHA-256, so ``evaluate`` can rebuild the test part and
+``load_export`` can refuse a corrupt export."""
 METRICS_FILE = "metrics.json"
+"""In ``EXTRA_DIR``: the metrics table ``train`` printed."""
 #: Hashes of the training rows (``TrainingRecord``), next to the metadata.
 TRAINING_FILE = "training_data.npz"
 TMP_PREFIX = ".tmp-export-"
@@ -230,6 +235,8 @@ def verify_export(version_dir: str | os.PathLike,
 def resolve_export(path: str | os.PathLike) -> str:
     """The version folder ``path`` names: itself if it is one, else its latest version.
 
+    A model folder holds versions 1, 2, ... as TF Serving expects; commands take either:
+
         resolve_export("saved_models/demo")     # -> "saved_models/demo/3" (latest)
         resolve_export("saved_models/demo/2")   # -> "saved_models/demo/2"
     """
@@ -266,6 +273,9 @@ def load_metadata(version_dir: str | os.PathLike) -> dict[str, Any]:
 
 def load_export(path: str | os.PathLike) -> tuple[Any, str, dict[str, Any]]:
     """``(loaded SavedModel, version folder, metadata)`` for a model folder or version folder.
+
+    Every file is checked against the size and SHA-256 that ``metadata.json`` records
+    first, so a truncated or tampered export fails with one ``ExportError``:
 
         loaded, version_dir, meta = load_export("saved_models/demo")
         loaded.signatures["predict_rating"](user_id=tf.constant(["u1"]),

@@ -40,12 +40,13 @@ from tfrec_p5.data.pipeline import Vocabularies
 from tfrec_p5.data.vocabulary import OOV_INDEX, HashedVocabulary, Vocabulary
 from tfrec_p5.export.boundary import checked_signature, relaxed_spec
 
-#: Input specs shared by all signatures: a batch of raw string IDs. Their shapes are the
-#: contract ``add_signature`` checks each request against (``boundary.check_shapes``).
 USER_ID_SPEC = tf.TensorSpec([None], tf.string, name="user_id")
+"""Input spec shared by all signatures: a batch of raw string user IDs. Its shape is the
+contract ``add_signature`` checks each request against (``boundary.check_shapes``)."""
 ITEM_ID_SPEC = tf.TensorSpec([None], tf.string, name="item_id")
-#: The signature TF Serving uses when a request names none.
+"""Input spec of a batch of raw string item IDs, checked like ``USER_ID_SPEC``."""
 DEFAULT_SIGNATURE = "serving_default"
+"""The signature TF Serving uses when a request names none."""
 
 
 class IdLookup(tf.Module):

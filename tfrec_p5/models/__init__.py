@@ -1,5 +1,8 @@
 """Task models built on the shared towers.
 
+The package exports the rating model, the simplest entry point; the multi-task and
+sequential models are in ``tfrec_p5.models.unified`` and ``tfrec_p5.models.sequential``:
+
     from tfrec_p5.models import RatingConfig, train_rating, evaluate_rating
 """
 

@@ -142,7 +142,7 @@ class ClipRating(tf.keras.layers.Layer):
 def build_rating_model(vocabs: Vocabularies, side_features: SideFeatures | None,
                        config: RatingConfig, *, global_mean: float = 0.0,
                        rating_range: tuple[float, float] | None = None) -> tf.keras.Model:
-    """The functional rating model (see module docstring).
+    """The functional rating model (see the ``tfrec_p5.models.rating`` module).
 
     ``global_mean`` initializes the output bias (training starts at the mean rating
     instead of 0); ``rating_range`` enables ``ClipRating`` when ``config.clip_predictions``.

@@ -59,8 +59,10 @@ from tfrec_p5.towers import SideFeatures, Tower, load_tower, save_tower
 from tfrec_p5.towers.side_features import HISTORY_FEATURES, FeatureTable, tokenize
 
 BACKBONE_FORMAT = "tfrec_p5.backbone"
-#: Bumped when the layout changes incompatibly; ``load_backbone`` refuses other versions.
+"""The ``format`` field of a backbone's ``manifest.json``: ``load_backbone`` refuses a folder
+that is not a backbone before it reads anything else."""
 FORMAT_VERSION = 1
+"""Bumped when the layout changes incompatibly; ``load_backbone`` refuses other versions."""
 MANIFEST = "manifest.json"
 FILES = {
     "user_vocab": "vocab/user_vocab.json",

@@ -79,6 +79,9 @@ from tfrec_p5.training import (
 
 log = logging.getLogger(__name__)
 FREEZE_MODES = ("none", "towers", "embeddings", "lower_lr", "auto")
+"""What ``finetune(..., freeze=...)`` (``--freeze``) may keep fixed: nothing, the towers,
+their embeddings, or train the towers at a lower learning rate; ``auto`` picks ``towers`` or
+``lower_lr`` from the labels per user (few labels overfit a free backbone)."""
 FINETUNE_TASKS = ("rating", "retrieval", "next_item")
 
 
@@ -299,7 +302,8 @@ def finetune(backbone: Backbone | str | os.PathLike, data: Interactions | str, *
       ``data``'s ratings), ``RetrievalHead`` (user tower as the query, full softmax,
       log-Q from ``data``'s item frequencies) or the next-item head (see
       ``_finetune_next_item``).
-    * ``freeze`` (see module docstring) and ``config.backbone_lr_scale``.
+    * ``freeze`` (see the ``tfrec_p5.pretraining.finetuner`` module) and
+      ``config.backbone_lr_scale``.
     * ``validation=None``: ``config.validation_fraction`` of ``data`` is carved off for
       early stopping (val RMSE / val Recall@10; next_item: each user's last item, val
       NDCG@10), then (``refit_full``) the run repeats on all of ``data`` from the same

@@ -338,7 +338,8 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
         it is used: pass the training part of your split, never the test part.
       tasks, weights: override ``config.tasks`` / ``config.weights`` (loss weight per
         task; 0 switches a task off). Tasks: ``retrieval``, ``rating``, ``next_item``
-        (each user's rows in timestamp order; see the module docstring).
+        (each user's rows in timestamp order; see the ``tfrec_p5.pretraining.pretrainer``
+        module).
       rating_mask / label_fraction: which rows' ratings the rating task sees (boolean
         mask, or a random fraction drawn with ``seed``); default: all.
       validation: held-out rows; their rating RMSE / retrieval Recall@10 go to the

@@ -40,7 +40,7 @@ import tensorflow as tf
 
 
 class Head(tf.keras.layers.Layer):
-    """Base class of task heads (see module docstring for the contract)."""
+    """Base class of task heads (the contract is in the ``tfrec_p5.tasks.base`` module)."""
 
     #: Task name used as the key in ``UnifiedModel`` and in the CLI's ``--weights``.
     task: str = "head"

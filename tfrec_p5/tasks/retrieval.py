@@ -126,7 +126,7 @@ class HistoryEncoder(tf.keras.layers.Layer):
 
 
 class RetrievalHead(Head):
-    """Two-tower retrieval on ``tfrs.tasks.Retrieval`` (see module docstring).
+    """Two-tower retrieval on ``tfrs.tasks.Retrieval`` (see its module).
 
     Args:
       num_items: item vocabulary size (OOV row included).

@@ -1,5 +1,8 @@
 """Towers: the shared user / item backbone every task head reuses.
 
+Built from the training vocabularies and side-feature tables, so every head of a model
+reads the same user and item vectors:
+
     from tfrec_p5.towers import SideFeatures, UserTower, ItemTower
     side = SideFeatures.build(train, vocabs)
     user_tower = UserTower.from_vocab(vocabs, side, embedding_dim=32)

@@ -55,7 +55,8 @@ def tokenize(text: str) -> list[str]:
 
 @dataclass(frozen=True)
 class FeatureTable:
-    """One side feature as a per-ID table (see module docstring for the encodings)."""
+    """One side feature as a per-ID table (the encodings: its module,
+    ``tfrec_p5.towers.side_features``)."""
 
     name: str
     kind: str

@@ -67,6 +67,9 @@ def embedding_memory_bytes(rows: int, dim: int, optimizer: str = "adam",
                            bytes_per_value: int = 4) -> int:
     """Training memory of one ``rows × dim`` table: values + the optimizer's slots.
 
+    ID tables dominate a model's memory; this tells before training whether a catalog
+    fits (Adam keeps 2 slots a value, Adagrad and RMSprop 1, SGD 0):
+
         embedding_memory_bytes(1_000_001, 32, "adam")     # 384_000_384 (3 × 128 MB)
     """
     slots = OPTIMIZER_SLOTS[optimizer.lower()]

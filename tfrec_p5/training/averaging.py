@@ -35,7 +35,8 @@ import tensorflow as tf
 
 
 class WeightAverage(tf.keras.callbacks.Callback):
-    """Keeps the moving average of ``model.trainable_variables`` (see module docstring)."""
+    """Keeps the moving average of ``model.trainable_variables`` (see its module,
+    ``tfrec_p5.training.averaging``)."""
 
     def __init__(self, momentum: float = 0.99) -> None:
         super().__init__()

@@ -47,10 +47,11 @@ from typing import Any, TextIO
 from tfrec_p5.data.fingerprint import table_fingerprint
 from tfrec_p5.training.refit import resume_message
 
-#: The lock file in ``--out`` (one per folder, whatever the task).
 LOCK_FILE = ".lock"
-#: The settings record inside a backup folder.
+"""The lock file in ``--out`` (one per folder, whatever the task): two runs writing one
+folder would mix their backups and exports."""
 RECORD_FILE = "settings.json"
+"""The settings record inside a backup folder: a rerun resumes only the run that wrote it."""
 _FORMAT = 1
 #: Settings shown in a refusal but not compared: the data are compared by fingerprint
 #: (the same rows under another spelling of ``--data`` resume fine).
@@ -134,6 +135,8 @@ def _show(value: Any) -> str:
 
 def differences(recorded: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """What differs between two records, one phrase per setting, in a stable order.
+
+    The refusal of a rerun whose settings differ from its backup's names each of them:
 
         differences({"settings": {"epochs": 6}, "data": {...}},
                     {"settings": {"epochs": 2}, "data": {...}})   # ["--epochs was 6, now 2"]

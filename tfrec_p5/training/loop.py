@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = {"adam": tf.keras.optimizers.Adam, "adamw": tf.keras.optimizers.AdamW,
               "adagrad": tf.keras.optimizers.Adagrad, "sgd": tf.keras.optimizers.SGD,
               "rmsprop": tf.keras.optimizers.RMSprop}
+"""Optimizer names a config's ``optimizer`` field accepts (any case) → the tf-keras class;
+``optimizer(name, learning_rate)`` builds one. Configs check their value against it."""
 
 
 def optimizer(name: str, learning_rate: float,

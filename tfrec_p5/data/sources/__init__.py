@@ -83,7 +83,18 @@ def resolve_spec(spec: str) -> str:
 
 
 def load(spec: str = "synthetic", **options) -> Interactions:
-    """Load the interactions a spec names (see module docstring)."""
+    """Load the interactions a spec names, as one ``Interactions`` table.
+
+    One string names any data (the CLI's ``--data`` is this spec), so every command and
+    notebook takes any source. Schemes: ``synthetic``, ``movielens``, ``amazon``, ``csv``,
+    ``parquet``, ``tfds`` and those added with ``register``; keyword ``options`` override
+    the spec's ``?key=value`` pairs:
+
+        load("synthetic")                                   # built-in, offline
+        load("movielens:../shared/data/ml-100k")
+        load("csv:ratings.csv?user=uid&item=movie&rating=stars")
+        load("synthetic", num_users=500, num_items=300)
+    """
     scheme, path, spec_options = parse_spec(spec)
     spec_options.update(options)
     if scheme == "synthetic":

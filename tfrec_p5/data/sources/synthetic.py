@@ -66,7 +66,8 @@ def _check_args(values: dict) -> dict:
 
 def synthetic(num_users: int = 2000, num_items: int = 1000, num_interactions: int = 100_000,
               dim: int = 8, seed: int = 0, noise: float = 0.5, **unknown) -> Interactions:
-    """A seeded synthetic interactions table (see module docstring for the model).
+    """A seeded synthetic interactions table (the generative model: its module,
+    ``tfrec_p5.data.sources.synthetic``).
 
     Arguments outside ``LIMITS`` (or unknown ones) are a ``DataError`` naming them.
     """
