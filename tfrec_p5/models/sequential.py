@@ -2,10 +2,10 @@
 
 Why this shape: P5's sequential task is "given a user's items so far, what comes next?".
 The strongest simple model for it is SASRec trained with full-softmax cross-entropy on
-every prefix of every training sequence. Here the model is ``NextItemModel`` — an
-``ItemTower`` plus the ``NextItemTask`` head, a ``tfrs.Model`` whose ``compute_loss`` calls
-the head exactly as ``UnifiedModel`` would — so the same head can be pretrained with the
-other tasks. Training examples are built once in numpy (one left-padded row per user with
+every prefix of every training sequence. Here the model is a ``UnifiedModel`` with one
+head, ``NextItemTask``, on an ``ItemTower`` — the same model class and head every other
+task trains, so the head can be pretrained with the other tasks.
+Training examples are built once in numpy (one left-padded row per user with
 its shifted targets) and streamed as integer tensors; the training step has no Python in
 it. Model selection (early stopping, best-epoch restore) uses **only** the validation item
 (full-ranking NDCG@10 over all items, training items excluded), computed in-graph every
@@ -36,12 +36,12 @@ from typing import ClassVar
 
 import numpy as np
 import tensorflow as tf
-import tensorflow_recommenders as tfrs
 
 from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import Vocabularies, user_histories
 from tfrec_p5.evaluation.ranking import group_by_row
+from tfrec_p5.models.unified import UnifiedModel
 from tfrec_p5.tasks.next_item import HISTORY, NEXT_ITEM, NextItemTask
 from tfrec_p5.tasks.retrieval import item_frequencies
 from tfrec_p5.towers import ItemTower, SideFeatures
@@ -180,27 +180,11 @@ def length_bucketed_dataset(examples: Mapping[str, np.ndarray], batch_size: int,
 
 
 # ---------------------------------------------------------------------- model
-class NextItemModel(tfrs.Model):
-    """``ItemTower`` + ``NextItemTask``: the single-task model; the head is plug-compatible
-    with ``UnifiedModel`` (``bind`` + ``compute_loss(features, user_vec, item_vec)``)."""
-
-    def __init__(self, item_tower: ItemTower, head: NextItemTask, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.item_tower = item_tower
-        self.head = head
-        head.bind(None, item_tower)
-
-    def compute_loss(self, features, training: bool = False) -> tf.Tensor:
-        return self.head.compute_loss(features, None, None, training=training)
-
-    def call(self, history: tf.Tensor, training: bool | None = None) -> tf.Tensor:
-        return self.head.score_history(history, training=bool(training))
-
-
 def build_model(config: SequentialConfig, vocabs: Vocabularies,
                 item_probabilities: np.ndarray | None = None,
-                side_features: SideFeatures | None = None) -> NextItemModel:
-    """The untrained model for ``config`` (weights created with one dummy call)."""
+                side_features: SideFeatures | None = None) -> UnifiedModel:
+    """The untrained model for ``config``: a ``UnifiedModel`` with the next-item head
+    alone on an ``ItemTower`` (no user tower), weights created with one dummy call."""
     item_tower = ItemTower.from_vocab(vocabs, side_features,
                                       embedding_dim=config.embedding_dim)
     head = NextItemTask(config.max_len, kind=config.encoder, num_blocks=config.num_blocks,
@@ -208,8 +192,8 @@ def build_model(config: SequentialConfig, vocabs: Vocabularies,
                         dropout=config.dropout, loss=config.loss,
                         num_negatives=config.num_negatives,
                         item_probabilities=item_probabilities)
-    model = NextItemModel(item_tower, head)
-    model(tf.zeros((1, config.max_len), tf.int64))
+    model = UnifiedModel(None, item_tower, {"next_item": head})
+    head.score_history(tf.zeros((1, config.max_len), tf.int64))
     return model
 
 
@@ -295,7 +279,7 @@ class NextItemValidation(tf.keras.callbacks.Callback):
 class TrainedSequential:
     """A trained next-item model and what to record about its training."""
 
-    model: NextItemModel
+    model: UnifiedModel
     vocabs: Vocabularies
     config: SequentialConfig
     best_epoch: int = 0
@@ -306,10 +290,10 @@ class TrainedSequential:
 
     @property
     def head(self) -> NextItemTask:
-        return self.model.head
+        return self.model.heads["next_item"]
 
 
-def fit_next_item(model: tfrs.Model, vocabs: Vocabularies, train: Interactions,
+def fit_next_item(model: UnifiedModel, vocabs: Vocabularies, train: Interactions,
                   validation: Interactions | None, config: SequentialConfig, *, seed: int,
                   verbose: int = 0, log_dir: str | None = None,
                   backup_dir: str | os.PathLike | None = None,
@@ -334,7 +318,7 @@ def fit_next_item(model: tfrs.Model, vocabs: Vocabularies, train: Interactions,
     queries = ranking_queries(train, validation, vocabs, config.max_len) \
         if validation is not None and len(validation) else None
     dataset = length_bucketed_dataset(examples, config.batch_size, seed=seed)
-    report = NextItemValidation(model.head, queries, config.eval_batch_size, verbose)
+    report = NextItemValidation(model.heads["next_item"], queries, config.eval_batch_size, verbose)
     history = fit(model, dataset, epochs=config.epochs,
                   steps_per_epoch=int(dataset.cardinality().numpy()),
                   monitor="val_ndcg@10" if queries is not None and len(queries) else None,
@@ -369,7 +353,8 @@ def train_sequential(train: Interactions, validation: Interactions | None,
                      backup_dir: str | os.PathLike | None = None,
                      callbacks: Sequence[tf.keras.callbacks.Callback] = ()
                      ) -> TrainedSequential:
-    """Fit ``NextItemModel`` on ``train``; early-stop on ``validation`` (one item per user).
+    """Fit the next-item model (``build_model``) on ``train``; early-stop on
+    ``validation`` (one item per user).
 
     The vocabularies come from ``train`` only. With ``validation=None`` the model trains
     for ``config.epochs`` (or the time budget) with no model selection.

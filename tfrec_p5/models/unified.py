@@ -91,13 +91,16 @@ class UnifiedModel(tfrs.Model):
     """Shared ``user_tower`` / ``item_tower`` + ``heads`` weighted by ``loss_weights``.
 
     Args:
-      user_tower, item_tower: the shared towers (int64 vocabulary index → vector).
+      user_tower, item_tower: the shared towers (int64 vocabulary index → vector);
+        ``user_tower`` may be ``None`` when no head reads it (next-item alone: a user is
+        their history there).
       heads: ``{task: Head}``; each head's ``compute_loss`` sees the tower outputs.
       loss_weights: ``{task: weight}`` (missing = 1.0). Weight 0 switches a head off: it
         is dropped before the model is built, so it gets no variables and no gradients.
     """
 
-    def __init__(self, user_tower: tf.keras.layers.Layer, item_tower: tf.keras.layers.Layer,
+    def __init__(self, user_tower: tf.keras.layers.Layer | None,
+                 item_tower: tf.keras.layers.Layer,
                  heads: Mapping[str, Head], loss_weights: Mapping[str, float] | None = None,
                  **kwargs) -> None:
         super().__init__(**kwargs)
@@ -109,6 +112,8 @@ class UnifiedModel(tfrs.Model):
         self.user_tower = user_tower
         self.item_tower = item_tower
         self.heads = {name: heads[name] for name in self.loss_weights}
+        if user_tower is None and any(h.uses_user_tower for h in self.heads.values()):
+            raise ValueError("a head reads the user tower, but user_tower is None")
         for head in self.heads.values():
             head.bind(user_tower, item_tower)
 
@@ -138,8 +143,10 @@ class UnifiedModel(tfrs.Model):
         return tf.add_n(losses) if len(losses) > 1 else losses[0]
 
     def score(self, features: Mapping[str, tf.Tensor], task: str | None = None) -> tf.Tensor:
-        """Pair scores ``[B]`` from head ``task`` (default: ranking > retrieval > rating)."""
-        task = task or next(t for t in ("ranking", "retrieval", "rating") if t in self.heads)
+        """Pair scores ``[B]`` from head ``task`` (default: ranking > retrieval > rating >
+        next_item)."""
+        task = task or next(t for t in ("ranking", "retrieval", "rating", "next_item")
+                            if t in self.heads)
         user_vec, item_vec = self.tower_outputs(features)
         return self.heads[task].score(features, user_vec, item_vec)
 

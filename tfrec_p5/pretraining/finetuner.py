@@ -50,7 +50,6 @@ from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.splits import carve_validation, leave_one_out
 from tfrec_p5.models.rating import RatingConfig
 from tfrec_p5.models.sequential import (
-    NextItemModel,
     SequentialConfig,
     TrainedSequential,
     fit_next_item,
@@ -127,17 +126,6 @@ class FinetuneModel(_BackboneOptimizerStep, UnifiedModel):
     def __init__(self, *args, backbone_optimizer: tf.keras.optimizers.Optimizer | None = None,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.backbone_optimizer = backbone_optimizer
-
-
-class SequentialFinetuneModel(_BackboneOptimizerStep, NextItemModel):
-    """``NextItemModel`` (item tower + next-item head) whose item tower may use its own
-    optimizer (``freeze="lower_lr"``)."""
-
-    def __init__(self, item_tower: Tower, head: NextItemTask, *,
-                 backbone_optimizer: tf.keras.optimizers.Optimizer | None = None,
-                 **kwargs) -> None:
-        super().__init__(item_tower, head, **kwargs)
         self.backbone_optimizer = backbone_optimizer
 
 
@@ -431,9 +419,9 @@ def _finetune_next_item(grown: Backbone, fit_table: Interactions,
         "loss": seq.loss, "num_negatives": seq.num_negatives}
     probs = item_frequencies(fit_table, vocabs) if args["loss"] == "sampled" else None
     head = NextItemTask(**args, item_probabilities=probs)
-    model = SequentialFinetuneModel(work.item_tower, head,
-                                    backbone_optimizer=_backbone_optimizer(config))
-    model(tf.zeros((1, head.max_len), tf.int64))
+    model = FinetuneModel(None, work.item_tower, {"next_item": head},
+                          backbone_optimizer=_backbone_optimizer(config))
+    head.score_history(tf.zeros((1, head.max_len), tf.int64))
     if source is not None:
         copy_encoder_weights(source, head)
     model.compile(optimizer=optimizer(config.optimizer, config.learning_rate),
