@@ -43,7 +43,7 @@ from tfrec_p5.data.pipeline import Vocabularies, user_histories
 from tfrec_p5.evaluation.ranking import group_by_row
 from tfrec_p5.models.unified import UnifiedModel
 from tfrec_p5.tasks.next_item import HISTORY, NEXT_ITEM, NextItemTask
-from tfrec_p5.tasks.retrieval import item_frequencies
+from tfrec_p5.tasks.registry import HeadContext, build_heads
 from tfrec_p5.towers import ItemTower, SideFeatures
 from tfrec_p5.training import best_epochs, fit, optimizer, search_then_refit
 from tfrec_p5.training import validation_plan as describe_plan
@@ -180,18 +180,14 @@ def length_bucketed_dataset(examples: Mapping[str, np.ndarray], batch_size: int,
 
 
 # ---------------------------------------------------------------------- model
-def build_model(config: SequentialConfig, vocabs: Vocabularies,
-                item_probabilities: np.ndarray | None = None,
+def build_model(config: SequentialConfig, vocabs: Vocabularies, train: Interactions,
                 side_features: SideFeatures | None = None) -> UnifiedModel:
     """The untrained model for ``config``: a ``UnifiedModel`` with the next-item head
     alone on an ``ItemTower`` (no user tower), weights created with one dummy call."""
     item_tower = ItemTower.from_vocab(vocabs, side_features,
                                       embedding_dim=config.embedding_dim)
-    head = NextItemTask(config.max_len, kind=config.encoder, num_blocks=config.num_blocks,
-                        num_heads=config.num_heads, ffn_dim=config.ffn_dim,
-                        dropout=config.dropout, loss=config.loss,
-                        num_negatives=config.num_negatives,
-                        item_probabilities=item_probabilities)
+    context = HeadContext.from_table(train, vocabs, user_dim=config.embedding_dim)
+    head = build_heads({"next_item": config}, context)["next_item"]
     model = UnifiedModel(None, item_tower, {"next_item": head})
     head.score_history(tf.zeros((1, config.max_len), tf.int64))
     return model
@@ -395,10 +391,9 @@ def _train_once(train: Interactions, validation: Interactions | None,
     (``fit_next_item``'s result and search record)."""
     tf.keras.utils.set_random_seed(kwargs["seed"])
     vocabs = Vocabularies.build(train)
-    probs = item_frequencies(train, vocabs) if config.loss == "sampled" else None
     side = SideFeatures.build(train, vocabs, user_features=()) \
         if config.use_item_features and train.item_features else None
-    model = build_model(config, vocabs, probs, side)
+    model = build_model(config, vocabs, train, side)
     model.compile(optimizer=optimizer("adamw" if config.weight_decay > 0 else "adam",
                                       config.learning_rate, config.weight_decay),
                   steps_per_execution=config.steps_per_execution)

@@ -58,14 +58,12 @@ from tfrec_p5.tasks.base import Head
 from tfrec_p5.tasks.ranking import (
     CANDIDATES,
     LISTWISE_LOSSES,
-    RankingHead,
     listwise_dataset,
     listwise_examples,
 )
-from tfrec_p5.tasks.rating import RatingHead
+from tfrec_p5.tasks.registry import HeadContext, RankingOptions, RetrievalOptions, build_heads
 from tfrec_p5.tasks.retrieval import (
     RETRIEVAL_LOSSES,
-    HistoryEncoder,
     RetrievalHead,
     history_csr,
     item_frequencies,
@@ -273,6 +271,17 @@ class UnifiedConfig(Config):
                              f"{self.ema_momentum}")
         super().__post_init__()
 
+    def retrieval_options(self) -> RetrievalOptions:
+        """This config's retrieval head (``tasks.registry``)."""
+        return RetrievalOptions(
+            loss=self.retrieval_loss, temperature=self.temperature, log_q=self.log_q,
+            remove_accidental_hits=self.remove_accidental_hits,
+            num_hard_negatives=self.num_hard_negatives, full_softmax=self.full_softmax,
+            unobserved_weight=self.unobserved_weight, l2=self.retrieval_l2,
+            history=self.history, history_dropout=self.history_dropout,
+            leave_target_out=self.leave_target_out, use_user_tower=self.use_user_tower,
+            item_bias=self.item_bias)
+
     def active(self) -> list[str]:
         return [t for t in TASKS if self.weights.get(t, 0.0) > 0]
 
@@ -461,31 +470,15 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
     if has_ratings:
         rating_range = train.rating_range or (float(np.min(train.rating)),
                                               float(np.max(train.rating)))
-    heads: dict[str, Head] = {}
     for task in active:
         if task in ("rating", "ranking") and not has_ratings:
             raise ValueError(f"the {task} head needs a 'rating' column (implicit-feedback "
                              "data trains retrieval only)")
-        if task == "rating":
-            heads[task] = RatingHead.from_rating_config(
-                config.rating, len(vocabs.user), len(vocabs.item), global_mean=global_mean,
-                rating_range=rating_range)
-        elif task == "retrieval":
-            history = HistoryEncoder(splits, values, len(vocabs.item), user_tower.dim,
-                                     dropout=config.history_dropout,
-                                     leave_target_out=config.leave_target_out) \
-                if config.history else None
-            heads[task] = RetrievalHead(
-                len(vocabs.item), temperature=config.temperature,
-                remove_accidental_hits=config.remove_accidental_hits,
-                item_probabilities=probs if config.log_q else None,
-                num_hard_negatives=config.num_hard_negatives,
-                full_softmax=config.full_softmax, history=history,
-                use_user_tower=config.use_user_tower, use_item_bias=config.item_bias,
-                loss=config.retrieval_loss, unobserved_weight=config.unobserved_weight,
-                l2=config.retrieval_l2, user_counts=np.diff(splits))
-        else:
-            heads[task] = RankingHead(config.ranking_hidden_units, listwise=config.listwise)
+    options = {"rating": config.rating, "retrieval": config.retrieval_options(),
+               "ranking": RankingOptions(config.ranking_hidden_units, config.listwise)}
+    context = HeadContext(len(vocabs.user), len(vocabs.item), user_tower.dim, splits, values,
+                          probs, global_mean, rating_range)
+    heads = build_heads({task: options[task] for task in active}, context)
     model = UnifiedModel(user_tower, item_tower, heads, config.weights)
     tables = {"side_features": side, "seen_splits": splits, "seen_values": values,
               "item_probabilities": probs, "global_mean": global_mean,

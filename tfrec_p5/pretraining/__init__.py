@@ -24,7 +24,7 @@ _EXPORTS = {
     "BACKBONE_FORMAT": "backbone", "FORMAT_VERSION": "backbone", "Backbone": "backbone",
     "BackboneError": "backbone", "grow_backbone": "backbone", "grow_vocabulary": "backbone",
     "load_backbone": "backbone", "save_backbone": "backbone",
-    "MaskedRatingHead": "pretrainer", "PretrainConfig": "pretrainer", "Pretrained": "pretrainer",
+    "PretrainConfig": "pretrainer", "Pretrained": "pretrainer",
     "fresh_backbone": "pretrainer", "pretrain": "pretrainer",
     "FREEZE_MODES": "finetuner", "FinetuneConfig": "finetuner", "FinetuneModel": "finetuner",
     "Finetuned": "finetuner", "finetune": "finetuner",

@@ -64,9 +64,9 @@ from tfrec_p5.models.unified import (
 )
 from tfrec_p5.pretraining.backbone import Backbone, grow_backbone, load_backbone
 from tfrec_p5.pretraining.pretrainer import rating_range_of
-from tfrec_p5.tasks.next_item import NextItemTask, copy_encoder_weights
+from tfrec_p5.tasks.next_item import copy_encoder_weights
 from tfrec_p5.tasks.rating import RatingHead
-from tfrec_p5.tasks.retrieval import RetrievalHead, history_csr, item_frequencies
+from tfrec_p5.tasks.registry import HeadContext, RetrievalOptions, build_heads
 from tfrec_p5.towers import Tower
 from tfrec_p5.training import (
     OPTIMIZERS,
@@ -365,18 +365,13 @@ def _finetune_pairs(grown: Backbone, fit_table: Interactions,
     vocabs = work.vocabs
     for tower in (work.user_tower, work.item_tower):
         _freeze(tower, config.freeze)
-    global_mean = float(np.mean(fit_table.rating)) if fit_table.rating is not None else 0.0
-    probs = item_frequencies(fit_table, vocabs)
+    context = HeadContext.from_table(fit_table, vocabs, user_dim=work.user_tower.dim,
+                                     rating_range=rating_range)
+    options = config.rating if config.task == "rating" else RetrievalOptions(
+        temperature=config.temperature, log_q=config.log_q, full_softmax=config.full_softmax)
+    head = build_heads({config.task: options}, context)[config.task]
     if config.task == "rating":
-        head = RatingHead.from_rating_config(config.rating, len(vocabs.user), len(vocabs.item),
-                                             global_mean=global_mean,
-                                             rating_range=rating_range)
         _add_bias_prior(head, config.bias_prior, len(fit_table))
-    else:
-        head = RetrievalHead(len(vocabs.item), temperature=config.temperature,
-                             item_probabilities=probs if config.log_q else None,
-                             full_softmax=config.full_softmax, history=None,
-                             use_user_tower=True)
     model = FinetuneModel(work.user_tower, work.item_tower, {config.task: head},
                           backbone_optimizer=_backbone_optimizer(config))
     model.compile(optimizer=optimizer(config.optimizer, config.learning_rate),
@@ -389,10 +384,10 @@ def _finetune_pairs(grown: Backbone, fit_table: Interactions,
         validation = None
     history = fit_unified(model, fit_table, validation, unified, vocabs=vocabs, seed=seed,
                           backup_dir=backup_dir, callbacks=callbacks, verbose=verbose)
-    splits, values = history_csr(fit_table, vocabs)
     tuned = Finetuned(model, vocabs, unified, work.side_features,
                       {k: [float(x) for x in v] for k, v in history.history.items()},
-                      splits, values, probs, global_mean, rating_range, backbone=work,
+                      context.seen_splits, context.seen_values, context.item_probabilities,
+                      context.global_mean, rating_range, backbone=work,
                       finetune_config=config)
     return tuned, search_record(history, selection_monitor(unified, [config.task]))
 
@@ -411,14 +406,16 @@ def _finetune_next_item(grown: Backbone, fit_table: Interactions,
     work = _copy_backbone(grown)
     vocabs = work.vocabs
     _freeze(work.item_tower, config.freeze)
-    seq = config.sequential
     source = work.next_item_head
-    args = source.head_config() if source is not None else {
-        "max_len": seq.max_len, "kind": seq.encoder, "num_blocks": seq.num_blocks,
-        "num_heads": seq.num_heads, "ffn_dim": seq.ffn_dim, "dropout": seq.dropout,
-        "loss": seq.loss, "num_negatives": seq.num_negatives}
-    probs = item_frequencies(fit_table, vocabs) if args["loss"] == "sampled" else None
-    head = NextItemTask(**args, item_probabilities=probs)
+    seq = config.sequential
+    if source is not None:  # the pretrained head's shape
+        shape = source.head_config()
+        seq = seq.replace(encoder=shape.pop("kind"), **shape)
+    seq_config = seq.replace(embedding_dim=int(work.item_tower.embedding_dim),
+                             epochs=config.epochs, patience=config.patience,
+                             learning_rate=config.learning_rate)
+    context = HeadContext.from_table(fit_table, vocabs, user_dim=work.item_tower.dim)
+    head = build_heads({"next_item": seq_config}, context)["next_item"]
     model = FinetuneModel(None, work.item_tower, {"next_item": head},
                           backbone_optimizer=_backbone_optimizer(config))
     head.score_history(tf.zeros((1, head.max_len), tf.int64))
@@ -426,13 +423,6 @@ def _finetune_next_item(grown: Backbone, fit_table: Interactions,
         copy_encoder_weights(source, head)
     model.compile(optimizer=optimizer(config.optimizer, config.learning_rate),
                   steps_per_execution=config.steps_per_execution)
-    seq_config = seq.replace(embedding_dim=int(work.item_tower.embedding_dim),
-                             max_len=head.max_len, encoder=args["kind"],
-                             num_blocks=args["num_blocks"], num_heads=args["num_heads"],
-                             ffn_dim=args["ffn_dim"], dropout=args["dropout"],
-                             loss=args["loss"], num_negatives=args["num_negatives"],
-                             epochs=config.epochs, patience=config.patience,
-                             learning_rate=config.learning_rate)
     return fit_next_item(model, vocabs, fit_table, validation, seq_config, seed=seed,
                          verbose=verbose, backup_dir=backup_dir, callbacks=callbacks,
                          result=FinetunedSequential, backbone=work, finetune_config=config)

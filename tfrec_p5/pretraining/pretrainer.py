@@ -7,9 +7,9 @@ towers pretrained with retrieval on all interactions already carry the collabora
 structure (which users like similar items) that the rating head then only has to read.
 
 Label masking: ``rating_mask`` (or ``label_fraction``) says which training rows' ratings
-the rating task may see; the retrieval task still sees every row. ``MaskedRatingHead``
-weights the MSE by the mask, renormalized per batch so the loss is a mean over visible
-labels.
+the rating task may see; the retrieval task still sees every row. ``RatingHead`` weights
+the MSE by the mask (the batch's ``rating_mask``), renormalized per batch so the loss is a
+mean over visible labels.
 
     from tfrec_p5.pretraining import pretrain, PretrainConfig
     pre = pretrain(train, tasks=["retrieval", "rating"],
@@ -60,35 +60,14 @@ from tfrec_p5.models.sequential import (
 from tfrec_p5.models.unified import TrainedUnified, UnifiedConfig, UnifiedModel
 from tfrec_p5.pretraining.backbone import Backbone, save_backbone
 from tfrec_p5.tasks.next_item import HISTORY, NEXT_ITEM, NextItemTask
-from tfrec_p5.tasks.rating import RatingHead
-from tfrec_p5.tasks.retrieval import RetrievalHead, history_csr, item_frequencies
+from tfrec_p5.tasks.rating import RATING_MASK
+from tfrec_p5.tasks.registry import HeadContext, RetrievalOptions, build_heads
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
 from tfrec_p5.training import OPTIMIZERS, fit, optimizer
 
 log = logging.getLogger(__name__)
 PRETRAIN_TASKS = ("retrieval", "rating", "next_item")
 PAIR_TASKS = ("retrieval", "rating")  # heads reading (user, item) pair batches
-RATING_MASK = "rating_mask"
-
-
-class MaskedRatingHead(RatingHead):
-    """``RatingHead`` whose MSE counts only rows with ``features["rating_mask"] == 1``.
-
-    Why: pretraining batches carry every interaction (for retrieval) but only some of
-    them have a visible rating. The per-row weight is ``mask * B / sum(mask)``, so the
-    loss is the mean squared error over the visible rows of the batch (0 if none).
-    Without a mask in the batch it is exactly ``RatingHead``.
-    """
-
-    def compute_loss(self, features, user_vec, item_vec, training=False):
-        if RATING_MASK not in features:
-            return super().compute_loss(features, user_vec, item_vec, training=training)
-        pred = self.predict(features, user_vec, item_vec, training=training)
-        labels = tf.reshape(tf.cast(features[RATING], tf.float32), (-1, 1))
-        mask = tf.reshape(tf.cast(features[RATING_MASK], tf.float32), (-1, 1))
-        batch = tf.cast(tf.shape(mask)[0], tf.float32)
-        weight = mask * batch / tf.maximum(tf.reduce_sum(mask), 1.0)
-        return self.ranking(labels=labels, predictions=pred, sample_weight=weight)
 
 
 def _has_inputs(task: str, features: Mapping[str, tf.Tensor]) -> bool:
@@ -221,6 +200,12 @@ class PretrainConfig(Config):
 
     def weight(self, task: str) -> float:
         return float(self.weights.get(task, 1.0))
+
+    def retrieval_options(self) -> RetrievalOptions:
+        """The retrieval head: full-catalog softmax on the user tower, no history encoder."""
+        return RetrievalOptions(temperature=self.temperature, log_q=self.log_q,
+                                remove_accidental_hits=self.remove_accidental_hits,
+                                full_softmax=self.full_softmax)
 
 
 @dataclass
@@ -390,28 +375,14 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
     rating_range = rating_range_of(data)
     global_mean = float(np.mean(data.rating[mask])) if "rating" in active and mask.any() \
         else 0.0
-    heads = {}
-    if "retrieval" in active:
-        heads["retrieval"] = RetrievalHead(
-            len(vocabs.item), temperature=config.temperature,
-            remove_accidental_hits=config.remove_accidental_hits,
-            item_probabilities=item_frequencies(data, vocabs) if config.log_q else None,
-            full_softmax=config.full_softmax, history=None, use_user_tower=True)
-    if "rating" in active:
-        heads["rating"] = MaskedRatingHead.from_rating_config(
-            config.rating, len(vocabs.user), len(vocabs.item), global_mean=global_mean,
-            rating_range=rating_range)
-    if "next_item" in active:
-        if data.timestamp is None:
-            log.warning("pretrain: no timestamps; next_item reads each user's rows in "
-                        "table order")
-        seq = config.sequential
-        heads["next_item"] = NextItemTask(
-            seq.max_len, kind=seq.encoder, num_blocks=seq.num_blocks,
-            num_heads=seq.num_heads, ffn_dim=seq.ffn_dim, dropout=seq.dropout,
-            loss=seq.loss, num_negatives=seq.num_negatives,
-            item_probabilities=item_frequencies(data, vocabs) if seq.loss == "sampled"
-            else None)
+    if "next_item" in active and data.timestamp is None:
+        log.warning("pretrain: no timestamps; next_item reads each user's rows in table "
+                    "order")
+    options = {"retrieval": config.retrieval_options(), "rating": config.rating,
+               "next_item": config.sequential}
+    context = HeadContext.from_table(data, vocabs, user_dim=backbone.user_tower.dim,
+                                     global_mean=global_mean, rating_range=rating_range)
+    heads = build_heads({t: options[t] for t in PRETRAIN_TASKS if t in active}, context)
     model = PretrainModel(backbone.user_tower, backbone.item_tower, heads,
                           {t: config.weight(t) for t in heads})
     model.compile(optimizer=optimizer(config.optimizer, config.learning_rate),
@@ -450,10 +421,10 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
                if k != "val_next_item_loss"}  # validation batches carry no histories
     if "next_item" in heads:
         backbone.next_item_head = heads["next_item"]
-    splits, values = history_csr(data, vocabs)
     trained = TrainedUnified(model, vocabs, UnifiedConfig(weights={t: 1.0 for t in pair_tasks}),
-                             backbone.side_features, history, splits, values,
-                             item_frequencies(data, vocabs), global_mean, rating_range)
+                             backbone.side_features, history, context.seen_splits,
+                             context.seen_values, context.item_probabilities, global_mean,
+                             rating_range)
     seconds = time.perf_counter() - started
     metrics = {f"train_{k}": v[-1] for k, v in history.items() if not k.startswith("val_")}
     if validation is not None and len(validation):

@@ -22,6 +22,9 @@ import tensorflow_recommenders as tfrs
 from tfrec_p5.data.interactions import ITEM, RATING, USER
 from tfrec_p5.tasks.base import Head
 
+RATING_MASK = "rating_mask"
+"""Batch key of the 0/1 row mask: which rows' ratings the rating loss may see."""
+
 
 class RatingHead(Head):
     """MLP(concat) + dot + user / item biases → rating; MSE through ``tfrs.tasks.Ranking``.
@@ -98,9 +101,19 @@ class RatingHead(Head):
         return out
 
     def compute_loss(self, features, user_vec, item_vec, training=False):
+        """MSE of the batch; with ``features["rating_mask"]``, over its rows marked 1.
+
+        Why a mask: pretraining batches carry every interaction (for retrieval) but only
+        some have a visible rating. The per-row weight is ``mask * B / sum(mask)``: the
+        mean squared error over the visible rows (0 if none)."""
         pred = self.predict(features, user_vec, item_vec, training=training)
         labels = tf.reshape(tf.cast(features[RATING], tf.float32), (-1, 1))
-        return self.ranking(labels=labels, predictions=pred)
+        if RATING_MASK not in features:
+            return self.ranking(labels=labels, predictions=pred)
+        mask = tf.reshape(tf.cast(features[RATING_MASK], tf.float32), (-1, 1))
+        batch = tf.cast(tf.shape(mask)[0], tf.float32)
+        weight = mask * batch / tf.maximum(tf.reduce_sum(mask), 1.0)
+        return self.ranking(labels=labels, predictions=pred, sample_weight=weight)
 
     def score(self, features, user_vec, item_vec, training=False):
         return tf.reshape(self.predict(features, user_vec, item_vec, training), [-1])
