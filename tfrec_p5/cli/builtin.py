@@ -147,8 +147,25 @@ def _unified_config(task: str):
             raise CliError("--task ranking needs a positive ranking weight", status=2)
         values = _config_values(UnifiedConfig().to_dict(), request, values)
         values["weights"] = weights
-        return _from_dict(UnifiedConfig, values)
+        unified = _from_dict(UnifiedConfig, values)
+        _check_index(task, options.get("index"), unified.active())
+        return unified
     return config
+
+
+def _check_index(task: str, index: str | None, heads: list[str]) -> None:
+    """``--index scann`` needs a retrieval head and loadable ScaNN ops: else exit 2 now,
+    before the data load and training."""
+    if index in (None, "brute_force"):
+        return
+    from tfrec_p5.export.unified import check_index
+
+    try:
+        check_index(index, heads)
+    except ValueError as err:
+        raise CliError(f"--index {index} for --task {task}: {err}", status=2) from err
+    except ImportError as err:
+        raise CliError(f"--index {index}: {err}", status=2) from err
 
 
 def _train_unified(task: str):
@@ -169,7 +186,8 @@ def _train_unified(task: str):
         top_k = options.get("top_k")
         module = build_module(trained, k=100 if top_k is None else int(top_k),
                               exclude_seen=not options.get("include_seen", False),
-                              titles=item_titles(request.train, trained.vocabs))
+                              titles=item_titles(request.train, trained.vocabs),
+                              index=options.get("index") or "brute_force")
         metadata = {"weights": config.weights, "heads": trained.tasks,
                     "top_k": module.recommend_k, "exclude_seen": module.exclude_seen,
                     "epochs_run": len(trained.history.get("loss", [])),
@@ -258,7 +276,7 @@ def _evaluate_sequential(signatures: SignatureGetter, table, *, history=None,
     return evaluate_after_history(signatures, table, history=history, protocol=protocol)
 
 
-_RECOMMEND_OPTIONS = frozenset({"top_k", "include_seen"})
+_RECOMMEND_OPTIONS = frozenset({"top_k", "include_seen", "index"})
 register_task(Task("rating", "explicit ratings (RMSE/MAE); signature predict_rating",
                    train=_train_rating, evaluate=_evaluate_rating, signature="predict_rating",
                    fold_validation=True, config=_rating_config, plan=_plan_rating))

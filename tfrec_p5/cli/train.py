@@ -41,7 +41,7 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
     strategy = resolve_strategy(getattr(args, "strategy", None), task.name)
     # Every option and config field is checked before the data load (which can take long).
     options = {"weights": args.weights, "top_k": args.top_k,
-               "include_seen": args.include_seen or None}
+               "include_seen": args.include_seen or None, "index": args.index}
     given = sorted(k for k, v in options.items() if v is not None)
     unused = [k for k in given if k not in task.options]
     if unused:
@@ -188,6 +188,10 @@ def add_parser(sub, task_names: list[str]) -> None:
                    "recommend / next_items signature returns (default: 100)")
     p.add_argument("--include-seen", action="store_true", help="recommend may return the "
                    "user's training items (default: excluded)")
+    p.add_argument("--index", choices=("brute_force", "scann"), help="how recommend finds "
+                   "its top k: brute_force (default, exact; loads in stock TF Serving) or "
+                   "scann (approximate, for large catalogs; needs a retrieval head, "
+                   "pip install 'tfrec_p5[scann]', and TF Serving built with the ScaNN ops)")
     add_run_options(p, BACKUP_PREFIX + "TASK")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="export folder, e.g. saved_models/NAME (versions 1, 2, ... inside)")

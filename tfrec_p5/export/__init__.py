@@ -25,6 +25,7 @@ from tfrec_p5.export.saved_model import (
     next_version,
     resolve_export,
 )
+from tfrec_p5.export.scann_index import ScannOptions
 from tfrec_p5.export.serving import (
     DEFAULT_SIGNATURE,
     ITEM_ID_SPEC,
@@ -37,7 +38,7 @@ from tfrec_p5.export.unified import build_module, item_titles, serving_module
 
 __all__ = [
     "DEFAULT_SIGNATURE", "EXTRA_DIR", "ExportError", "ITEM_ID_SPEC", "IdLookup",
-    "METADATA_FILE", "METRICS_FILE", "PAD_ITEM_ID", "PAD_SCORE", "ServingModule",
+    "METADATA_FILE", "METRICS_FILE", "PAD_ITEM_ID", "PAD_SCORE", "ScannOptions", "ServingModule",
     "TrainingRecord", "USER_ID_SPEC", "add_rating_signatures", "build_module", "drop_padding",
     "export", "item_titles", "list_versions", "load_export",
     "load_metadata", "next_version", "resolve_export",

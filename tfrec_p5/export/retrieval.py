@@ -25,6 +25,11 @@ for the user with that head (``recommend_scorer``), so the list is still the mod
   training counts) instead of an error.
 * ``rank``: ``user_id [B]`` + ``item_ids [B, n]`` → the same items sorted by score
   (``item_ids``, ``scores`` ``[B, n]``); unknown items score ``-inf`` and sort last.
+* ``ann=ScannOptions()`` (opt-in, catalogs of 100k+ items): ``recommend`` asks a ScaNN
+  index (``scann_index.py``) instead of scoring every item; same exclusion, padding and
+  fallback rules. Brute force stays the default because stock TF Serving has no ScaNN
+  ops: a ScaNN export needs TF Serving built with them, or ``import scann`` before
+  loading it in Python.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import tensorflow as tf
 
 from tfrec_p5.data.vocabulary import EMPTY_BUCKET
 from tfrec_p5.export.boundary import top_k_or_pad
+from tfrec_p5.export.scann_index import SCANN_OPS, ScannIndex, ScannOptions, scann_recommend
 from tfrec_p5.export.serving import USER_ID_SPEC, ServingModule
 
 ITEM_LIST_SPEC = tf.TensorSpec([None, None], tf.string, name="item_ids")
@@ -165,7 +171,8 @@ def add_retrieval_signatures(module: ServingModule, index: RetrievalIndex, k: in
                              default: bool = True, *,
                              recommend_scorer: PairScorer | None = None,
                              recommend_task: str | None = "retrieval",
-                             rank_task: str | None = "ranking") -> None:
+                             rank_task: str | None = "ranking",
+                             ann: ScannOptions | None = None) -> None:
     """Add ``recommend`` (``serving_default`` when ``default``) and ``rank`` to ``module``.
 
     ``pair_scorer(user_index [N], item_index [N]) -> [N]`` scores ``rank`` with another
@@ -173,7 +180,10 @@ def add_retrieval_signatures(module: ServingModule, index: RetrievalIndex, k: in
     (same call) scores the whole catalog for ``recommend`` when ``index`` has no vectors,
     so every signature is backed by the model. Their trackable state must already be
     tracked on ``module``. ``recommend_task`` / ``rank_task``: the head each signature
-    is evaluated as (the export's ``tasks``; ``None``: not listed).
+    is evaluated as (the export's ``tasks``; ``None``: not listed). ``ann``: answer
+    ``recommend`` from a ScaNN index built with these options (needs ``index`` vectors and
+    the ``scann`` package; the export then lists ``custom_ops: ["scann"]``); default: brute
+    force.
 
         add_retrieval_signatures(module, index, k=100, pair_scorer=rate,
                                  recommend_scorer=rate, recommend_task="rating",
@@ -182,15 +192,32 @@ def add_retrieval_signatures(module: ServingModule, index: RetrievalIndex, k: in
     if not index.has_vectors and (recommend_scorer is None or pair_scorer is None):
         raise ValueError("an index without vectors needs recommend_scorer and pair_scorer "
                          "(a signature the model cannot back is left out, never faked)")
+    if ann is not None and (not index.has_vectors or recommend_scorer is not None):
+        raise ValueError("a ScaNN index needs the retrieval head's vectors: recommend of a "
+                         "model without a retrieval head scores the catalog with its head")
     module.track("retrieval_index", index)
     k = int(min(k, index.num_items))
 
-    def recommend(user_id: tf.Tensor) -> dict[str, tf.Tensor]:
-        user_index = module.user_index(user_id)
+    def brute_force(user_index: tf.Tensor) -> dict[str, tf.Tensor]:
         raw = None if recommend_scorer is None else \
             catalog_scores(recommend_scorer, user_index, module.retrieval_index.num_items)
         scores = module.retrieval_index.scores(user_index, exclude_seen, raw)
         return top_k_or_pad(scores, k, module.retrieval_index.item_tokens)
+
+    def recommend(user_id: tf.Tensor) -> dict[str, tf.Tensor]:
+        user_index = module.user_index(user_id)
+        if ann is None:
+            return brute_force(user_index)
+        return scann_recommend(module.retrieval_index, module.scann_index, user_index, k,
+                               exclude_seen, lambda: brute_force(user_index))
+
+    if ann is not None:
+        scann = ScannIndex(index.item_vectors_t.numpy().T, index.item_prior.numpy(),
+                           index.popularity.numpy(), index.seen_splits.numpy(),
+                           index.seen_values.numpy(), k, exclude_seen, ann)
+        module.track("scann_index", scann)
+        module.custom_ops = [SCANN_OPS]       # export() writes both into the metadata
+        module.recommend_index = scann.describe()
 
     def rank(user_id: tf.Tensor, item_ids: tf.Tensor) -> dict[str, tf.Tensor]:
         user_index = module.user_index(user_id)

@@ -26,6 +26,9 @@ Reliability rules (tested in ``tests/test_reliability_export.py``):
 * **Tampering / truncation**: ``metadata.json`` records the size and SHA-256 of every
   file of the version; ``load_export`` checks them before loading and raises one
   ``ExportError`` naming the file (exports without that record are loaded unchecked).
+* **Custom ops**: an export whose ``recommend`` uses a ScaNN index lists
+  ``"custom_ops": ["scann"]``; ``load_export`` imports scann first, or raises one
+  ``ExportError`` naming the package (stock TF Serving cannot load such an export).
 * **Export paths** (``validate_export_dir``): used exactly as given, never joined to
   anything or expanded (``~``, ``$VAR``), so an absolute target only happens when the
   caller passes an absolute path; ``../x`` is the sibling folder the user typed. Rejected:
@@ -55,6 +58,7 @@ from tfrec_p5._version import __version__
 from tfrec_p5.data.fingerprint import contains, id_hashes, pair_hashes, table_fingerprint
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import Vocabularies
+from tfrec_p5.export.scann_index import SCANN_OPS, scann_unavailable
 from tfrec_p5.export.serving import ServingModule, add_rating_signatures
 
 EXTRA_DIR = "assets.extra"
@@ -74,6 +78,9 @@ STALE_TMP_SECONDS = 24 * 3600
 METADATA_FORMAT = "tfrec_p5.export/1"
 #: ``metadata.json`` key holding ``{relative path: {"bytes": n, "sha256": hex}}``.
 FILES_KEY = "files"
+#: ``metadata.json`` key listing the custom op libraries the export needs to load
+#: (``["scann"]``: ``import scann`` first; stock TF Serving cannot serve it). Absent: none.
+CUSTOM_OPS_KEY = "custom_ops"
 
 
 class ExportError(ValueError):
@@ -271,6 +278,23 @@ def load_metadata(version_dir: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
+def load_custom_ops(version_dir: str, metadata: Mapping[str, Any]) -> None:
+    """Load the op libraries the export's metadata lists (``custom_ops``), or raise one
+    ``ExportError`` saying what to install. ``"scann"``: ``import scann`` registers the
+    ScaNN ops a ScaNN ``recommend`` index calls."""
+    needed = metadata.get(CUSTOM_OPS_KEY) or []
+    if not isinstance(needed, list):
+        raise ExportError(f"export {version_dir!r}: metadata '{CUSTOM_OPS_KEY}' is not a list")
+    for name in needed:
+        if name != SCANN_OPS:
+            raise ExportError(f"export {version_dir!r} needs custom ops {name!r}, which this "
+                              f"version of tfrec_p5 ({__version__}) cannot load")
+        reason = scann_unavailable()
+        if reason is not None:
+            raise ExportError(f"export {version_dir!r} needs the ScaNN ops (its recommend "
+                              f"uses a ScaNN index): {reason}")
+
+
 def load_export(path: str | os.PathLike) -> tuple[Any, str, dict[str, Any]]:
     """``(loaded SavedModel, version folder, metadata)`` for a model folder or version folder.
 
@@ -280,10 +304,14 @@ def load_export(path: str | os.PathLike) -> tuple[Any, str, dict[str, Any]]:
         loaded, version_dir, meta = load_export("saved_models/demo")
         loaded.signatures["predict_rating"](user_id=tf.constant(["u1"]),
                                             item_id=tf.constant(["i2"]))["rating"]
+
+    An export whose metadata lists ``custom_ops`` (``["scann"]``) gets them loaded first
+    (``load_custom_ops``); without the package, one ``ExportError`` says what to install.
     """
     version_dir = resolve_export(path)
     metadata = load_metadata(version_dir)
     verify_export(version_dir, metadata)  # truncated / tampered files: one clear error
+    load_custom_ops(version_dir, metadata)
     try:
         loaded = tf.saved_model.load(version_dir)
     except Exception as err:  # noqa: BLE001  TF raises many types for a corrupt SavedModel
@@ -424,6 +452,9 @@ def export(model: ServingModule | tf.keras.Model, base_dir: str | os.PathLike, *
         })
         if getattr(module, "rating_range", None) is not None:
             meta["rating_range"] = list(module.rating_range)
+        if getattr(module, "custom_ops", None):  # e.g. a ScaNN index: not stock TF Serving
+            meta[CUSTOM_OPS_KEY] = list(module.custom_ops)
+            meta["recommend_index"] = dict(module.recommend_index)
         if metrics is not None:
             meta["metrics"] = dict(metrics)
             _write_json(os.path.join(tmp, EXTRA_DIR, METRICS_FILE), metrics)

@@ -22,6 +22,12 @@ metric of a head the model does not have.
     module.signature_names()  # ['predict_rating', 'rank', 'recommend', 'serving_default']
     module.tasks              # ['rating']
 
+``index="scann"`` (opt-in, for large catalogs; needs ``pip install 'tfrec_p5[scann]'``)
+answers ``recommend`` of a model with a retrieval head from a ScaNN index instead of brute
+force (``export.scann_index``). Brute force stays the default: it loads in stock TF
+Serving, a ScaNN export needs TF Serving built with the ScaNN ops (or ``import scann``
+before loading it in Python; ``load_export`` does that).
+
 ``tfrec-p5 train``, ``finetune`` and Python users export through ``build_module`` /
 ``serving_module``, so a model exported from a notebook answers exactly like one exported
 from the command line.
@@ -33,12 +39,13 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_p5.export.retrieval import PairScorer, RetrievalIndex, add_retrieval_signatures
+from tfrec_p5.export.scann_index import INDEX_KINDS, ScannOptions, scann_unavailable
 from tfrec_p5.export.sequential import sequential_module
 from tfrec_p5.export.serving import ServingModule, add_rating_signatures
 from tfrec_p5.models.sequential import TrainedSequential
 
-__all__ = ["RANK_HEADS", "RECOMMEND_HEADS", "TITLE_COLUMNS", "build_module", "item_titles",
-           "serving_module"]
+__all__ = ["RANK_HEADS", "RECOMMEND_HEADS", "TITLE_COLUMNS", "build_module", "check_index",
+           "item_titles", "serving_module"]
 
 #: Preference order of the heads that can score each signature.
 RECOMMEND_HEADS = ("retrieval", "ranking", "rating")
@@ -67,15 +74,38 @@ def _first(preferred: tuple[str, ...], heads: list[str]) -> str | None:
     return next((h for h in preferred if h in heads), None)
 
 
+def check_index(index: str, heads: list[str]) -> None:
+    """Refuse ``index`` for a model with ``heads`` before anything is built: ``ValueError``
+    for an unknown kind or ``"scann"`` without a retrieval head (``recommend`` is then
+    scored by another head, there are no vectors to index), ``ImportError`` when ScaNN's
+    ops do not load here."""
+    if index not in INDEX_KINDS:
+        raise ValueError(f"unknown recommend index {index!r}; use one of {INDEX_KINDS}")
+    if index != "scann":
+        return
+    head = _first(RECOMMEND_HEADS, heads)
+    if head != "retrieval":
+        raise ValueError("a ScaNN index needs a retrieval head (item and user vectors); "
+                         f"recommend of this model is scored by its {head} head")
+    reason = scann_unavailable()
+    if reason is not None:
+        raise ImportError(reason)
+
+
 def build_module(trained, *, k: int = 100, exclude_seen: bool = True,
-                   titles: list[str] | None = None) -> ServingModule:
+                 titles: list[str] | None = None, index: str = "brute_force",
+                 scann_options: ScannOptions | None = None) -> ServingModule:
     """A ``ServingModule`` with every signature ``trained``'s heads can back.
 
     ``trained`` is a ``TrainedUnified`` (or a fine-tuned one). ``k``: the ``recommend``
     list size; ``exclude_seen``: leave each user's training items out of ``recommend``;
     ``titles``: item titles of rows ``1..I-1`` (stored for ``tfrec-p5 recommend``).
+    ``index``: ``"brute_force"`` (default, exact, loads in stock TF Serving) or
+    ``"scann"`` (approximate, for large catalogs; needs a retrieval head and the ScaNN
+    ops wherever the export is loaded), built with ``scann_options``.
     """
     heads = list(trained.tasks)
+    check_index(index, heads)
     module = ServingModule(trained.vocabs)
     scorers: dict[str, _HeadScorer] = {}
 
@@ -88,21 +118,22 @@ def build_module(trained, *, k: int = 100, exclude_seen: bool = True,
     rank_head = _first(RANK_HEADS, heads)
     if recommend_head is not None:
         if recommend_head == "retrieval":
-            index = RetrievalIndex.from_trained(trained)
+            catalog = RetrievalIndex.from_trained(trained)
         else:  # no vectors to precompute: the head scores the catalog per request
             counts = np.bincount(trained.seen_values, minlength=len(trained.vocabs.item))
-            index = RetrievalIndex(None, None, trained.vocabs.item.tokens,
+            catalog = RetrievalIndex(None, None, trained.vocabs.item.tokens,
                                    counts.astype(np.float32), trained.seen_splits,
                                    trained.seen_values)
         if titles is not None:
-            index.item_titles = tf.Variable(np.asarray(titles, dtype=object), trainable=False,
+            catalog.item_titles = tf.Variable(np.asarray(titles, dtype=object), trainable=False,
                                             dtype=tf.string, name="item_titles")
         add_retrieval_signatures(
-            module, index, k=k, exclude_seen=exclude_seen,
+            module, catalog, k=k, exclude_seen=exclude_seen,
             pair_scorer=None if rank_head == "retrieval" else scorer(rank_head),
             recommend_scorer=None if recommend_head == "retrieval" else scorer(recommend_head),
             default="retrieval" in heads or "rating" not in heads,
-            recommend_task=recommend_head, rank_task=rank_head)
+            recommend_task=recommend_head, rank_task=rank_head,
+            ann=(scann_options or ScannOptions()) if index == "scann" else None)
     if "rating" in heads:  # added last: serving_default stays recommend when it exists
         add_rating_signatures(module, scorers.get("rating") or module.track(
             "rating_scorer", _HeadScorer(trained.model, "rating")), trained.rating_range)
@@ -120,14 +151,19 @@ def item_titles(table, vocabs) -> list[str] | None:
 
 
 def serving_module(trained, *, k: int = 100, exclude_seen: bool = True,
-                   titles: list[str] | None = None) -> ServingModule:
+                   titles: list[str] | None = None, index: str = "brute_force",
+                   scann_options: ScannOptions | None = None) -> ServingModule:
     """The ``ServingModule`` for a trained or fine-tuned model: ``next_items`` /
     ``score_items`` for a next-item model, else ``build_module``'s signatures (every one
     scored by the model's own heads), so ``export(...)`` and ``tfrec-p5 predict`` work
-    unchanged.
+    unchanged. ``index`` / ``scann_options``: see ``build_module`` (next-item models have
+    brute force only).
 
         export(serving_module(finetune(backbone, train)), "saved_models/ft")
     """
     if isinstance(trained, TrainedSequential):
+        if index != "brute_force":
+            raise ValueError("a next-item model's export has no ScaNN index (brute force)")
         return sequential_module(trained.vocabs, trained.head, top_k=k)
-    return build_module(trained, k=k, exclude_seen=exclude_seen, titles=titles)
+    return build_module(trained, k=k, exclude_seen=exclude_seen, titles=titles, index=index,
+                        scann_options=scann_options)
