@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         freeze = step("freeze", [str(bin_dir / "pip"), "freeze"], root, record)
         record["versions"] = {line.split("==")[0]: line.split("==")[1]
                               for line in freeze.splitlines() if "==" in line and
-                              line.split("==")[0].lower() in {
+                              line.split("==")[0].lower().replace("_", "-") in {
                                   "tensorflow", "tf-keras", "tensorflow-recommenders",
-                                  "tensorflow-datasets", "numpy", "tfrec-p5", "tfrec_p5"}}
+                                  "tensorflow-datasets", "numpy", "tfrec-p5"}}
         cli = str(bin_dir / "tfrec-p5")
         step("train", [cli, "train", "--task", "rating", "--data", "synthetic",
                        "--epochs", "2", "--quiet", "--out", "model"], root, record)
