@@ -33,6 +33,7 @@ import tfrec_p5  # noqa: F401  (before TensorFlow)
 from tfrec_p5 import data
 from tfrec_p5.data import Interactions
 from tfrec_p5.evaluation import evaluate_next_items
+from tfrec_p5.evaluation.served import next_item_references
 from tfrec_p5.export.sequential import sequential_module
 from tfrec_p5.models.sequential import SequentialConfig, train_sequential
 
@@ -52,78 +53,14 @@ KEYS = ("hr@5", "ndcg@5", "hr@10", "ndcg@10", "sampled_hr@1", "sampled_hr@5",
 
 
 # ---------------------------------------------------------------------- references
-class _NumpySignatures:
-    """``next_items`` / ``score_items`` for a reference scorer over history indices."""
-
-    def __init__(self, vocabs: data.Vocabularies, score_fn, k: int = 100) -> None:
-        self.vocabs, self.score_fn, self.k = vocabs, score_fn, k
-        self.tokens = np.concatenate([[""], vocabs.item.tokens])
-
-    def _scores(self, history) -> tuple[np.ndarray, np.ndarray]:
-        h = np.asarray(history).astype(str)
-        idx = self.vocabs.item.lookup(h)
-        return idx, self.score_fn(idx)
-
-    def __call__(self, name: str):
-        if name == "next_items":
-            def next_items(history):
-                idx, s = self._scores(history)
-                s = s.astype(np.float64, copy=True)
-                np.put_along_axis(s, idx, -np.inf, axis=1)
-                s[:, 0] = -np.inf
-                top = np.argsort(-s, axis=1, kind="stable")[:, :self.k]
-                return {"item_ids": self.tokens[top]}
-            return next_items
-
-        def score_items(history, item_id):
-            _, s = self._scores(history)
-            cand = self.vocabs.item.lookup(np.asarray(item_id).astype(str))
-            return {"scores": np.take_along_axis(s, cand, axis=1)}
-        return score_items
-
-
-def _cooccurrence_knn(history: data.Interactions, vocabs: data.Vocabularies) -> np.ndarray:
-    """Cosine item-item similarity on user co-occurrence (as ``evaluation.ItemKNN``),
-    built from (user, item, item) pairs instead of a dense user × item product."""
-    n = len(vocabs.item)
-    users = vocabs.user.lookup(history.user_id)
-    items = vocabs.item.lookup(history.item_id)
-    order = np.lexsort((items, users))
-    users, items = users[order], items[order]
-    starts = np.r_[0, np.flatnonzero(users[1:] != users[:-1]) + 1, len(users)]
-    sim = np.zeros((n, n), np.float32)
-    for a, b in zip(starts[:-1], starts[1:], strict=True):
-        it = items[a:b]
-        sim[np.repeat(it, len(it)), np.tile(it, len(it))] += 1.0
-    norm = np.sqrt(np.diag(sim)) + 1e-9
-    sim /= norm[:, None]
-    sim /= norm[None, :]
-    sim[np.diag_indices(n)] = 0.0
-    sim[0] = 0.0
-    return sim
-
-
 def references(split: data.Split, history: data.Interactions) -> dict[str, dict]:
-    """Most-popular and item-KNN, fitted on training + validation (the test inputs)."""
-    vocabs = data.Vocabularies.build(history)
-    counts = np.bincount(vocabs.item.lookup(history.item_id),
-                         minlength=len(vocabs.item)).astype(np.float64)
-    counts[0] = -1.0
-    sim = _cooccurrence_knn(history, vocabs)
-
-    def pop(idx):
-        return np.tile(counts, (len(idx), 1))
-
-    def knn(idx):
-        out = np.zeros((len(idx), sim.shape[0]), np.float32)
-        for j in range(idx.shape[1]):
-            out += sim[idx[:, j]]           # row 0 (padding / unknown) is all zeros
-        return out
-
+    """Most-popular and item-KNN (``evaluation.served``, as ``tfrec-p5 train`` shows
+    them), fitted on training + validation (the test inputs)."""
     out = {}
-    for name, fn in (("most-popular", pop), ("item-KNN", knn)):
+    for ref in next_item_references(history, k=100):
         t0 = time.perf_counter()
-        out[name] = evaluate_next_items(_NumpySignatures(vocabs, fn), split.test, history)
+        name = ref.name.replace("most popular", "most-popular")
+        out[name] = evaluate_next_items(ref.signature, split.test, history)
         out[name]["seconds"] = round(time.perf_counter() - t0, 1)
         print(name, {k: round(out[name][k], 4) for k in KEYS}, flush=True)
     return out

@@ -21,6 +21,7 @@ TensorFlow is imported inside the functions, so ``tfrec-p5 --help`` stays fast.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -276,30 +277,65 @@ def _evaluate_sequential(signatures: SignatureGetter, table, *, history=None,
     return evaluate_after_history(signatures, table, history=history, protocol=protocol)
 
 
+# ---------------------------------------------------------------------- references
+def _rating_references(fitted, k: int, seed: int) -> list:
+    from tfrec_p5.evaluation.served import bias_baseline
+
+    return [bias_baseline(fitted, seed=seed)]
+
+
+def _pair_references(task: str):
+    def references(fitted, k: int, seed: int) -> list:
+        from tfrec_p5.evaluation.served import bias_baseline, retrieval_references
+
+        if task == "ranking":
+            return [bias_baseline(fitted, seed=seed),
+                    retrieval_references(fitted, k=k, seed=seed)[0]]
+        refs = retrieval_references(fitted, k=k, seed=seed)
+        if task == "all" and fitted.rating is not None:  # the rating part: bias baseline
+            bias = bias_baseline(fitted, seed=seed)
+            refs = [dataclasses.replace(r, name=f"bias + {r.name}", rate=bias.rate,
+                                        choice="; ".join(c for c in (bias.choice, r.choice)
+                                                         if c)) for r in refs]
+        return refs
+    return references
+
+
+def _sequential_references(fitted, k: int, seed: int) -> list:
+    from tfrec_p5.evaluation.served import next_item_references
+
+    return next_item_references(fitted, k=k)
+
+
 _RECOMMEND_OPTIONS = frozenset({"top_k", "include_seen", "index"})
 register_task(Task("rating", "explicit ratings (RMSE/MAE); signature predict_rating",
                    train=_train_rating, evaluate=_evaluate_rating, signature="predict_rating",
-                   fold_validation=True, config=_rating_config, plan=_plan_rating))
+                   fold_validation=True, config=_rating_config, plan=_plan_rating,
+                   references=_rating_references, headline=(("rmse", False),)))
 register_task(Task("retrieval", "two-tower top-k retrieval (implicit feedback is enough); "
                    "signatures recommend (default) and rank", train=_train_unified("retrieval"),
                    evaluate=_evaluate_unified("retrieval"), config=_unified_config("retrieval"),
                    plan=_plan_unified("retrieval"),
                    options=_RECOMMEND_OPTIONS, signature="recommend",
-                   fold_validation=True))
+                   fold_validation=True, references=_pair_references("retrieval"),
+                   headline=(("recall@10", True),)))
 register_task(Task("ranking", "ranking head (pointwise MSE or listwise softmax / ListMLE); "
                    "signature rank", train=_train_unified("ranking"),
                    evaluate=_evaluate_unified("ranking"), config=_unified_config("ranking"),
                    plan=_plan_unified("ranking"),
                    options=_RECOMMEND_OPTIONS, signature="rank",
-                   fold_validation=True))
+                   fold_validation=True, references=_pair_references("ranking"),
+                   headline=(("ndcg@10", True),)))
 register_task(Task("all", "unified multi-task model (--weights rating=1,retrieval=1,"
                    "ranking=0); recommend, rank, predict_rating", train=_train_unified("all"),
                    evaluate=_evaluate_unified("all"), config=_unified_config("all"),
                    plan=_plan_unified("all"),
                    options=_RECOMMEND_OPTIONS | {"weights"}, signature="recommend",
-                   fold_validation=True))
+                   fold_validation=True, references=_pair_references("all"),
+                   headline=(("recall@10", True), ("rating_rmse", False))))
 register_task(Task("sequential", "next-item prediction from a history (SASRec, "
                    "leave-one-out); signature next_items", train=_train_sequential,
                    evaluate=_evaluate_sequential, signature="next_items", wants_history=True,
                    config=_sequential_config, options=frozenset({"top_k"}),
-                   plan=_plan_sequential))
+                   plan=_plan_sequential, references=_sequential_references,
+                   headline=(("ndcg@10", True),)))

@@ -94,6 +94,13 @@ class Task:
     #: What ``train`` will do with validation data under the request's config (carve a
     #: slice, early-stop, refit, or nothing), one phrase for ``train``'s split line.
     plan: Callable[[TrainRequest], str] | None = None
+    #: ``references(fitted, k, seed)`` → simple references fitted on the rows the model
+    #: was fit on (``tfrec_p5.evaluation.served``); ``train`` scores them with
+    #: ``evaluate`` on the same held-out rows and prints them beside the model.
+    references: Callable[[Interactions, int, int], list] | None = None
+    #: ``((metric, higher_is_better), ...)``: where ``train`` says a reference beats the
+    #: model.
+    headline: tuple[tuple[str, bool], ...] = ()
 
 
 _TASKS: dict[str, Task] = {}

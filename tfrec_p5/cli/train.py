@@ -120,6 +120,21 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
     # Every row the model was fit on (a refit folds the validation part in): the export
     # keeps their hashes, so `evaluate` can refuse them as test rows later.
     fitted = train if validation is None else Interactions.concat(train, validation)
+    notes, beaten = [], []
+    if task.references is not None and not args.no_references:
+        model_rows = {part: values for part, _, values in rows}
+        for ref in task.references(fitted, getattr(module, "recommend_k", None) or 100,
+                                   args.seed):
+            if ref.choice:
+                notes.append(f"reference {ref.name}: {ref.choice}")
+            for part, part_table, before in parts[1:]:
+                if part_table is None or len(part_table) == 0:
+                    continue
+                values = run_evaluate(task, ref.signature, part_table, before)
+                rows.append((f"{part}: {ref.name}", len(part_table), values))
+                metrics.update(flat(f"reference_{ref.name.replace(' ', '_')}_{part}",
+                                    len(part_table), values))
+                beaten.extend(_beaten(task, ref.name, part, values, model_rows.get(part, {})))
     record = TrainingRecord.from_table(fitted)
     metadata = {
         "data": args.data, "data_resolved": resolve_spec(args.data),
@@ -147,12 +162,25 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
         shutil.rmtree(backup_dir, ignore_errors=True)
 
     print(format_table(rows), file=info)
+    for note in notes + beaten:
+        print(f"note: {note}", file=info)
     print(f"exported {path} (signatures: {', '.join(module.signature_names())})", file=info)
     if test is None and test_data is None:
         print("note: no test metrics (--split none without --test-data)", file=info)
     if args.json:
         print(json.dumps(metrics, sort_keys=True, allow_nan=False))
     return 0
+
+
+def _beaten(task, name: str, part: str, ref: dict, model: dict) -> list[str]:
+    """Where reference ``name`` does better than the model on a headline metric."""
+    out = []
+    for metric, higher in task.headline:
+        if metric in ref and metric in model and \
+                (ref[metric] > model[metric] if higher else ref[metric] < model[metric]):
+            out.append(f"the {name} reference beats the model on {part} {metric} "
+                       f"({ref[metric]:.4f} vs {model[metric]:.4f})")
+    return out
 
 
 def add_parser(sub, task_names: list[str]) -> None:
@@ -180,6 +208,10 @@ def add_parser(sub, task_names: list[str]) -> None:
     p.add_argument("--log-dir", metavar="DIR", help="TensorBoard log folder")
     p.add_argument("--test-data", metavar="SPEC", help="also evaluate on this data after "
                    "training (e.g. a separate test file with --split none)")
+    p.add_argument("--no-references", action="store_true",
+                   help="skip the simple references (bias baseline, most popular, EASE / "
+                   "item-KNN) that are fitted on the same rows and scored beside the model "
+                   "(default: shown in the table and the JSON as reference_*)")
     p.add_argument("--json", action="store_true", help="print the metrics JSON on stdout "
                    "(progress goes to stderr)")
     p.add_argument("--weights", metavar="TASK=W,...", help="--task all: loss weight per head, "

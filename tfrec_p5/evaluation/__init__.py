@@ -1,5 +1,7 @@
 """Evaluation shared by every task: ranks of held-out items → Recall/HR/NDCG/MRR, plus the
-cheap references (most-popular, EASE, item-KNN) that give those numbers a scale.
+cheap references (most-popular, EASE, item-KNN) that give those numbers a scale, and the
+same references served under an export's signature names (``served``: what ``tfrec-p5
+train`` prints beside the model).
 
     from tfrec_p5.evaluation import EASE, full_ranking_metrics
 """
@@ -16,6 +18,12 @@ from tfrec_p5.evaluation.ranking import (
 )
 from tfrec_p5.evaluation.rating import rating_metrics
 from tfrec_p5.evaluation.references import EASE, ItemKNN, MostPopular
+from tfrec_p5.evaluation.served import (
+    ServedReference,
+    bias_baseline,
+    next_item_references,
+    retrieval_references,
+)
 from tfrec_p5.evaluation.signatures import (
     PROTOCOLS,
     decode_strings,
@@ -34,5 +42,6 @@ __all__ = [
     "factorized_topk_accuracy", "full_ranking_metrics", "parse_protocol", "predict_ratings",
     "rating_metrics",
     "group_by_row", "metrics_from_ranks", "pad_lists", "ranks_of_targets", "sample_negatives",
-    "sampled_ranking_metrics",
+    "sampled_ranking_metrics", "ServedReference", "bias_baseline", "next_item_references",
+    "retrieval_references",
 ]

@@ -161,8 +161,12 @@ def sample_negatives(interacted: np.ndarray, num_items: int, num_negatives: int 
     rng = np.random.RandomState(seed)
     out = np.empty((len(interacted), num_negatives), dtype=np.int64)
     all_items = np.arange(first_item, num_items)
+    never = np.ones(len(all_items), bool)  # reused per user: cheaper than np.setdiff1d
     for row, seen in enumerate(interacted):
-        pool = np.setdiff1d(all_items, seen[seen >= 0], assume_unique=False)
+        seen = seen[(seen >= first_item) & (seen < num_items)] - first_item
+        never[seen] = False
+        pool = all_items[never]  # sorted, as np.setdiff1d gives it: the same draws
+        never[seen] = True
         if len(pool) < num_negatives:
             raise ValueError(f"user row {row}: only {len(pool)} never-seen items, "
                              f"cannot sample {num_negatives} negatives")
