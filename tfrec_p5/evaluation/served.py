@@ -79,7 +79,7 @@ class ServedReference:
       vocabs: the fitted rows' vocabularies (index 0 = unknown).
       k: length of ``recommend`` / ``next_items`` lists (the model's ``--top-k``).
       rate: ``(user_index, item_index) -> ratings`` for ``predict_rating`` / ``rank``.
-      score_users: ``UserScorer`` for ``recommend`` / ``rank``.
+      score_users: ``UserScorer`` for ``recommend`` / ``rank`` (``None``: by popularity).
       score_histories: ``HistoryScorer`` for ``next_items`` / ``score_items``.
       seen: CSR ``(splits, items)`` of each user index's fitted items (excluded).
       popularity: ``[I]`` fitted counts, the answer for an unknown user.
@@ -104,8 +104,8 @@ class ServedReference:
     def signature(self, name: str) -> Callable[..., dict]:
         """The callable served under ``name``; ``KeyError`` for one it cannot back."""
         fns = {"predict_rating": self._predict_rating if self.rate else None,
-               "recommend": self._recommend if self.score_users else None,
-               "rank": self._rank if (self.score_users or self.rate) else None,
+               "recommend": self._recommend if self.seen is not None else None,
+               "rank": self._rank if (self.seen is not None or self.rate) else None,
                "next_items": self._next_items if self.score_histories else None,
                "score_items": self._score_items if self.score_histories else None}
         if fns.get(name) is None:
@@ -128,8 +128,10 @@ class ServedReference:
 
     def _recommend(self, user_id) -> dict:
         users = self._users(user_id)
-        scores = self._user_scores(users)
         splits, items = self.seen
+        if self.score_users is None:  # most popular: one ranking for every user
+            return self._popular(users)
+        scores = self._user_scores(users)
         for row, u in enumerate(users):
             scores[row, items[splits[u]:splits[u + 1]]] = -np.inf
         top = _top_k(scores, self.k)
@@ -137,12 +139,29 @@ class ServedReference:
         return {"item_ids": tf.constant(np.where(np.isfinite(best), self.tokens[top], "")),
                 "scores": tf.constant(best.astype(np.float32))}
 
+    def _popular(self, users: np.ndarray) -> dict:
+        """Most popular unseen items without a ``[B, I]`` matrix (large catalogs): the
+        ``k`` + most-seen best items once, then each user's seen items dropped."""
+        splits, items = self.seen
+        extra = int(np.max(np.diff(splits)[users], initial=0))
+        best = _top_k(self.popularity[None, :], self.k + extra)[0]
+        ids = np.full((len(users), self.k), "", dtype=object)
+        scores = np.full((len(users), self.k), -np.inf, np.float32)
+        for row, u in enumerate(users):
+            keep = best[~np.isin(best, items[splits[u]:splits[u + 1]])]
+            keep = keep[np.isfinite(self.popularity[keep])][:self.k]
+            ids[row, :len(keep)] = self.tokens[keep]
+            scores[row, :len(keep)] = self.popularity[keep]
+        return {"item_ids": tf.constant(ids.astype(str)), "scores": tf.constant(scores)}
+
     def _rank(self, user_id, item_ids) -> dict:
         names = _strings(item_ids)
         users, items = self._users(user_id), self.vocabs.item.lookup(names)
         if self.rate is not None:
             scores = self.rate(np.repeat(users, items.shape[1]), items.reshape(-1))
             scores = scores.reshape(items.shape).astype(np.float64)
+        elif self.score_users is None:
+            scores = self.popularity[items]
         else:
             scores = np.take_along_axis(self._user_scores(users), items, axis=1)
         scores = np.where(items > 0, scores, -np.inf)
@@ -235,9 +254,9 @@ def _pair_reference(name: str, fitted: Interactions, vocabs: Vocabularies, k: in
                     score: UserScorer | None, choice: str = "") -> ServedReference:
     users, items = _indices(fitted, vocabs)
     pop = _popularity(items, len(vocabs.item))
-    return ServedReference(name, vocabs, k=k, score_users=score or (
-        lambda q: np.tile(pop, (len(q), 1))), seen=_seen(users, items, len(vocabs.user)),
-        popularity=pop, choice=choice)
+    return ServedReference(name, vocabs, k=k, score_users=score,
+                           seen=_seen(users, items, len(vocabs.user)), popularity=pop,
+                           choice=choice)
 
 
 def _ease(fitted: Interactions, vocabs: Vocabularies, l2: float) -> UserScorer:
