@@ -113,7 +113,7 @@ def _split():
 
 def case_rating(backup: bool, **changes) -> dict[str, float]:
     split = _split()
-    config = RatingConfig(epochs=5, patience=2, refit_full=True, embedding_dim=8,
+    config = RatingConfig(epochs=5, patience=2, refit=True, embedding_dim=8,
                           hidden_units=(16,), history_len=16, batch_size=256,
                           steps_per_execution=4).replace(**changes)
     trained = train_rating(split.train, None, config, seed=7, verbose=0,
@@ -213,17 +213,17 @@ def case_finetune_next_item(backup: bool) -> dict[str, float]:
 CASES = {
     "rating_refit": lambda: case_rating(False),
     "rating_refit_backup": lambda: case_rating(True),
-    "rating_stop": lambda: case_rating(True, refit_full=False, patience=1, epochs=12,
+    "rating_stop": lambda: case_rating(True, refit=False, patience=1, epochs=12,
                                        learning_rate=0.01),
     "unified_retrieval": lambda: case_unified({"retrieval": 1.0}, True),
     "unified_all": lambda: case_unified({"rating": 1.0, "retrieval": 1.0}, False,
                                         validation_fraction=0.1, patience=2,
-                                        refit_full=True),
+                                        refit=True),
     "unified_all_backup": lambda: case_unified({"rating": 1.0, "retrieval": 1.0}, True,
                                                validation_fraction=0.1, patience=2,
-                                               refit_full=True),
+                                               refit=True),
     "unified_retrieval_stop": lambda: case_unified(
-        {"retrieval": 1.0}, True, validation_fraction=0.1, patience=1, refit_full=True,
+        {"retrieval": 1.0}, True, validation_fraction=0.1, patience=1, refit=True,
         epochs=5),
     "sequential_refit": lambda: case_sequential(True),
     "sequential_stop": lambda: case_sequential(True, noise=0.5, refit=False, epochs=15,

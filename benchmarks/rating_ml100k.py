@@ -179,7 +179,7 @@ def main(argv=None) -> dict:
         lambda: run_ours(train, test, default.replace(use_side_features=False)))
     if not args.no_ablations:
         # One change at a time from the default, no refit: val = selection slice.
-        base = default.replace(refit_full=False)
+        base = default.replace(refit=False)
         for name, cfg in [
                 ("ablation: default w/o refit", base),
                 ("ablation: - history (rated_items/rated_by)", base.replace(history_len=0)),

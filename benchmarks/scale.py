@@ -59,7 +59,7 @@ def _config(batch: int, steps_per_execution: int = 16):
 
     return RatingConfig(embedding_dim=32, hidden_units=(64, 32), use_side_features=False,
                         history_len=0, batch_size=batch, validation_fraction=0.0,
-                        refit_full=False, patience=0, steps_per_execution=steps_per_execution)
+                        refit=False, patience=0, steps_per_execution=steps_per_execution)
 
 
 # ---------------------------------------------------------------------- subprocess roles

@@ -51,7 +51,7 @@ def rating_config():
     # make the comparison with one process noisy.
     return RatingConfig(embedding_dim=8, hidden_units=(16,), dropout=0.0, history_len=0,
                         use_side_features=False, batch_size=BATCH, epochs=2, patience=1,
-                        refit_full=False, steps_per_execution=4, learning_rate=3e-3)
+                        refit=False, steps_per_execution=4, learning_rate=3e-3)
 
 
 def retrieval_config(**changes):

@@ -46,7 +46,7 @@ def test_train_exports_and_reports_metrics(trained):
     assert meta["config"]["rating"]["batch_size"] == 256
     assert meta["tasks"] == ["rating"] and meta["metrics"] == metrics
     # sizes: train + test = all rows. The rating task gets the whole training part: it
-    # carves its own early-stopping slice, then refits on all of it (RatingConfig.refit_full).
+    # carves its own early-stopping slice, then refits on all of it (RatingConfig.refit).
     sizes = meta["sizes"]
     assert sizes["train"] + sizes["test"] == sizes["data"] and sizes["validation"] == 0
     assert sizes["test"] == metrics["test_examples"]

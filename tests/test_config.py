@@ -66,3 +66,12 @@ def test_the_same_options_are_fine_for_their_variant():
         UnifiedConfig(retrieval_loss="softmax", temperature=0.1).replace(
             retrieval_loss="squared")
     assert dataclasses.replace(UnifiedConfig(), epochs=3).epochs == 3
+
+
+def test_a_renamed_key_is_read_as_its_new_name_and_said():
+    for cls in (RatingConfig, UnifiedConfig):
+        with pytest.warns(FutureWarning, match="'refit_full' is now 'refit'"):
+            config = cls.from_dict({"refit_full": True})
+        assert config.refit is True
+        with pytest.raises(ValueError, match="both 'refit_full' and its new name 'refit'"):
+            cls.from_dict({"refit_full": True, "refit": False})

@@ -73,10 +73,10 @@ def small_table():
     ("rating", {}, "10 % of train (247 rows) carved for early stopping on val_rmse "
      "(patience 3, up to 2 epochs), then a refit on all 2,470 training rows", None),
     ("rating", {"validation_fraction": 0.2}, "20 % of train", None),
-    ("rating", {"refit_full": False}, "carved for early stopping", "refit"),
+    ("rating", {"refit": False}, "carved for early stopping", "refit"),
     ("rating", {"validation_fraction": 0.0}, "none (fixed 2 epochs)", None),
     ("retrieval", {}, "none (fixed 2 epochs)", None),
-    ("all", {"validation_fraction": 0.1, "refit_full": True, "patience": 1},
+    ("all", {"validation_fraction": 0.1, "refit": True, "patience": 1},
      "early stopping on val_rmse (patience 1, up to 2 epochs), then a refit", None),
     ("retrieval", {"validation_fraction": 0.1, "patience": 2},
      "early stopping on val_recall@10", "refit"),
@@ -106,7 +106,7 @@ def all_run(tmp_path_factory):
     process's real stderr)."""
     tmp = tmp_path_factory.mktemp("all")
     config = tmp / "c.json"
-    config.write_text(json.dumps({"validation_fraction": 0.1, "refit_full": True,
+    config.write_text(json.dumps({"validation_fraction": 0.1, "refit": True,
                                   "patience": 1}))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("TFREC_P5_DEBUG", None)

@@ -38,7 +38,7 @@ PAD_SCORE = float(np.finfo(np.float32).min)  # the documented padding score
 def _unified(train, weights: dict[str, float]):
     return train_unified(train, None, UnifiedConfig(
         weights=weights, epochs=1, batch_size=256, embedding_dim=8,
-        validation_fraction=0.0, refit_full=False, steps_per_execution=4), verbose=0)
+        validation_fraction=0.0, refit=False, steps_per_execution=4), verbose=0)
 
 
 def _strict_json(text: str):

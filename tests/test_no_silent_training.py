@@ -42,7 +42,7 @@ from tfrec_p5.export import load_metadata
 SMALL = "synthetic?num_users=200&num_items=100&num_interactions=5000"
 OTHER = "synthetic?num_users=150&num_items=80&num_interactions=3000&seed=7"
 TINY = {"embedding_dim": 8, "hidden_units": [8], "use_side_features": False,
-        "history_len": 0, "refit_full": False, "steps_per_execution": 4}
+        "history_len": 0, "refit": False, "steps_per_execution": 4}
 
 
 def one_error_line(stderr: str) -> str:

@@ -18,7 +18,7 @@ from tfrec_p5.models import (
 
 FAST = {"epochs": 12, "batch_size": 256, "patience": 3, "embedding_dim": 16,
         "hidden_units": (32,), "steps_per_execution": 4, "history_len": 16,
-        "refit_full": False}
+        "refit": False}
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ import tensorflow as tf
 import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
 
 SPEC = "synthetic?num_users=300&num_items=200&num_interactions=12000"
-RATING = {"steps_per_execution": 1, "refit_full": False, "history_len": 0,
+RATING = {"steps_per_execution": 1, "refit": False, "history_len": 0,
           "use_side_features": False, "embedding_dim": 8, "hidden_units": [8],
           "batch_size": 32, "patience": 0}
 PRETRAIN = {"steps_per_execution": 1, "embedding_dim": 8, "batch_size": 64,
@@ -260,7 +260,7 @@ def test_interrupted_refit_resumes_without_searching_again(tmp_path):
     from tfrec_p5.training import load_search
 
     table = load("synthetic", num_users=200, num_items=100, num_interactions=4000)
-    config = RatingConfig(**{**RATING, "refit_full": True, "epochs": 3, "patience": 5,
+    config = RatingConfig(**{**RATING, "refit": True, "epochs": 3, "patience": 5,
                              "batch_size": 256, "steps_per_execution": 4})
     full = train_rating(table, None, config, seed=3, verbose=0)
     backup = tmp_path / "backup"

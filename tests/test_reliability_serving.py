@@ -53,7 +53,7 @@ def exports(tmp_path_factory):
     train = random_split(table, 0.8, seed=1).train
     unified = train_unified(train, None, UnifiedConfig(
         weights={"rating": 1.0, "retrieval": 1.0, "ranking": 1.0}, epochs=1,
-        batch_size=256, embedding_dim=8, validation_fraction=0.0, refit_full=False),
+        batch_size=256, embedding_dim=8, validation_fraction=0.0, refit=False),
         verbose=0)
     module = build_module(unified, k=K)
     all_path = export(module, base / "all")

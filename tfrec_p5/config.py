@@ -35,6 +35,7 @@ import math
 import os
 import types
 import typing
+import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -67,6 +68,9 @@ NON_NEGATIVE = frozenset({
 })
 #: Shares that must be < 1.
 BELOW_ONE = frozenset({"dropout", "history_dropout", "validation_fraction", "ema_momentum"})
+RENAMED_KEYS = {"refit_full": "refit"}
+"""Config keys that were renamed: ``from_dict`` reads the old name as the new one and
+says so (``FutureWarning``); ``refit_full`` and ``refit`` named one idea."""
 
 
 def _type_name(kind: Any) -> str:
@@ -172,6 +176,16 @@ class Config:
 
     @classmethod
     def from_dict(cls: type[C], values: Mapping[str, Any]) -> C:
+        values = dict(values)
+        for old, new in RENAMED_KEYS.items():
+            if old in values and hasattr(cls, "__dataclass_fields__") and \
+                    new in cls.__dataclass_fields__:  # type: ignore[attr-defined]
+                if new in values:
+                    raise ValueError(f"{cls.__name__}: both {old!r} and its new name "
+                                     f"{new!r} are set; keep {new!r}")
+                warnings.warn(f"{cls.__name__}: config key {old!r} is now {new!r} (same "
+                              "meaning); read as such", FutureWarning, stacklevel=2)
+                values[new] = values.pop(old)
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(values) - known)
         if unknown:

@@ -86,7 +86,7 @@ class RatingConfig(Config):
     patience: int = 3
     steps_per_execution: int = 16
     validation_fraction: float = 0.1  # carved from train when no validation is given
-    refit_full: bool = True  # after early stopping on the carved slice, retrain on all
+    refit: bool = True  # after early stopping on the carved slice, retrain on all
     min_count: int = 1          # IDs seen fewer times in train map to the OOV row
     # {"user_id": N, "item_id": M}: hash that side into N buckets (no vocabulary)
     hash_buckets: dict[str, int] = field(default_factory=dict)
@@ -112,7 +112,7 @@ class RatingConfig(Config):
         batch 8192, 3 epochs, no biases / dot / regularization / side features."""
         base = cls(embedding_dim=32, hidden_units=(256, 64), dropout=0.0, l2=0.0, bias_l2=0.0,
                    use_biases=False, use_dot=False, use_side_features=False, history_len=0,
-                   refit_full=False,
+                   refit=False,
                    clip_predictions=False, optimizer="adagrad", learning_rate=0.1,
                    batch_size=8192, epochs=3, patience=0)
         return base.replace(**changes)
@@ -214,7 +214,7 @@ def train_rating(train: Interactions, validation: Interactions | None, config: R
       carved off with ``random_split(train, seed=seed)`` and used only for early stopping
       (on ``val_rmse``, best weights restored); the model trains on the other 90%.
       ``validation_fraction=0`` trains on everything for ``config.epochs`` epochs with no
-      early stopping. ``config.refit_full`` then retrains from scratch on all of
+      early stopping. ``config.refit`` then retrains from scratch on all of
       ``train`` for the best epoch count found on the slice.
     * ``log_dir``: TensorBoard logs; ``backup_dir``: rerunning the same call after a kill
       resumes from the last finished epoch, or the refit without searching again
@@ -282,7 +282,7 @@ def validation_plan(train: Interactions, validation: Interactions | None,
     fit_table, validation = carve_validation(train, validation, config.validation_fraction,
                                              seed)
     carved = fit_table is not train
-    refit = config.refit_full and carved
+    refit = config.refit and carved
     # val_rmse picks the epoch when early stopping is on or when the refit needs a count.
     monitor = "val_rmse" if validation is not None and (config.patience > 0 or refit) \
         else None

@@ -240,7 +240,7 @@ class UnifiedConfig(Config):
     patience: int = 0               # >0 with a rating head: early stop on val_rmse
     steps_per_execution: int = 16
     validation_fraction: float = 0.0
-    refit_full: bool = False        # after early stopping, retrain on all of train
+    refit: bool = False        # after early stopping, retrain on all of train
     validate_retrieval: bool = True  # per-epoch val Recall@K when there is validation data
     # large vocabularies (see tfrec_p5.towers.tower)
     min_count: int = 1              # IDs seen fewer times in train map to the OOV row
@@ -298,7 +298,7 @@ class UnifiedConfig(Config):
                    batch_size=r.batch_size, epochs=r.epochs, patience=r.patience,
                    steps_per_execution=r.steps_per_execution,
                    validation_fraction=r.validation_fraction,
-                   refit_full=bool(getattr(r, "refit_full", False)),
+                   refit=bool(getattr(r, "refit", False)),
                    min_count=r.min_count, hash_buckets=dict(r.hash_buckets),
                    ema_momentum=None)
         return base.replace(**changes)
@@ -503,7 +503,7 @@ def validation_plan(train: Interactions, validation: Interactions | None,
                     config: UnifiedConfig, seed: int = 42) -> str:
     """What ``train_unified(train, validation, config, seed=seed)`` does with validation
     data, as one phrase (``tfrec_p5.training.validation_plan``), by the same rules:
-    the carved slice, ``selection_monitor`` and ``refit_full``."""
+    the carved slice, ``selection_monitor`` and ``refit``."""
     fit_table, validation = carve_validation(train, validation, config.validation_fraction,
                                              seed)
     carved = fit_table is not train
@@ -519,7 +519,7 @@ def validation_plan(train: Interactions, validation: Interactions | None,
                          validation_rows=len(validation) if validated else 0,
                          carved_fraction=config.validation_fraction if carved else None,
                          monitor=monitor, patience=config.patience,
-                         refit_rows=len(train) if config.refit_full and carved and monitor
+                         refit_rows=len(train) if config.refit and carved and monitor
                          else None)
 
 
@@ -533,7 +533,7 @@ def train_unified(train: Interactions, validation: Interactions | None,
 
     Data: see ``unified_batches``. ``validation`` (or ``config.validation_fraction`` of
     train, carved as ``train_rating`` does) drives early stopping on
-    ``selection_monitor`` when ``patience > 0``; ``config.refit_full`` then retrains on
+    ``selection_monitor`` when ``patience > 0``; ``config.refit`` then retrains on
     all of ``train`` for the best epoch count (``tfrec_p5.training.search_then_refit``).
     ``backup_dir``, ``log_dir`` and ``callbacks`` as ``train_rating``.
 

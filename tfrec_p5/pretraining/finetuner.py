@@ -165,7 +165,7 @@ class FinetuneConfig(Config):
     epochs: int = 40
     patience: int = 3
     validation_fraction: float = 0.1
-    refit_full: bool = True
+    refit: bool = True
     steps_per_execution: int = 16
 
     def __post_init__(self) -> None:
@@ -294,7 +294,7 @@ def finetune(backbone: Backbone | str | os.PathLike, data: Interactions | str, *
       ``config.backbone_lr_scale``.
     * ``validation=None``: ``config.validation_fraction`` of ``data`` is carved off for
       early stopping (val RMSE / val Recall@10; next_item: each user's last item, val
-      NDCG@10), then (``refit_full``) the run repeats on all of ``data`` from the same
+      NDCG@10), then (``refit``) the run repeats on all of ``data`` from the same
       backbone for the best epoch count.
     * ``backup_dir``: a rerun of the same call after a kill resumes from the last
       finished epoch, or the refit without searching again (``tfrec_p5.training``).
@@ -338,7 +338,7 @@ def finetune(backbone: Backbone | str | os.PathLike, data: Interactions | str, *
 
     def refit(record: dict, refit_dir: str | None) -> Finetuned | FinetunedSequential:
         out = finetune(grown, data, config=config.replace(
-            validation_fraction=0.0, refit_full=False, epochs=record["best_epochs"]),
+            validation_fraction=0.0, refit=False, epochs=record["best_epochs"]),
             seed=seed, verbose=verbose, callbacks=callbacks, backup_dir=refit_dir)
         if config.task == "next_item":
             out = with_selection(out, record)
@@ -347,7 +347,7 @@ def finetune(backbone: Backbone | str | os.PathLike, data: Interactions | str, *
         out.backbone, out.seconds = backbone, time.perf_counter() - started
         return out
 
-    if config.refit_full and carved:
+    if config.refit and carved:
         return search_then_refit(backup_dir, search, refit, rows=len(data), verbose=verbose)
     return search()[0]
 

@@ -117,7 +117,7 @@ def train_with_refit(trainer: Callable[..., T], run: Callable[..., tuple[T, dict
                      train: Any, validation: Any, config: Any, *, seed: int,
                      backup_dir: str | os.PathLike | None, verbose: int, **kwargs: Any) -> T:
     """A trainer's whole schedule: seed, carve the validation slice by the config's rule,
-    fit, and (``config.refit_full``, carved slice only) refit on all of ``train``.
+    fit, and (``config.refit``, carved slice only) refit on all of ``train``.
 
     Why one function: ``train_rating`` and ``train_unified`` follow the same schedule;
     each supplies ``run(train, fit_table, validation, config, seed=, backup_dir=,
@@ -136,7 +136,7 @@ def train_with_refit(trainer: Callable[..., T], run: Callable[..., tuple[T, dict
         return run(train, fit_table, validation, config, backup_dir=backup_dir, **kwargs)
 
     def refit(record: dict, refit_dir: str | None) -> T:
-        out = trainer(train, None, config.replace(refit_full=False, validation_fraction=0.0,
+        out = trainer(train, None, config.replace(refit=False, validation_fraction=0.0,
                                                   epochs=record["best_epochs"]),
                       backup_dir=refit_dir, **kwargs)
         out.history = with_search_history(record, out.history)
@@ -144,7 +144,7 @@ def train_with_refit(trainer: Callable[..., T], run: Callable[..., tuple[T, dict
             out.stopped_epoch = record["stopped_epoch"]
         return out
 
-    if not (config.refit_full and fit_table is not train):
+    if not (config.refit and fit_table is not train):
         return search()[0]
     return search_then_refit(backup_dir, search, refit, rows=len(train), verbose=verbose)
 
