@@ -5,6 +5,7 @@ cheap references (most-popular, EASE, item-KNN) that give those numbers a scale.
 """
 
 from tfrec_p5.evaluation.ranking import (
+    expected_ranking_metrics,
     factorized_topk_accuracy,
     full_ranking_metrics,
     group_by_row,
@@ -15,7 +16,13 @@ from tfrec_p5.evaluation.ranking import (
     sampled_ranking_metrics,
 )
 from tfrec_p5.evaluation.rating import rating_metrics
-from tfrec_p5.evaluation.references import EASE, ItemKNN, MostPopular
+from tfrec_p5.evaluation.references import (
+    EASE,
+    FeaturePopularity,
+    FeatureProfile,
+    ItemKNN,
+    MostPopular,
+)
 from tfrec_p5.evaluation.signatures import (
     PROTOCOLS,
     decode_strings,
@@ -29,7 +36,8 @@ from tfrec_p5.evaluation.signatures import (
 )
 
 __all__ = [
-    "EASE", "ItemKNN", "MostPopular", "PROTOCOLS", "decode_strings", "evaluate_after_history",
+    "EASE", "FeatureProfile", "FeaturePopularity", "ItemKNN", "MostPopular", "PROTOCOLS",
+    "decode_strings", "evaluate_after_history", "expected_ranking_metrics",
     "evaluate_next_items", "evaluate_rank", "evaluate_recommend", "evaluate_signature",
     "factorized_topk_accuracy", "full_ranking_metrics", "parse_protocol", "predict_ratings",
     "rating_metrics",
