@@ -19,15 +19,24 @@ Protocol (per seed ``s`` of ``--seeds``):
 Scorers: random order (expected value), the genre-profile content baseline (cosine between
 the user's liked-genre counts -- train ratings >= 4 -- and the item's genre vector,
 ``FeatureProfile``), popularity by genre (``FeaturePopularity``: the mean training count
-of the items sharing the item's genres), and the two-tower retrieval model trained with
-``train_unified`` (item side features: genres, title tokens, release year).
+of the items sharing the item's genres), and the two-tower retrieval model of
+``train_unified`` (the retrieval default) in the ``ARMS`` below: ``ids_only`` is today's
+model (every new item on the OOV row); the others get the catalog (``u.item``: one row
+per item with its features, ``Interactions.item_rows``) through ``train_unified(...,
+catalog=...)``, so new items have rows of their own, represented by their item features
+(genres, title words, the release year as a number and as a category). ``--train-seeds
+n`` trains n models per data seed (seeds s, s + 100, ...) and averages them.
 
 ``--validation`` runs the same protocol *inside* the training part (a further seeded 20 %
 of the training items become new, seed ``s + 1000``) and reports those numbers: every
-model choice is made there, never on the test part.
+model choice (``CHOSEN``) was made there, never on the test part. The warm test is
+reported twice: ranked among the trained items (comparable with ``ids_only``) and among
+the whole catalog, new items included (``warm_metrics``).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/cold_start.py \\
-        --data /work/shared/data/ml-100k --seeds 0 1 2 --out benchmarks/results/cold_start.json
+    PYTHONPATH=. .venv/bin/python benchmarks/cold_start.py --data /work/shared/data/ml-100k \\
+        --seeds 0 1 2 --train-seeds 2 --out benchmarks/results/cold_start.json
+    PYTHONPATH=. .venv/bin/python benchmarks/cold_start.py --data /work/shared/data/ml-100k \\
+        --validation --train-seeds 2 --arms genres_years genres_years_drop25 ...
 """
 
 from __future__ import annotations
@@ -50,41 +59,72 @@ import tensorflow as tf  # noqa: E402
 from _ml100k import load_ml100k  # noqa: E402
 
 from tfrec_p5 import data  # noqa: E402
-from tfrec_p5.data import Interactions  # noqa: E402
+from tfrec_p5.data import (
+    Interactions,  # noqa: E402
+    catalog_items,  # noqa: E402
+)
 from tfrec_p5.evaluation import (  # noqa: E402
     FeaturePopularity,
     FeatureProfile,
     expected_ranking_metrics,
     group_by_row,
 )
-from tfrec_p5.models.unified import UnifiedConfig, train_unified  # noqa: E402
+from tfrec_p5.models.unified import (  # noqa: E402
+    UnifiedConfig,
+    retrieval_metrics,
+    train_unified,
+)
 
 NEW_FRACTION = 0.2
 LIKED = 4.0
 K = 10
 KEYS = ("capped_recall@10", "ndcg@10", "recall@10")
-ITEM_FEATURES = ("movie_genres", "movie_title", "movie_release_year")
-BASE = dict(use_side_features=True, item_features=ITEM_FEATURES, user_features=())
+GTY = ("movie_genres", "movie_title", "movie_release_year")
+GYY = ("movie_genres", "movie_release_year", "movie_year")
+GTYY = ("movie_genres", "movie_title", "movie_release_year", "movie_year")
+BASE = dict(use_side_features=True, item_features=GTY, user_features=())
 
-#: Model arms: overrides of ``UnifiedConfig()`` (the retrieval default) and how new items
-#: reach the model.
+
+def _arm(features=GTY, **config) -> dict:
+    return dict(config=dict(BASE, item_features=features, **config), catalog=True)
+
+
+#: Model arms: overrides of ``UnifiedConfig()`` (the retrieval default) and whether new
+#: items reach the model through the catalog (``train_unified(catalog=...)``). Every arm
+#: but the first two was a candidate on ``--validation``; ``CHOSEN`` won there.
 ARMS = {
-    "ids_only": dict(config={}),
-    "features": dict(config=BASE),
+    "ids_only": dict(config={}, catalog=False),   # today: every new item on the OOV row
+    "features": _arm(),                          # the plain model: genres, title, year
+    "features_drop25": _arm(item_id_dropout=0.25),
+    "features_drop50": _arm(item_id_dropout=0.5),
+    "features_min5_drop25": _arm(item_id_dropout=0.25, text_min_count=5),
+    "genres_year_drop25": _arm(("movie_genres", "movie_release_year"), item_id_dropout=0.25),
+    "genres_years": _arm(GYY),
+    "genres_years_drop25": _arm(GYY, item_id_dropout=0.25),
+    "genres_years_drop50": _arm(GYY, item_id_dropout=0.5),
+    "all_drop25": _arm(GTYY, item_id_dropout=0.25),
+    "all_min5_drop25": _arm(GTYY, item_id_dropout=0.25, text_min_count=5),
+    "features_drop25_epochs15": _arm(item_id_dropout=0.25, epochs=15),
 }
+CHOSEN = "genres_years_drop25"
 
 
 def with_release_year(table: Interactions) -> Interactions:
-    """The table with a declared numeric ``movie_release_year`` item feature, read from the
-    ``(1995)`` that ends each title (NaN without one: "unknown")."""
+    """The table with two declared item features read from the ``(1995)`` that ends each
+    title: ``movie_release_year`` (numeric; NaN without one, "unknown") and ``movie_year``
+    (the same year as a category, "" = unknown, so each year can matter on its own)."""
     titles = table.columns["movie_title"].astype(str)
     uniq, inverse = np.unique(titles, return_inverse=True)
     years = np.array([float(m.group(1)) if (m := re.search(r"\((\d{4})\)\s*$", t)) else np.nan
                       for t in uniq], dtype=np.float32)
-    out = table.with_columns(movie_release_year=years[inverse.reshape(-1)])
+    year = years[inverse.reshape(-1)]
+    out = table.with_columns(movie_release_year=year,
+                             movie_year=np.where(np.isnan(year), "",
+                                                 np.nan_to_num(year).astype(int).astype(str)))
     return dataclasses.replace(
-        out, item_features=(*table.item_features, "movie_release_year"),
-        feature_kinds={**table.feature_kinds, "movie_release_year": "numeric"})
+        out, item_features=(*table.item_features, "movie_release_year", "movie_year"),
+        feature_kinds={**table.feature_kinds, "movie_release_year": "numeric",
+                       "movie_year": "categorical"})
 
 
 def carve_new_items(table: Interactions, fraction: float, seed: int
@@ -160,12 +200,39 @@ def train_arm(name: str, train: Interactions, catalog: Interactions, seed: int,
         config = config.replace(epochs=epochs)
     tf.keras.utils.set_random_seed(seed)
     start = time.perf_counter()
-    trained = train_unified(train, None, config, seed=seed, verbose=0)
+    trained = train_unified(train, None, config, seed=seed, verbose=0,
+                            catalog=catalog if arm["catalog"] else None)
     return trained, time.perf_counter() - start
 
 
+WARM_KEYS = ("recall@10", "ndcg@10", "catalog_recall@10", "catalog_ndcg@10")
+
+
+def warm_metrics(trained, train: Interactions, warm_test: Interactions) -> dict[str, float]:
+    """Warm test (its items have training ratings), the repo's retrieval protocol
+    (``retrieval_metrics``: every test pair a target, training items excluded), ranked
+    among the trained items only (``recall@10``: comparable with a model without new
+    items) and among the model's whole catalog, new items included (``catalog_*``: what
+    ``recommend`` serves; a new item in a top 10 is a miss here, its likes are the cold
+    part's targets)."""
+    table = warm_test.take(np.flatnonzero(np.isin(warm_test.item_id, train.item_id)))
+    new = catalog_items(train, trained.vocabs)
+
+    def trained_only(users):
+        scores = trained.retrieval_scores(users)
+        scores[:, new] = -np.inf
+        return scores
+
+    out = {}
+    for prefix, score_fn in (("", trained_only), ("catalog_", trained.retrieval_scores)):
+        metrics = retrieval_metrics(score_fn, table, trained.vocabs, trained.seen_splits,
+                                    trained.seen_values, ks=(K,), factorized_ks=())
+        out.update({f"{prefix}{k}": metrics[k] for k in ("recall@10", "ndcg@10")})
+    return out
+
+
 def run_seed(table: Interactions, seed: int, arms: list[str], validation: bool,
-             epochs: int | None) -> dict:
+             epochs: int | None, train_seeds: int = 1) -> dict:
     warm, cold, new_items = carve_new_items(table, NEW_FRACTION, seed)
     split = data.random_split(warm, 0.8, seed=seed)
     train, warm_test = split.train, split.test
@@ -176,18 +243,25 @@ def run_seed(table: Interactions, seed: int, arms: list[str], validation: bool,
     out = {"new_items": int(len(new_items)), "train_rows": int(len(train)),
            "users": int(len(task.query)), "targets": int((task.targets >= 0).sum()),
            "scorers": task.baselines(), "warm": {}, "seconds": {}}
-    catalog = Interactions.concat(train, cold)
+    # What u.item lists: one row per item with its features, no interaction of new items.
+    catalog = (table if not validation else Interactions.concat(train, cold)).item_rows()
     for name in arms:
-        trained, seconds = train_arm(name, train, catalog, seed, epochs)
-        out["scorers"][name] = task.model_metrics(trained)
+        runs, warm_runs, seconds = [], [], 0.0
+        for j in range(train_seeds):   # model seeds seed, seed + 100, ...: training noise
+            trained, took = train_arm(name, train, catalog, seed + 100 * j, epochs)
+            seconds += took
+            runs.append(task.model_metrics(trained))
+            if warm_test is not None:
+                warm_runs.append(warm_metrics(trained, train, warm_test))
+        out["scorers"][name] = {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+        if train_seeds > 1:
+            out.setdefault("model_seed_runs", {})[name] = runs
+        if warm_runs:
+            out["warm"][name] = {k: float(np.mean([r[k] for r in warm_runs]))
+                                 for k in warm_runs[0]}
         out["seconds"][name] = round(seconds, 1)
-        if warm_test is not None:
-            known = np.isin(warm_test.item_id, train.item_id)
-            metrics = trained.evaluate(warm_test.take(np.flatnonzero(known)), ks=(K,),
-                                       factorized_ks=())
-            out["warm"][name] = {k: metrics[f"retrieval_{k}"] for k in ("recall@10",
-                                                                      "ndcg@10")}
-        print(f"  seed {seed} {name}: {out['scorers'][name]} ({seconds:.0f} s)", flush=True)
+        print(f"  seed {seed} {name}: {[round(r['capped_recall@10'], 4) for r in runs]} "
+              f"{[round(r['ndcg@10'], 4) for r in runs]} ({seconds:.0f} s)", flush=True)
     return out
 
 
@@ -201,8 +275,9 @@ def summarize(per_seed: dict) -> dict:
                       for k, v in values.items()}
     warm = {}
     for name in seeds[0]["warm"]:
-        warm[name] = {k: float(np.mean([s["warm"][name][k] for s in seeds]))
-                      for k in ("recall@10", "ndcg@10")}
+        warm[name] = {k: {"mean": float(np.mean([s["warm"][name][k] for s in seeds])),
+                          "std": float(np.std([s["warm"][name][k] for s in seeds]))}
+                      for k in WARM_KEYS}
     return {"new_items": mean, "warm": warm}
 
 
@@ -218,21 +293,26 @@ def print_table(summary: dict, title: str) -> None:
                  f"{m['ndcg@10']['mean'] / ref['ndcg@10']['mean']:.2f}")
         print(f"| {name} | " + " | ".join(cells) + f" | {ratio} |")
     if summary["warm"]:
-        print("\nwarm test (items with training ratings; ranked against the model's "
-              "whole catalog, training items excluded)\n")
-        print("| model | recall@10 | ndcg@10 |\n| --- | --- | --- |")
+        print("\nwarm test (its items have training ratings; training items excluded), "
+              "ranked among the trained items / among the whole catalog (new items too)\n")
+        print("| model | recall@10 | ndcg@10 | catalog recall@10 | catalog ndcg@10 |")
+        print("| --- | --- | --- | --- | --- |")
         for name, m in summary["warm"].items():
-            print(f"| {name} | {m['recall@10']:.4f} | {m['ndcg@10']:.4f} |")
+            print(f"| {name} | " + " | ".join(f"{m[k]['mean']:.4f} ± {m[k]['std']:.4f}"
+                                              for k in WARM_KEYS) + " |")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", default="../shared/data/ml-100k")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--arms", nargs="*", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--arms", nargs="*", default=["ids_only", "features", CHOSEN],
+                        choices=list(ARMS))
     parser.add_argument("--validation", action="store_true",
                         help="evaluate on new items carved from the training part")
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--train-seeds", type=int, default=1,
+                        help="models per data seed (seeds s, s + 100, ...), averaged")
     parser.add_argument("--out", default=None, help="JSON results file")
     args = parser.parse_args(argv)
 
@@ -241,7 +321,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     per_seed = {}
     for seed in args.seeds:
-        per_seed[str(seed)] = run_seed(table, seed, args.arms, args.validation, args.epochs)
+        per_seed[str(seed)] = run_seed(table, seed, args.arms, args.validation, args.epochs,
+                                       args.train_seeds)
     summary = summarize(per_seed)
     seconds = time.perf_counter() - start
     print_table(summary, f"{'validation' if args.validation else 'test'}: new items, "
@@ -250,7 +331,8 @@ def main(argv=None) -> int:
         "protocol": __doc__.split("\n\n")[1].strip(),
         "part": "validation" if args.validation else "test",
         "data": how, "seeds": args.seeds, "arms": {a: ARMS[a] for a in args.arms},
-        "epochs": args.epochs, "summary": summary, "per_seed": per_seed,
+        "epochs": args.epochs, "train_seeds": args.train_seeds, "chosen": CHOSEN,
+        "summary": summary, "per_seed": per_seed,
         "seconds": round(seconds, 1), "load_average": list(os.getloadavg()),
         "machine": {"python": platform.python_version(), "tensorflow": tf.__version__,
                     "cpus": os.cpu_count()},
