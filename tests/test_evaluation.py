@@ -102,3 +102,56 @@ def test_references_on_a_tiny_matrix():
     assert s[0] == pytest.approx(0.0) and s[1] == pytest.approx(0.0)  # no co-occurrence with 2
     s = EASE.fit(np.array([0, 1, 1]), np.array([0, 0, 1]), 2, 3, l2=1.0).score(np.array([0]))[0]
     assert s[1] > 0 and s[0] == 0.0 and s[2] == 0.0  # self-weight is zero by construction
+
+
+def test_expected_metrics_put_ties_in_random_order():
+    from tfrec_p5.evaluation import expected_ranking_metrics
+
+    # Constant scores: every rank equally likely, so recall@K = K / candidates exactly.
+    m = expected_ranking_metrics(lambda q: np.zeros((len(q), 40)), np.arange(2),
+                                 np.array([[3, -1], [5, 7]]), ks=(10,))
+    assert m["recall@10"] == pytest.approx(10 / 40)
+    assert m["capped_recall@10"] == pytest.approx(10 / 40)
+    disc = 1 / np.log2(np.arange(2, 12))
+    ndcg_one = disc.sum() / 40 / 1.0                 # one target: E[DCG] / ideal 1
+    ndcg_two = 2 * disc.sum() / 40 / disc[:2].sum()  # two targets
+    assert m["ndcg@10"] == pytest.approx((ndcg_one + ndcg_two) / 2)
+    # No ties: the expectation is the deterministic value (ranks 1 and 3 of 4, K = 2).
+    scores = np.array([[4.0, 3.0, 2.0, 1.0]])
+    m = expected_ranking_metrics(lambda q: scores, np.arange(1), np.array([[0, 2]]), ks=(2,))
+    assert m["recall@2"] == pytest.approx(0.5) and m["capped_recall@2"] == pytest.approx(0.5)
+    assert m["ndcg@2"] == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    # The target ties with one other item for ranks 2-3: half a hit at K = 2.
+    scores = np.array([[4.0, 3.0, 3.0, 1.0]])
+    m = expected_ranking_metrics(lambda q: scores, np.arange(1), np.array([[1]]), ks=(2,))
+    assert m["recall@2"] == pytest.approx(0.5)
+    assert m["ndcg@2"] == pytest.approx(0.5 / math.log2(3))
+    # Excluding item 0 (and the tied item 2) lifts the target to rank 1.
+    m = expected_ranking_metrics(lambda q: scores, np.arange(1), np.array([[1]]),
+                                 exclude=np.array([[0, 2, 1]]), ks=(1,))
+    assert m["recall@1"] == 1.0
+
+
+def test_capped_recall_lets_a_long_list_reach_one():
+    from tfrec_p5.evaluation import expected_ranking_metrics
+
+    scores = np.arange(20.0)[::-1][None, :]          # item 0 first
+    m = expected_ranking_metrics(lambda q: scores, np.arange(1),
+                                 np.arange(12)[None, :], ks=(10,))
+    assert m["capped_recall@10"] == 1.0 and m["recall@10"] == pytest.approx(10 / 12)
+
+
+def test_content_references():
+    from tfrec_p5.evaluation import FeaturePopularity, FeatureProfile
+
+    genres = np.array([[1, 0], [0, 1], [1, 1], [0, 0]], dtype=float)
+    # User 0 liked items 0 and 2 (profile [2, 1]); user 1 nothing.
+    profile = FeatureProfile.fit(np.array([0, 0]), np.array([0, 2]), genres, num_users=2)
+    s = profile.score(np.array([0, 1]))
+    assert s[0, 0] == pytest.approx(2 / math.sqrt(5))
+    assert s[0, 2] == pytest.approx(3 / math.sqrt(5) / math.sqrt(2))
+    assert s[0, 3] == 0.0 and (s[1] == 0).all()      # no features / no profile: 0
+    # Item 0 has 3 interactions, item 1 has 1, items 2, 3 none (new): genre 0 averages 3,
+    # genre 1 averages 1 over the items that were seen.
+    pop = FeaturePopularity.fit(np.array([0, 0, 0, 1]), genres)
+    np.testing.assert_allclose(pop.score(np.array([0]))[0], [3.0, 1.0, 2.0, 2.0])

@@ -154,6 +154,23 @@ class Interactions:
         return Interactions(cols, self.source, self.user_features, self.item_features,
                             self.rating_range, self.tfds_names, self.feature_kinds)
 
+    def item_rows(self) -> Interactions:
+        """One row per distinct item (its first), with ``item_id`` and the item feature
+        columns only (``user_id`` empty): the item catalog this table describes.
+
+        Why: a catalog outlives any split of the interactions. Take it from the whole table
+        and hand it to training (``train_unified(train, ..., catalog=table.item_rows())``)
+        so that items whose every interaction left ``train`` still exist, with features.
+        """
+        _, first = np.unique(self.item_id, return_index=True)
+        first = np.sort(first)
+        columns = {USER: np.full(len(first), "", dtype=str), ITEM: self.item_id[first],
+                   **{name: self.columns[name][first] for name in self.item_features}}
+        return Interactions(columns, self.source, (), self.item_features, None,
+                            self.tfds_names,
+                            {k: v for k, v in self.feature_kinds.items()
+                             if k in self.item_features})
+
     # ------------------------------------------------------------------ TFDS view
     def to_tfds_like_dataset(self):
         """The table as TFDS would give it: a ``tf.data.Dataset`` of per-example dicts.

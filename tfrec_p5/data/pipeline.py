@@ -52,7 +52,8 @@ class Vocabularies:
 
     @classmethod
     def build(cls, train: Interactions, min_count: int = 1,
-              hash_buckets: Mapping[str, int] | int | None = None) -> Vocabularies:
+              hash_buckets: Mapping[str, int] | int | None = None,
+              catalog: Interactions | np.ndarray | None = None) -> Vocabularies:
         """Vocabularies of ``train``.
 
         * ``min_count``: IDs seen fewer times in ``train`` map to the OOV row (0).
@@ -60,9 +61,16 @@ class Vocabularies:
           for both) hashes that side instead (``HashedVocabulary``; no per-ID list kept
           for users, the most frequent ID per row kept for items, which the
           ``recommend`` export returns). ``min_count`` does not apply to a hashed side.
+        * ``catalog``: the items that exist (a table whose ``item_id`` column lists them,
+          e.g. one row per item of ``u.item``, or the item IDs themselves). An item of the
+          catalog that ``train`` never mentions gets a row of its own after the training
+          items (sorted by ID), instead of sharing the OOV row, so a model can represent it
+          from its features (``catalog_items``). A training item below ``min_count`` stays
+          on the OOV row. Not for a hashed item side (every ID has a bucket there already).
 
             Vocabularies.build(train, min_count=2)
             Vocabularies.build(train, hash_buckets={"user_id": 1 << 21})  # items: a list
+            Vocabularies.build(train, catalog=items)   # new items: rows after the trained
         """
         buckets = normalize_hash_buckets(hash_buckets)
         out = []
@@ -73,6 +81,14 @@ class Vocabularies:
                                                   keep_tokens=keep))
             else:
                 out.append(Vocabulary.build(values, min_count, name=column))
+        if catalog is not None:
+            if buckets.get(ITEM):
+                raise ValueError("a catalog needs an item vocabulary: with hashed items "
+                                 "every ID already has a bucket")
+            ids = catalog.item_id if isinstance(catalog, Interactions) else catalog
+            new = np.setdiff1d(np.asarray(ids, dtype=str), np.asarray(train.item_id, str))
+            if len(new):
+                out[1] = Vocabulary(np.concatenate([out[1].tokens, new]), name=ITEM)
         return cls(*out)
 
     @property
@@ -93,6 +109,20 @@ class Vocabularies:
     def load(cls, directory: str | os.PathLike) -> Vocabularies:
         return cls(Vocabulary.load(os.path.join(directory, "user_vocab.json")),
                    Vocabulary.load(os.path.join(directory, "item_vocab.json")))
+
+
+def catalog_items(train: Interactions, vocabs: Vocabularies) -> np.ndarray:
+    """Item indices with no row in ``train``: the catalog's new items (``Vocabularies.build``
+    with ``catalog``), sorted; empty when every item of the vocabulary was trained on.
+
+    Why a model needs them: they are still to be represented (from their features), but
+    no training pair saw them, so a loss over "every item" must not treat them as items
+    users passed over (``tfrec_p5.tasks.retrieval``).
+    """
+    if getattr(vocabs.item, "hashed", False):
+        return np.zeros(0, np.int64)
+    known = np.isin(vocabs.item.tokens, np.unique(np.asarray(train.item_id, str)))
+    return (np.flatnonzero(~known) + 1).astype(np.int64)
 
 
 def normalize_hash_buckets(hash_buckets: Mapping[str, int] | int | None) -> dict[str, int]:

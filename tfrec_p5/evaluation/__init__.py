@@ -7,6 +7,7 @@ train`` prints beside the model).
 """
 
 from tfrec_p5.evaluation.ranking import (
+    expected_ranking_metrics,
     factorized_topk_accuracy,
     full_ranking_metrics,
     group_by_row,
@@ -17,7 +18,13 @@ from tfrec_p5.evaluation.ranking import (
     sampled_ranking_metrics,
 )
 from tfrec_p5.evaluation.rating import rating_metrics
-from tfrec_p5.evaluation.references import EASE, ItemKNN, MostPopular
+from tfrec_p5.evaluation.references import (
+    EASE,
+    FeaturePopularity,
+    FeatureProfile,
+    ItemKNN,
+    MostPopular,
+)
 from tfrec_p5.evaluation.served import (
     ServedReference,
     bias_baseline,
@@ -37,7 +44,8 @@ from tfrec_p5.evaluation.signatures import (
 )
 
 __all__ = [
-    "EASE", "ItemKNN", "MostPopular", "PROTOCOLS", "decode_strings", "evaluate_after_history",
+    "EASE", "FeatureProfile", "FeaturePopularity", "ItemKNN", "MostPopular", "PROTOCOLS",
+    "decode_strings", "evaluate_after_history", "expected_ranking_metrics",
     "evaluate_next_items", "evaluate_rank", "evaluate_recommend", "evaluate_signature",
     "factorized_topk_accuracy", "full_ranking_metrics", "parse_protocol", "predict_ratings",
     "rating_metrics",

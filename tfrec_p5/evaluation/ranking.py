@@ -23,6 +23,13 @@ Conventions (stated, because papers differ):
 * ``ndcg@K``: per user, DCG over hits ``1/log2(rank + 1)`` divided by the ideal DCG of
   ``min(K, #held-out)`` hits; averaged over users. ``mrr``: 1 / rank of the user's best
   held-out item (no cut-off), averaged over users.
+* **Ties in random order** (``expected_ranking_metrics``): the expected value of every
+  metric when equal scores are put in a uniformly random order, computed exactly (no
+  draws). A constant scorer then earns what random order earns; this is the protocol of
+  the cold-start benchmark, where content baselines tie often (two items with the same
+  genres). It also reports ``capped_recall@K``: per user, hits divided by
+  ``min(K, #held-out)``, averaged over users (Liang et al. 2018, Mult-VAE's Recall@K), so
+  a user with 40 held-out items can reach 1.
 * **TFRS protocol** (``factorized_topk_accuracy``): per held-out (user, item) pair, is the
   item within the top K of *all* items, seen ones included, ties counted in its favour —
   what ``tfrs.metrics.FactorizedTopK`` reports in the tutorials.
@@ -190,3 +197,62 @@ def sampled_ranking_metrics(score_fn: ScoreFn, queries: np.ndarray, targets: np.
         cand_scores = np.take_along_axis(scores, cand, axis=1)
         ranks.append(ranks_of_targets(cand_scores, np.zeros((len(cand), 1), np.int64)))
     return metrics_from_ranks(np.concatenate(ranks), ks)
+
+
+def expected_ranking_metrics(score_fn: ScoreFn, queries: np.ndarray, targets: np.ndarray,
+                             exclude: np.ndarray | None = None, ks: Sequence[int] = (10,),
+                             batch_size: int = 128) -> dict[str, float]:
+    """Recall / capped recall / NDCG@K with ties put in a uniformly random order, as exact
+    expectations (the module docstring states the definitions).
+
+    A held-out item with ``g`` candidates scored above it and ``e`` others tied with it
+    takes each rank in ``g + 1 .. g + e + 1`` with probability ``1 / (e + 1)``; hits and
+    DCG are sums over held-out items, so their expectations are sums of these. Arguments
+    as ``full_ranking_metrics``. A constant ``score_fn`` gives the random-order value
+    (``recall@K = K / #candidates``).
+
+        expected_ranking_metrics(profile.score, users, targets, ks=(10,))["capped_recall@10"]
+    """
+    ks = tuple(int(k) for k in ks)
+    kmax = max(ks)
+    cum = np.r_[0.0, np.cumsum(1.0 / np.log2(np.arange(2, kmax + 2)))]   # DCG of n hits
+    hits = {k: [] for k in ks}
+    dcg = {k: [] for k in ks}
+    counts = []
+    for start in range(0, len(queries), batch_size):
+        sl = slice(start, start + batch_size)
+        scores = np.array(score_fn(queries[sl]), dtype=np.float64, copy=True)
+        tgt = targets[sl]
+        b = np.arange(len(scores))[:, None]
+        valid = tgt >= 0
+        safe = np.where(valid, tgt, 0)
+        target_scores = scores[b, safe]
+        if exclude is not None and exclude.size:
+            ex = exclude[sl]
+            ok = ex >= 0
+            masked = np.zeros(scores.shape, dtype=bool)
+            masked[np.broadcast_to(b, ex.shape)[ok], ex[ok]] = True
+            masked[np.broadcast_to(b, tgt.shape)[valid], tgt[valid]] = False  # still ranked
+            scores[masked] = -np.inf
+        above = (scores[:, None, :] > target_scores[:, :, None]).sum(axis=2)
+        tied = (scores[:, None, :] == target_scores[:, :, None]).sum(axis=2) - 1  # not itself
+        first, last = above + 1, above + tied + 1          # the rank's range (inclusive)
+        for k in ks:
+            in_k = np.clip(np.minimum(last, k) - first + 1, 0, None)
+            hits[k].append(np.where(valid, in_k / (tied + 1), 0.0).sum(axis=1))
+            gain = cum[np.minimum(last, k)] - cum[np.minimum(first - 1, k)]
+            dcg[k].append(np.where(valid, gain / (tied + 1), 0.0).sum(axis=1))
+        counts.append(valid.sum(axis=1))
+    n_targets = np.concatenate(counts)
+    users = n_targets > 0
+    out: dict[str, float] = {"users": float(users.sum()), "targets": float(n_targets.sum())}
+    if not users.any():
+        return out
+    n = n_targets[users]
+    for k in ks:
+        h = np.concatenate(hits[k])[users]
+        ideal = cum[np.minimum(n, k)]
+        out[f"recall@{k}"] = float(h.sum() / n.sum())
+        out[f"capped_recall@{k}"] = float(np.mean(h / np.minimum(n, k)))
+        out[f"ndcg@{k}"] = float(np.mean(np.concatenate(dcg[k])[users] / ideal))
+    return out

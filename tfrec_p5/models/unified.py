@@ -41,6 +41,7 @@ from tfrec_p5.data.interactions import ITEM, RATING, USER, Interactions
 from tfrec_p5.data.pipeline import (
     Vocabularies,
     batched_dataset,
+    catalog_items,
     normalize_hash_buckets,
     pointwise_dataset,
     retrieval_dataset,
@@ -193,6 +194,8 @@ class UnifiedConfig(Config):
         **{name: ("history", (True,)) for name in ("history_dropout", "leave_target_out")},
         **{name: ("listwise", tuple(LISTWISE_LOSSES)) for name in (
             "list_size", "lists_per_user")},
+        **{name: ("use_side_features", (True,)) for name in (
+            "item_id_dropout", "text_min_count")},
     }
 
     weights: dict[str, float] = field(default_factory=lambda: {"retrieval": 1.0})
@@ -205,7 +208,9 @@ class UnifiedConfig(Config):
     user_features: tuple[str, ...] | None = None
     item_features: tuple[str, ...] | None = None
     max_text_tokens: int = 16
+    text_min_count: int = 1         # text words of fewer training IDs read as unknown
     history_len: int = 0            # rated_items / rated_by tower features (rating model)
+    item_id_dropout: float = 0.0    # cold start: drop the item ID embedding while training
     # rating head
     rating: RatingConfig = field(default_factory=RatingConfig)
     # retrieval head: the squared full-catalog loss (tasks.squared) over a history query;
@@ -443,25 +448,34 @@ class RetrievalValidation(tf.keras.callbacks.Callback):
 
 
 def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConfig, *,
-                  fit_table: Interactions | None = None) -> tuple[UnifiedModel, dict]:
+                  fit_table: Interactions | None = None,
+                  catalog: Interactions | None = None) -> tuple[UnifiedModel, dict]:
     """The model for ``config`` and the tables it was built from (side features, ...).
 
     ``fit_table`` (default ``train``) is what the model trains on: histories, item
     frequencies and the rating mean come from it, vocabularies / side features from train.
+    ``catalog``: the table describing items beyond ``train`` (``train_unified``).
     """
     fit_table = fit_table if fit_table is not None else train
     active = config.active()
     if not active:
         raise ValueError("no task has a positive weight")
-    side = side_features_for(config, train, vocabs, fit_table)
+    side = side_features_for(config, train, vocabs, fit_table, catalog)
     if side is not None and not config.use_side_features:
         side = side.select([n for n in side.user if n in HISTORY_FEATURES],
                            [n for n in side.item if n in HISTORY_FEATURES])
     tower_kwargs = {"embedding_dim": config.embedding_dim,
                     "output_dim": config.tower_output_dim,
                     "feature_dim": config.feature_dim, "l2": config.l2}
+    untrained = catalog_items(train, vocabs)
+    if len(untrained) and not np.array_equal(
+            untrained, np.arange(len(vocabs.item) - len(untrained), len(vocabs.item))):
+        raise ValueError("items without training interactions must follow the trained ones "
+                         "in the item vocabulary (Vocabularies.build(train, catalog=...))")
     user_tower = UserTower.from_vocab(vocabs, side, **tower_kwargs)
-    item_tower = ItemTower.from_vocab(vocabs, side, **tower_kwargs)
+    item_tower = ItemTower.from_vocab(
+        vocabs, side, **tower_kwargs, id_dropout=config.item_id_dropout,
+        feature_only_from=int(untrained[0]) if len(untrained) else None)
     splits, values = history_csr(fit_table, vocabs)
     probs = item_frequencies(fit_table, vocabs)
     has_ratings = fit_table.rating is not None
@@ -477,7 +491,8 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
     options = {"rating": config.rating, "retrieval": config.retrieval_options(),
                "ranking": RankingOptions(config.ranking_hidden_units, config.listwise)}
     context = HeadContext(len(vocabs.user), len(vocabs.item), user_tower.dim, splits, values,
-                          probs, global_mean, rating_range)
+                          probs, global_mean, rating_range,
+                          untrained if len(untrained) else None)
     heads = build_heads({task: options[task] for task in active}, context)
     model = UnifiedModel(user_tower, item_tower, heads, config.weights)
     tables = {"side_features": side, "seen_splits": splits, "seen_values": values,
@@ -528,7 +543,8 @@ def train_unified(train: Interactions, validation: Interactions | None,
                   seed: int = 42, callbacks: Sequence[tf.keras.callbacks.Callback] = (),
                   verbose: int = 1, log_dir: str | os.PathLike | None = None,
                   backup_dir: str | os.PathLike | None = None,
-                  strategy: tf.distribute.Strategy | str | None = None) -> TrainedUnified:
+                  strategy: tf.distribute.Strategy | str | None = None,
+                  catalog: Interactions | None = None) -> TrainedUnified:
     """Train the active heads of ``config`` jointly on ``train``.
 
     Data: see ``unified_batches``. ``validation`` (or ``config.validation_fraction`` of
@@ -539,19 +555,39 @@ def train_unified(train: Interactions, validation: Interactions | None,
 
     ``strategy``: as ``train_rating`` (a ``tf.distribute.Strategy``, a name, or ``None``
     for the one in scope); ``config.batch_size`` is the global batch.
+
+    ``catalog``: a table describing the items that exist (``item_id`` + the item feature
+    columns; one row per item is enough, e.g. ``u.item``'s movies). Items it lists that
+    ``train`` never mentions -- new items -- get vocabulary rows of their own and side
+    features from it (``Vocabularies.build`` / ``SideFeatures.build``), so with
+    ``use_side_features`` each is represented by its features alone (the item tower
+    leaves its ID embedding out: ``feature_only_from``), scored apart from every other
+    new item, and exported in ``recommend`` / ``rank``. The losses over the whole catalog
+    leave them out (``RetrievalHead``'s ``untrained_items``): users could not have chosen
+    them. ``config.item_id_dropout`` trains the item features to stand in for the ID
+    (ID-dropout) and ``config.text_min_count`` keeps one-title words, which a new item
+    never shares, out of the text features (``benchmarks/cold_start.py`` measures both).
+    Without new items nothing changes.
+
+        trained = train_unified(train, None, UnifiedConfig(use_side_features=True),
+                                catalog=items)
     """
     strategy = distribute.resolve_strategy(strategy)
-    vocabs = vocabs or Vocabularies.build(train, config.min_count, config.hash_buckets)
+    vocabs = vocabs or Vocabularies.build(train, config.min_count, config.hash_buckets,
+                                          catalog=catalog)
     return train_with_refit(train_unified, _fit_unified, train, validation, config, seed=seed,
                             backup_dir=backup_dir, verbose=verbose, vocabs=vocabs,
-                            callbacks=callbacks, log_dir=log_dir, strategy=strategy)
+                            callbacks=callbacks, log_dir=log_dir, strategy=strategy,
+                            catalog=catalog)
 
 
 def _fit_unified(train, fit_table, validation, config, *, vocabs, seed, callbacks, verbose,
-                 log_dir, backup_dir, strategy) -> tuple[TrainedUnified, dict | None]:
+                 log_dir, backup_dir, strategy,
+                 catalog=None) -> tuple[TrainedUnified, dict | None]:
     """One fit of ``train_unified`` on ``fit_table`` and its ``search_record``."""
     with distribute.scope(strategy):
-        model, tables = build_unified(train, vocabs, config, fit_table=fit_table)
+        model, tables = build_unified(train, vocabs, config, fit_table=fit_table,
+                                      catalog=catalog)
         model.compile(optimizer=optimizer(config.optimizer, config.learning_rate,
                                           config.weight_decay),
                       steps_per_execution=distribute.steps_per_execution(
@@ -564,7 +600,8 @@ def _fit_unified(train, fit_table, validation, config, *, vocabs, seed, callback
                                    config.batch_size, False, seed)
         probe_x = UnifiedModel._features(next(iter(probe_ds)))
         model = distribute.unsharded_copy(
-            model, lambda: build_unified(train, vocabs, config, fit_table=fit_table)[0],
+            model, lambda: build_unified(train, vocabs, config, fit_table=fit_table,
+                                         catalog=catalog)[0],
             lambda plain: build_variables(plain, probe_ds), probe=lambda m: m.score(probe_x))
     trained = TrainedUnified(model, vocabs, config, tables["side_features"],
                              dict(history.history), tables["seen_splits"],

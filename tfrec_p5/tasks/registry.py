@@ -54,6 +54,8 @@ class HeadContext:
       item_probabilities: training frequency of each item index (``item_frequencies``).
       global_mean: mean training rating (0 without ratings).
       rating_range: ``(low, high)`` for clipping predicted ratings, or ``None``.
+      untrained_items: item indices no training pair mentions (a catalog's new items,
+        ``catalog_items``); losses over the whole catalog leave them out.
     """
 
     num_users: int
@@ -64,6 +66,7 @@ class HeadContext:
     item_probabilities: np.ndarray
     global_mean: float = 0.0
     rating_range: tuple[float, float] | None = None
+    untrained_items: np.ndarray | None = None
 
     @classmethod
     def from_table(cls, table: Interactions, vocabs: Vocabularies, *, user_dim: int,
@@ -154,7 +157,8 @@ def _retrieval(options: RetrievalOptions, context: HeadContext) -> RetrievalHead
         history=history, use_user_tower=options.use_user_tower,
         use_item_bias=options.item_bias, loss=options.loss,
         unobserved_weight=options.unobserved_weight, l2=options.l2,
-        user_counts=np.diff(context.seen_splits) if options.loss == "squared" else None)
+        user_counts=np.diff(context.seen_splits) if options.loss == "squared" else None,
+        untrained_items=context.untrained_items)
 
 
 @register_head("ranking")

@@ -152,6 +152,11 @@ class RetrievalHead(Head):
       user_counts: ``[num_users]`` training interactions per user index: each user's
         unobserved term counts once (weight ``1 / n_u``) and ``l2`` is scaled by them;
         ``None``: every row weighs 1 and ``l2`` is used as is.
+      untrained_items: item indices with no training interaction (a catalog's new items,
+        ``tfrec_p5.data.pipeline.catalog_items``): left out of the catalog the losses
+        compare against (full softmax, the squared loss's "every other item → 0" and its
+        L2), since users could not have chosen them; they are still scored and served.
+        ``None`` / empty: every item index ``1..num_items-1`` is in that catalog.
     """
 
     task = "retrieval"
@@ -163,7 +168,8 @@ class RetrievalHead(Head):
                  history: HistoryEncoder | None = None, use_user_tower: bool = True,
                  use_item_bias: bool = False, metrics: Sequence | None = None,
                  loss: str = "softmax", unobserved_weight: float = 1.0, l2: float = 0.0,
-                 user_counts: np.ndarray | None = None, **kwargs) -> None:
+                 user_counts: np.ndarray | None = None,
+                 untrained_items: np.ndarray | None = None, **kwargs) -> None:
         kwargs.setdefault("name", "retrieval_head")
         super().__init__(**kwargs)
         if loss not in RETRIEVAL_LOSSES:
@@ -178,6 +184,12 @@ class RetrievalHead(Head):
                                           name="unobserved_row_weight")
             self.l2_scale = float((counts > 0).sum() / max(counts.sum(), 1.0))
         self.num_items = int(num_items)
+        trained = None
+        if untrained_items is not None and len(untrained_items):
+            trained = np.setdiff1d(np.arange(1, self.num_items),
+                                   np.asarray(untrained_items, np.int64)).astype(np.int64)
+        self.trained_items = None if trained is None else tf.Variable(
+            trained, trainable=False, name="trained_items")
         self.full_softmax = bool(full_softmax)
         self.history = history
         self.use_user_tower = bool(use_user_tower) or history is None
@@ -235,8 +247,10 @@ class RetrievalHead(Head):
                               **kwargs)
 
     def _catalog(self, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-        """Every real item (index 1..n-1) and its candidate vector, through the item tower."""
-        all_ids = tf.range(1, self.num_items, dtype=tf.int64)
+        """Every real item users could choose (index 1..n-1 but the ``untrained_items``) and
+        its candidate vector, through the item tower."""
+        all_ids = tf.range(1, self.num_items, dtype=tf.int64) if self.trained_items is None \
+            else tf.identity(self.trained_items)
         return all_ids, self.candidates(all_ids, self._item_tower()(all_ids, training=training))
 
     def _squared_loss(self, user_ids, query, cand, training):

@@ -23,7 +23,9 @@ Encodings (``FeatureTable.values``; 0 always means unknown / padding):
 * ``multi_categorical``: int32 ``[n_ids, k]``, value indices padded with 0 (the source pads
   with -1 for "no value"; -1 and unseen values both become 0 and are skipped by pooling).
 * ``text``: int32 ``[n_ids, max_tokens]``, lower-cased, punctuation-stripped whitespace
-  tokens, padded with 0.
+  tokens, padded with 0. With ``min_token_count=k`` a word must occur in the texts of at
+  least ``k`` training IDs to get a value (rarer words read as unknown): a word only one
+  title has is a second ID, which a new item never shares.
 * ``numeric``: float32 ``[n_ids]``, standardized with the training mean / std (0 = mean).
 """
 
@@ -89,44 +91,66 @@ def _per_id_rows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _build_feature(name: str, kind: str, column: np.ndarray, id_index: np.ndarray,
-                   rows: np.ndarray, n_ids: int, max_tokens: int) -> FeatureTable:
+                   rows: np.ndarray, n_ids: int, max_tokens: int,
+                   extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                   min_token_count: int = 1) -> FeatureTable:
+    """The table of one feature: values of ``column[rows]`` at ``id_index``.
+
+    ``extra``: ``(column, id_index, rows)`` of IDs that are encoded with what the training
+    rows fitted (the value vocabulary, the numeric mean / std) but fit nothing themselves:
+    a catalog's new items. A value only they have reads as unknown (0), so no untrained
+    value embedding reaches the model.
+    """
     col = column[rows]
+    parts = [(id_index, col)]
+    if extra is not None and len(extra[1]):
+        parts.append((extra[1], extra[0][extra[2]]))
     if kind == "categorical":
-        values = np.asarray(col)
-        if values.dtype.kind == "f" and np.all(values == np.round(values)):
-            values = values.astype(np.int64)  # 25.0 -> "25", not "25.0"
-        vocab = Vocabulary.build(values.astype(str), name=name)
+        def as_str(values):
+            values = np.asarray(values)
+            if values.dtype.kind == "f" and np.all(values == np.round(values)):
+                values = values.astype(np.int64)  # 25.0 -> "25", not "25.0"
+            return values.astype(str)
+        vocab = Vocabulary.build(as_str(col), name=name)
         table = np.zeros(n_ids, dtype=np.int32)
-        table[id_index] = vocab.lookup(values.astype(str))
+        for index, values in parts:
+            table[index] = vocab.lookup(as_str(values))
         return FeatureTable(name, kind, table, tuple(vocab.tokens.tolist()))
     if kind == "multi_categorical":
-        mat = np.asarray(col)
-        if mat.ndim == 1:
-            mat = mat[:, None]
-        valid = mat >= 0
-        vocab = Vocabulary.build(mat[valid].astype(np.int64).astype(str), name=name)
-        enc = np.where(valid, vocab.lookup(mat.astype(np.int64).astype(str)), 0)
+        def as_matrix(values):
+            mat = np.asarray(values)
+            return mat[:, None] if mat.ndim == 1 else mat
+        mat = as_matrix(col)
+        vocab = Vocabulary.build(mat[mat >= 0].astype(np.int64).astype(str), name=name)
         table = np.zeros((n_ids, mat.shape[1]), dtype=np.int32)
-        table[id_index] = enc
+        for index, values in parts:
+            m = as_matrix(values)
+            table[index] = np.where(m >= 0, vocab.lookup(m.astype(np.int64).astype(str)), 0)
         return FeatureTable(name, kind, table, tuple(vocab.tokens.tolist()))
     if kind == "text":
-        tokens = [tokenize(t)[:max_tokens] for t in col]
-        flat = [tok for toks in tokens for tok in toks]
-        vocab = Vocabulary.build(np.asarray(flat, dtype=str), name=name)
-        width = max(1, max((len(t) for t in tokens), default=1))
+        token_lists = [[tokenize(t)[:max_tokens] for t in values] for _, values in parts]
+        flat = [tok for toks in token_lists[0] for tok in toks]
+        vocab = Vocabulary.build(np.asarray(flat, dtype=str), min_token_count, name=name)
+        if min_token_count > 1:  # unknown words leave the lists (pooling skips 0 anyway)
+            known = set(vocab.tokens.tolist())
+            token_lists = [[[t for t in toks if t in known] for toks in tokens]
+                           for tokens in token_lists]
+        width = max(1, max((len(t) for tokens in token_lists for t in tokens), default=1))
         table = np.zeros((n_ids, width), dtype=np.int32)
-        lengths = np.array([len(t) for t in tokens])
-        if flat:
-            enc = vocab.lookup(np.asarray(flat, dtype=str))
-            r = np.repeat(id_index, lengths)
-            c = np.concatenate([np.arange(n) for n in lengths])
-            table[r, c] = enc
+        for (index, _), tokens in zip(parts, token_lists, strict=True):
+            lengths = np.array([len(t) for t in tokens])
+            words = [tok for toks in tokens for tok in toks]
+            if words:
+                r = np.repeat(index, lengths)
+                c = np.concatenate([np.arange(n) for n in lengths])
+                table[r, c] = vocab.lookup(np.asarray(words, dtype=str))
         return FeatureTable(name, kind, table, tuple(vocab.tokens.tolist()))
     if kind == "numeric":
         x = np.asarray(col, dtype=np.float64)
         mean, std = float(np.nanmean(x)), float(np.nanstd(x)) or 1.0
         table = np.zeros(n_ids, dtype=np.float32)
-        table[id_index] = np.nan_to_num((x - mean) / std)
+        for index, values in parts:
+            table[index] = np.nan_to_num((np.asarray(values, np.float64) - mean) / std)
         return FeatureTable(name, kind, table, (), (mean, std))
     raise DataError(f"side feature '{name}' has unknown kind {kind!r}", field=name)
 
@@ -150,11 +174,21 @@ class SideFeatures:
     def build(cls, train: Interactions, vocabs: Vocabularies,
               user_features: Iterable[str] | None = None,
               item_features: Iterable[str] | None = None,
-              max_tokens: int = DEFAULT_MAX_TOKENS) -> SideFeatures:
+              max_tokens: int = DEFAULT_MAX_TOKENS,
+              catalog: Interactions | None = None,
+              min_token_count: int = 1) -> SideFeatures:
         """Tables for the chosen features (default: all the table declares).
 
         Each ID takes its feature values from its first training row (they are constant
-        per ID by the ``Interactions`` contract).
+        per ID by the ``Interactions`` contract). ``catalog``: a table describing items
+        (``item_id`` + the item feature columns, e.g. one row per item of ``u.item``);
+        an item of the vocabulary with no training row (``Vocabularies.build(train,
+        catalog=...)``) takes its values from its first catalog row, encoded with what
+        the training rows fitted (see ``_build_feature``). ``min_token_count``: text
+        words of fewer training IDs read as unknown (the module's encodings).
+
+            vocabs = Vocabularies.build(train, catalog=items)
+            side = SideFeatures.build(train, vocabs, catalog=items)   # new items described
         """
         user_names = tuple(train.user_features if user_features is None else user_features)
         item_names = tuple(train.item_features if item_features is None else item_features)
@@ -168,10 +202,21 @@ class SideFeatures:
                                     f"(declared: {list(declared)})", field=name)
             ids = vocab.lookup(train.columns[id_col])
             id_index, rows = _per_id_rows(ids)
-            out[side] = {name: _build_feature(name, train.feature_kinds[name],
-                                              train.columns[name], id_index, rows,
-                                              len(vocab), max_tokens)
-                         for name in names}
+            extra = None
+            if side == "item" and catalog is not None:
+                missing = [n for n in names if n not in catalog.columns]
+                if missing:
+                    raise DataError(f"the catalog has no column for item feature(s) "
+                                    f"{missing}", path=catalog.source or None,
+                                    field=missing[0])
+                cat_index, cat_rows = _per_id_rows(vocab.lookup(catalog.item_id))
+                new = ~np.isin(cat_index, id_index)
+                extra = (cat_index[new], cat_rows[new])
+            out[side] = {name: _build_feature(
+                name, train.feature_kinds[name], train.columns[name], id_index, rows,
+                len(vocab), max_tokens,
+                None if extra is None else (catalog.columns[name], *extra), min_token_count)
+                for name in names}
         return cls(out["user"], out["item"])
 
     def with_histories(self, train: Interactions, vocabs: Vocabularies,
@@ -241,19 +286,22 @@ class SideFeatures:
 
 
 def side_features_for(config, train: Interactions, vocabs: Vocabularies,
-                      fit_table: Interactions | None = None) -> SideFeatures | None:
+                      fit_table: Interactions | None = None,
+                      catalog: Interactions | None = None) -> SideFeatures | None:
     """The side features a tower config asks for, or ``None``.
 
     ``config`` is any config with ``use_side_features``, ``user_features``,
     ``item_features``, ``max_text_tokens`` and ``history_len`` (``RatingConfig``,
     ``UnifiedConfig``): the declared features of ``train`` when ``use_side_features``,
     plus the implicit ``rated_items`` / ``rated_by`` histories of ``fit_table`` (the rows
-    the model fits on, default ``train``) when ``history_len > 0``.
+    the model fits on, default ``train``) when ``history_len > 0``. ``catalog``: items
+    described beyond ``train`` (``SideFeatures.build``).
     """
     side = None
     if config.use_side_features and (train.user_features or train.item_features):
         side = SideFeatures.build(train, vocabs, config.user_features, config.item_features,
-                                  max_tokens=config.max_text_tokens)
+                                  max_tokens=config.max_text_tokens, catalog=catalog,
+                                  min_token_count=getattr(config, "text_min_count", 1))
     if config.history_len > 0:
         side = (side or SideFeatures()).with_histories(
             fit_table if fit_table is not None else train, vocabs, config.history_len)

@@ -95,13 +95,26 @@ class Tower(tf.keras.Model):
       hash_buckets: the ID rows are hash buckets (``num_ids == hash_buckets + 1``, row 0
         reserved); the tower then also takes string IDs and hashes them with
         ``tf.keras.layers.Hashing`` (same numbering as ``HashedVocabulary``).
+      feature_only_from: ID rows from this index on are known only by their features (a
+        catalog's new items, which ``Vocabularies.build(catalog=...)`` puts after the
+        trained IDs): their ID embedding is left out (zeros), so their vector is what
+        their side features say, the same for two IDs with the same features.
+      id_dropout: while training, each example's ID embedding is left out with this
+        probability (zeros, as for a feature-only ID), so the side features learn to
+        stand in for the ID: what a new item will need (DropoutNet, Volkovs et al. 2017).
     """
 
     def __init__(self, num_ids: int, embedding_dim: int = 32, output_dim: int | None = None,
                  features: Sequence[Mapping] = (), feature_dim: int | None = None,
                  l2: float = 0.0, tables: Mapping[str, np.ndarray] | None = None,
-                 hash_buckets: int | None = None, **kwargs) -> None:
+                 hash_buckets: int | None = None, feature_only_from: int | None = None,
+                 id_dropout: float = 0.0, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.feature_only_from = None if feature_only_from is None \
+            else int(feature_only_from)
+        self.id_dropout = float(id_dropout)
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {id_dropout}")
         self.num_ids = int(num_ids)
         self.hash_buckets = None if hash_buckets is None else int(hash_buckets)
         if self.hash_buckets is not None and self.num_ids != self.hash_buckets + 1:
@@ -155,13 +168,13 @@ class Tower(tf.keras.Model):
         """Width of the output vector."""
         return self.output_dim or self.embedding_dim
 
-    def call(self, ids: tf.Tensor) -> tf.Tensor:
+    def call(self, ids: tf.Tensor, training: bool | None = None) -> tf.Tensor:
         if ids.dtype == tf.string:
             if self.hashing is None:
                 raise TypeError(f"{self.name} takes vocabulary indices; map string IDs with "
                                 "Vocabulary.lookup (or build the tower with hash_buckets)")
             ids = self.hashing(ids) + 1
-        parts = [self.id_embedding(ids)]
+        parts = [self._id_part(ids, training)]
         for spec in self.features:
             name, kind = spec["name"], spec["kind"]
             values = tf.gather(self.tables[name], ids)
@@ -177,11 +190,29 @@ class Tower(tf.keras.Model):
         out = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
         return self.projection(out) if self.projection is not None else out
 
+    def _id_part(self, ids: tf.Tensor, training: bool | None) -> tf.Tensor:
+        """The ID embedding, zeroed for feature-only IDs and, while training, for the
+        ``id_dropout`` share of examples."""
+        vectors = self.id_embedding(ids)
+        keep = None
+        if self.feature_only_from is not None:
+            keep = ids < self.feature_only_from
+        if training and self.id_dropout > 0:
+            kept = tf.random.uniform(tf.shape(ids)) >= self.id_dropout
+            keep = kept if keep is None else keep & kept
+        if keep is None:
+            return vectors
+        return vectors * tf.cast(keep, vectors.dtype)[..., None]
+
     def get_config(self) -> dict:
-        return {"num_ids": self.num_ids, "embedding_dim": self.embedding_dim,
-                "output_dim": self.output_dim, "features": self.features,
-                "feature_dim": self.feature_dim, "l2": self.l2,
-                "hash_buckets": self.hash_buckets, "name": self.name}
+        config = {"num_ids": self.num_ids, "embedding_dim": self.embedding_dim,
+                  "output_dim": self.output_dim, "features": self.features,
+                  "feature_dim": self.feature_dim, "l2": self.l2,
+                  "hash_buckets": self.hash_buckets, "name": self.name}
+        if self.feature_only_from is not None or self.id_dropout:  # new keys only if used
+            config.update(feature_only_from=self.feature_only_from,
+                          id_dropout=self.id_dropout)
+        return config
 
     @classmethod
     def from_config(cls, config: dict) -> Tower:
