@@ -150,6 +150,10 @@ def _unified_config(task: str):
         values["weights"] = weights
         unified = _from_dict(UnifiedConfig, values)
         _check_index(task, options.get("index"), unified.active())
+        if options.get("items") and not unified.use_side_features:
+            raise CliError("--items describes items by their features, which this config "
+                           "does not use: add \"use_side_features\": true to --config",
+                           status=2)
         return unified
     return config
 
@@ -171,6 +175,7 @@ def _check_index(task: str, index: str | None, heads: list[str]) -> None:
 
 def _train_unified(task: str):
     def train(request: TrainRequest) -> TrainResult:
+        from tfrec_p5.data import catalog_items
         from tfrec_p5.export.unified import build_module, item_titles
         from tfrec_p5.models.unified import train_unified
 
@@ -181,9 +186,11 @@ def _train_unified(task: str):
                   f"only (weights {config.weights} -> {kept or {'retrieval': 1.0}})")
             config = config.replace(weights=kept or {"retrieval": 1.0})
         options = dict(request.options or {})
+        items = _item_catalog(request, config)
         trained = train_unified(request.train, request.validation, config,
                                 seed=request.seed, verbose=request.verbose,
-                                log_dir=request.log_dir, backup_dir=request.backup_dir)
+                                log_dir=request.log_dir, backup_dir=request.backup_dir,
+                                catalog=items)
         top_k = options.get("top_k")
         module = build_module(trained, k=100 if top_k is None else int(top_k),
                               exclude_seen=not options.get("include_seen", False),
@@ -195,8 +202,28 @@ def _train_unified(task: str):
                     "epoch_seconds": [round(s, 3) for s in trained.epoch_seconds]}
         if trained.rating_range is not None:
             metadata["rating_range"] = list(trained.rating_range)
+        if items is not None:
+            metadata["catalog"] = {"items": len(items), "source": items.source,
+                                   "new_items": int(len(catalog_items(request.train,
+                                                                      trained.vocabs)))}
         return TrainResult(module, config=config.to_dict(), metadata=metadata)
     return train
+
+
+def _item_catalog(request: TrainRequest, config):
+    """The catalog's item table when the model can represent items by features, else
+    ``None`` (and a note when the catalog lists items it then cannot serve)."""
+    catalog = request.catalog
+    if catalog is None or catalog.items is None:
+        return None
+    if config.use_side_features:
+        return catalog.items
+    new = catalog.new_ids(request.train)["item"]
+    if len(new):
+        print(f"note: {len(new):,} catalog items have no training rows and are not served: "
+              "item features are off (\"use_side_features\": true in --config serves them "
+              "from their features)")
+    return None
 
 
 def _plan_unified(task: str):
@@ -307,7 +334,7 @@ def _sequential_references(fitted, k: int, seed: int) -> list:
     return next_item_references(fitted, k=k)
 
 
-_RECOMMEND_OPTIONS = frozenset({"top_k", "include_seen", "index"})
+_RECOMMEND_OPTIONS = frozenset({"top_k", "include_seen", "index", "items"})
 register_task(Task("rating", "explicit ratings (RMSE/MAE); signature predict_rating",
                    train=_train_rating, evaluate=_evaluate_rating, signature="predict_rating",
                    fold_validation=True, config=_rating_config, plan=_plan_rating,

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 from tfrec_p5.cli.registry import CliError
 
 if TYPE_CHECKING:
+    from tfrec_p5.data.catalog import Catalog
     from tfrec_p5.data.interactions import Interactions
 
 __all__ = ["BACKUP_PREFIX", "COUNT_METRICS", "DISTRIBUTED_TASKS", "STRATEGIES",
-           "VALIDATION_FRACTION", "add_run_options",
-           "describe", "flat", "format_table", "format_value", "guarded", "positive_int",
-           "read_config", "resolve_strategy", "split_parts"]
+           "VALIDATION_FRACTION", "add_run_options", "describe", "describe_catalog",
+           "flat", "format_table", "format_value", "guarded", "positive_int", "read_config",
+           "resolve_strategy", "split_parts"]
 
 #: Share of the training data held out for early stopping when the split makes no
 #: validation part (``random:F``, ``temporal:F``, ``none``, ``tfrs:PATH``).
@@ -165,6 +166,15 @@ def flat(part: str, count: int, metrics: Mapping[str, float]) -> dict[str, float
 def describe(table: Interactions) -> str:
     """``"80,000 rows, 943 users, 1,650 items"``."""
     return f"{len(table):,} rows, {table.num_users:,} users, {table.num_items:,} items"
+
+
+def describe_catalog(catalog: Catalog, train: Interactions) -> str:
+    """``"1,682 items (32 without training rows), 943 users (0 without)"``."""
+    new = catalog.new_ids(train)
+    parts = [f"{len(table):,} {side}s ({len(new[side]):,} without training rows)"
+             for side, table in (("item", catalog.items), ("user", catalog.users))
+             if table is not None]
+    return ", ".join(parts)
 
 
 def resolve_strategy(name: str | None, task: str | None = None):

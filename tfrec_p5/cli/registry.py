@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # heavy imports (TensorFlow) stay out of `tfrec-p5 --help`
+    from tfrec_p5.data.catalog import Catalog
     from tfrec_p5.data.interactions import Interactions
     from tfrec_p5.export.serving import ServingModule
 
@@ -53,6 +54,8 @@ class TrainRequest:
     backup_dir: str | None = None
     verbose: int = 1
     options: Mapping[str, Any] = field(default_factory=dict)  # --weights, --top-k, ...
+    #: Who exists beyond ``train`` (the data's own metadata, ``--items`` / ``--users``).
+    catalog: Catalog | None = None
 
 
 @dataclass
@@ -89,7 +92,8 @@ class Task:
     #: data), so ``train`` refuses a bad ``--config`` / ``--epochs`` before loading data.
     config: Callable[[TrainRequest], Any] | None = None
     #: The ``TrainRequest.options`` this task uses (``weights``, ``top_k``,
-    #: ``include_seen``); giving another one is a usage error, not silently ignored.
+    #: ``include_seen``, ``index``, ``items``, ``users``); giving another one is a usage
+    #: error, not silently ignored.
     options: frozenset[str] = frozenset()
     #: What ``train`` will do with validation data under the request's config (carve a
     #: slice, early-stop, refit, or nothing), one phrase for ``train``'s split line.

@@ -21,6 +21,7 @@ from tfrec_p5.cli.common import (
     BACKUP_PREFIX,
     add_run_options,
     describe,
+    describe_catalog,
     flat,
     format_table,
     guarded,
@@ -41,7 +42,8 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
     strategy = resolve_strategy(getattr(args, "strategy", None), task.name)
     # Every option and config field is checked before the data load (which can take long).
     options = {"weights": args.weights, "top_k": args.top_k,
-               "include_seen": args.include_seen or None, "index": args.index}
+               "include_seen": args.include_seen or None, "index": args.index,
+               "items": args.items, "users": args.users}
     given = sorted(k for k, v in options.items() if v is not None)
     unused = [k for k in given if k not in task.options]
     if unused:
@@ -57,6 +59,7 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
         task.config(request)
     from tfrec_p5 import distribute
     from tfrec_p5.data import Interactions, load
+    from tfrec_p5.data.catalog import Catalog, attach_features, load_catalog, read_entities
     from tfrec_p5.data.fingerprint import table_fingerprint
     from tfrec_p5.data.sources import resolve_spec
     from tfrec_p5.export.saved_model import TrainingRecord, export, validate_export_dir
@@ -68,7 +71,10 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
 
     guard.lock(args.out, command_line(PROG, args), enabled=distribute.is_chief(strategy),
                info=info)
-    table = check_training_data(load(args.data), args.split, info)
+    given = Catalog(read_entities(args.items, "item") if args.items else None,
+                    read_entities(args.users, "user") if args.users else None)
+    table = check_training_data(attach_features(load(args.data), given), args.split, info)
+    catalog = load_catalog(args.data).replaced(given.items, given.users)
     train, validation, test, validation_note = split_parts(table, args.split, args.seed)
     if task.fold_validation and validation is not None:
         train = Interactions.concat(train, validation)
@@ -77,7 +83,7 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
     out = os.fspath(args.out)
     backup_dir = os.path.join(out, BACKUP_PREFIX + task.name)
     request = dataclasses.replace(request, train=train, validation=validation,
-                                  backup_dir=backup_dir)
+                                  backup_dir=backup_dir, catalog=catalog)
     # The split line says what training really does with validation data: a task that
     # folds the split's validation part into training may carve its own slice from it.
     if task.plan is not None:
@@ -92,6 +98,8 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
           + (f"; test data {args.test_data}: {len(test_data):,}" if test_data else ""),
           file=info)
     print(f"validation: {validation_note}", file=info)
+    if catalog:
+        print(f"catalog: {describe_catalog(catalog, train)}", file=info)
 
     guard.check_backup(backup_dir, {
         "command": "train", "task": task.name, "data": args.data, "split": args.split,
@@ -220,6 +228,12 @@ def add_parser(sub, task_names: list[str]) -> None:
                    "recommend / next_items signature returns (default: 100)")
     p.add_argument("--include-seen", action="store_true", help="recommend may return the "
                    "user's training items (default: excluded)")
+    p.add_argument("--items", metavar="SPEC", help="item catalog: a CSV / Parquet file with "
+                   "an ID column and feature columns (FILE?id=COL&text=a&numeric=b&multi=c). "
+                   "Its features describe every item; items with no training rows are "
+                   "served from them (needs use_side_features in --config). Default: the "
+                   "data's own metadata (MovieLens u.item, Amazon attributes)")
+    p.add_argument("--users", metavar="SPEC", help="user catalog, read like --items")
     p.add_argument("--index", choices=("brute_force", "scann"), help="how recommend finds "
                    "its top k: brute_force (default, exact; loads in stock TF Serving) or "
                    "scann (approximate, for large catalogs; needs a retrieval head, "

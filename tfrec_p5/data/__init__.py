@@ -13,6 +13,7 @@ the same on any data:
 tutorials' own ``tfds.load("movielens/100k-ratings")`` work offline (``tfds_register``).
 """
 
+from tfrec_p5.data.catalog import Catalog, attach_features, load_catalog, read_entities
 from tfrec_p5.data.errors import DataError
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import (
@@ -37,8 +38,9 @@ from tfrec_p5.data.tfds_register import register_tfds
 from tfrec_p5.data.vocabulary import OOV_INDEX, Vocabulary
 
 __all__ = [
-    "OOV_INDEX", "DataError", "Interactions", "Split", "Vocabularies", "Vocabulary",
-    "batched_dataset", "catalog_items", "history_dataset", "leave_one_out", "load", "parse_spec",
-    "parse_split", "pointwise_dataset", "random_split", "register", "register_tfds",
+    "OOV_INDEX", "Catalog", "DataError", "Interactions", "Split", "Vocabularies",
+    "Vocabulary", "attach_features", "batched_dataset", "catalog_items", "history_dataset",
+    "leave_one_out", "load", "load_catalog", "parse_spec", "parse_split",
+    "pointwise_dataset", "random_split", "read_entities", "register", "register_tfds",
     "retrieval_dataset", "synthetic", "temporal_split", "tfrs_split", "user_histories",
 ]

@@ -23,11 +23,27 @@ from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.sources.synthetic import synthetic
 
 _REGISTRY: dict[str, Callable[..., Interactions]] = {}
+_CATALOGS: dict[str, Callable] = {}
 
 
-def register(scheme: str, loader: Callable[..., Interactions]) -> None:
-    """Make ``load(f"{scheme}:PATH?opt=value")`` call ``loader(PATH, opt="value")``."""
+def register(scheme: str, loader: Callable[..., Interactions],
+             catalog: Callable | None = None) -> None:
+    """Make ``load(f"{scheme}:PATH?opt=value")`` call ``loader(PATH, opt="value")``.
+
+    ``catalog(PATH, opt="value")``, when the format has item / user metadata files, returns
+    the ``tfrec_p5.data.catalog.Catalog`` they describe (``load_catalog``).
+    """
     _REGISTRY[scheme] = loader
+    if catalog is not None:
+        _CATALOGS[scheme] = catalog
+
+
+def catalog_loader(spec: str) -> tuple[Callable | None, str, dict]:
+    """``(catalog function or None, path, options)`` of a data spec's scheme."""
+    scheme, path, options = parse_spec(spec)
+    if scheme != "synthetic" and scheme not in _REGISTRY:
+        _load_builtin_loaders()
+    return _CATALOGS.get(scheme), path, options
 
 
 def _coerce(value: str):
@@ -120,4 +136,4 @@ def _load_builtin_loaders() -> None:
                 raise
 
 
-__all__ = ["load", "parse_spec", "register", "resolve_spec", "synthetic"]
+__all__ = ["catalog_loader", "load", "parse_spec", "register", "resolve_spec", "synthetic"]

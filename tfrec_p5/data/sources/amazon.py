@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfrec_p5.data.catalog import Catalog
 from tfrec_p5.data.errors import DataError
 from tfrec_p5.data.interactions import ITEM, TIMESTAMP, USER, Interactions
 from tfrec_p5.data.sources import register
@@ -136,6 +137,31 @@ def load_amazon(path: str, attributes: str | None = None, on_bad_lines: str = "e
     return Interactions.from_columns(columns, source=os.fspath(file), **kwargs)
 
 
-register("amazon", load_amazon)
+def amazon_catalog(path: str, attributes: str | None = None, on_bad_lines: str = "error",
+                   **options) -> Catalog:
+    """Every item of the attributes file (bought or not) with its ``item_attributes``;
+    an empty ``Catalog`` without an attributes file. Options as ``load_amazon``.
 
-__all__ = ["load_amazon"]
+        amazon_catalog("../shared/data/amazon/Beauty.txt").items.item_id[:3]
+    """
+    if options:
+        raise DataError(f"unknown amazon option(s) {sorted(options)}; known: attributes, "
+                        "on_bad_lines", path=path)
+    attr_path = _attributes_path(Path(path), attributes)
+    if attr_path is None:
+        return Catalog()
+    attrs = _read_attributes(attr_path)
+    items = np.asarray(sorted(attrs), dtype=str)
+    width = max([1, *(len(a) for a in attrs.values())])
+    table = np.full((len(items), width), -1, dtype=np.int64)
+    for row, item in enumerate(items):
+        table[row, :len(attrs[item])] = attrs[item]
+    return Catalog(items=Interactions.from_columns(
+        {USER: np.full(len(items), "", dtype=str), ITEM: items, ATTRIBUTES: table},
+        source=os.fspath(attr_path), item_features=(ATTRIBUTES,),
+        feature_kinds={ATTRIBUTES: "multi_categorical"}))
+
+
+register("amazon", load_amazon, catalog=amazon_catalog)
+
+__all__ = ["amazon_catalog", "load_amazon"]

@@ -41,11 +41,13 @@ and would overfit; declare it yourself if you want it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
 
+from tfrec_p5.data.catalog import Catalog
 from tfrec_p5.data.errors import DataError
 from tfrec_p5.data.interactions import ITEM, RATING, TIMESTAMP, USER, Interactions
 from tfrec_p5.data.sources import register
@@ -245,24 +247,82 @@ def _parse_users(path: Path, version: str, bad: BadLines) -> dict[str, tuple]:
     return users
 
 
+def _folder(path: str) -> tuple[Path, str, str, tuple[str, str, str]]:
+    """(folder, version, ratings separator, file names) of a MovieLens folder."""
+    folder = Path(path or ".")
+    if folder.is_file():
+        folder = folder.parent
+    if (folder / "u.data").exists():
+        return folder, "100k", "\t", ("u.data", "u.item", "u.user")
+    if (folder / "ratings.dat").exists():
+        return folder, "1m", "::", ("ratings.dat", "movies.dat", "users.dat")
+    raise DataError("not a MovieLens folder: expected u.data, u.item, u.user (100K) or "
+                    "ratings.dat, movies.dat, users.dat (1M)", path=str(folder))
+
+
+def _entity_columns(movies: dict, users: dict, version: str
+                    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One row per movie (file order) and per user (file order), TFDS-named columns."""
+    keys = list(movies)
+    width = max(1, max((len(g) for _, g in movies.values()), default=1))
+    genres = np.full((len(keys), width), -1, dtype=np.int64)
+    for i, m in enumerate(keys):
+        g = movies[m][1]
+        genres[i, :len(g)] = g
+    item_cols = {ITEM: np.array(keys, dtype=str),
+                 "movie_title": np.array([movies[m][0] for m in keys], dtype=str),
+                 "movie_genres": genres}
+    ufeat = [users[u] for u in users]
+    user_cols = {
+        USER: np.array(list(users), dtype=str),
+        "user_gender": np.array([f[0] for f in ufeat], dtype=bool),
+        "bucketized_user_age": np.array([f[1] for f in ufeat], dtype=np.float32),
+        "user_occupation_label": np.array([f[2] for f in ufeat], dtype=np.int64),
+        "user_occupation_text": np.array([f[3] for f in ufeat], dtype=str),
+        "user_zip_code": np.array([f[4] for f in ufeat], dtype=str),
+    }
+    if version == "100k":
+        user_cols["raw_user_age"] = np.array([f[5] for f in ufeat], dtype=np.float32)
+    return item_cols, user_cols
+
+
+def _parse_entities(folder: Path, version: str, files: tuple[str, str, str],
+                    on_bad_lines: str) -> tuple[dict, dict]:
+    movies_path, users_path = folder / files[1], folder / files[2]
+    return (_parse_movies(movies_path, version, BadLines(movies_path, on_bad_lines)),
+            _parse_users(users_path, version, BadLines(users_path, on_bad_lines)))
+
+
+def movielens_catalog(path: str, on_bad_lines: str = "error", **options) -> Catalog:
+    """Every movie of ``u.item`` / ``movies.dat`` and every user of ``u.user`` /
+    ``users.dat``, rated or not, with the features ``load_movielens`` gives their rows.
+
+        catalog = movielens_catalog("../shared/data/ml-100k")
+        len(catalog.items), len(catalog.users)     # 1682, 943
+    """
+    if options:
+        raise DataError(f"unknown movielens option(s) {sorted(options)}; known: on_bad_lines",
+                        path=path)
+    folder, version, _, files = _folder(path)
+    movies, users = _parse_entities(folder, version, files, on_bad_lines)
+    item_cols, user_cols = _entity_columns(movies, users, version)
+    items = movielens_table({**item_cols, USER: np.full(len(movies), "", dtype=str)},
+                            os.fspath(folder))
+    users_table = movielens_table({**user_cols, ITEM: np.full(len(users), "", dtype=str)},
+                                  os.fspath(folder))
+    return Catalog(
+        dataclasses.replace(items, user_features=(), rating_range=None),
+        dataclasses.replace(users_table, item_features=(), rating_range=None))
+
+
 def load_movielens(path: str, on_bad_lines: str = "error", **options) -> Interactions:
     """Parse a MovieLens-100K or -1M folder (see module docstring)."""
     if options:
         raise DataError(f"unknown movielens option(s) {sorted(options)}; known: on_bad_lines",
                         path=path)
-    folder = Path(path or ".")
-    if folder.is_file():
-        folder = folder.parent
-    if (folder / "u.data").exists():
-        version, sep, files = "100k", "\t", ("u.data", "u.item", "u.user")
-    elif (folder / "ratings.dat").exists():
-        version, sep, files = "1m", "::", ("ratings.dat", "movies.dat", "users.dat")
-    else:
-        raise DataError("not a MovieLens folder: expected u.data, u.item, u.user (100K) or "
-                        "ratings.dat, movies.dat, users.dat (1M)", path=str(folder))
+    folder, version, sep, files = _folder(path)
     ratings_path, movies_path, users_path = (folder / f for f in files)
-    movies = _parse_movies(movies_path, version, BadLines(movies_path, on_bad_lines))
-    users = _parse_users(users_path, version, BadLines(users_path, on_bad_lines))
+    movies, users = _parse_entities(folder, version, files, on_bad_lines)
 
     bad = BadLines(ratings_path, on_bad_lines)
     uids: list[str] = []
@@ -291,37 +351,22 @@ def load_movielens(path: str, on_bad_lines: str = "error", **options) -> Interac
         raise DataError("no ratings", path=str(ratings_path))
 
     # Side features: one row per distinct movie / user, then a gather per rating row.
-    movie_keys = list(movies)
-    movie_row = {m: i for i, m in enumerate(movie_keys)}
-    width = max(1, max(len(g) for _, g in movies.values()))
-    genres = np.full((len(movie_keys), width), -1, dtype=np.int64)
-    for i, m in enumerate(movie_keys):
-        g = movies[m][1]
-        genres[i, :len(g)] = g
-    titles = np.array([movies[m][0] for m in movie_keys])
-    user_keys = list(users)
-    user_row = {u: i for i, u in enumerate(user_keys)}
-    ufeat = [users[u] for u in user_keys]
+    item_cols, user_cols = _entity_columns(movies, users, version)
+    movie_row = {m: i for i, m in enumerate(movies)}
+    user_row = {u: i for i, u in enumerate(users)}
     mi = np.fromiter((movie_row[m] for m in mids), dtype=np.int64, count=len(mids))
     ui = np.fromiter((user_row[u] for u in uids), dtype=np.int64, count=len(uids))
-
     columns = {
         USER: np.array(uids), ITEM: np.array(mids),
         RATING: np.array(ratings, dtype=np.float32),
         TIMESTAMP: np.array(stamps, dtype=np.int64),
-        "movie_title": titles[mi],
-        "movie_genres": genres[mi],
-        "user_gender": np.array([f[0] for f in ufeat], dtype=bool)[ui],
-        "bucketized_user_age": np.array([f[1] for f in ufeat], dtype=np.float32)[ui],
-        "user_occupation_label": np.array([f[2] for f in ufeat], dtype=np.int64)[ui],
-        "user_occupation_text": np.array([f[3] for f in ufeat])[ui],
-        "user_zip_code": np.array([f[4] for f in ufeat])[ui],
+        **{k: v[mi] for k, v in item_cols.items() if k != ITEM},
+        **{k: v[ui] for k, v in user_cols.items() if k != USER},
     }
-    if version == "100k":
-        columns["raw_user_age"] = np.array([f[5] for f in ufeat], dtype=np.float32)[ui]
     return movielens_table(columns, source=os.fspath(folder))
 
 
-register("movielens", load_movielens)
+register("movielens", load_movielens, catalog=movielens_catalog)
 
-__all__ = ["GENRE_LABELS", "OCCUPATION_LABELS", "load_movielens", "movielens_table"]
+__all__ = ["GENRE_LABELS", "OCCUPATION_LABELS", "load_movielens", "movielens_catalog",
+           "movielens_table"]

@@ -1,0 +1,157 @@
+"""Item / user catalogs: who exists beyond the interactions (``tfrec_p5.data.catalog``),
+read from the data's own metadata or from ``--items`` / ``--users`` files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from _cli import run
+
+from tfrec_p5.data import DataError, Interactions, load
+from tfrec_p5.data.catalog import Catalog, attach_features, load_catalog, read_entities
+from tfrec_p5.export.saved_model import load_metadata
+
+ITEMS_CSV = """item_id,genres,title,year,brand
+a,Comedy|Drama,A Funny Drama,1995,acme
+b,Action,Loud Film,,acme
+c,Drama,Quiet Film,2001,
+"""
+
+
+@pytest.fixture()
+def items_csv(tmp_path):
+    path = tmp_path / "items.csv"
+    path.write_text(ITEMS_CSV)
+    return path
+
+
+def test_read_entities_kinds_and_unknowns(items_csv):
+    items = read_entities(f"{items_csv}?text=title&numeric=year&multi=genres", "item")
+    assert items.item_id.tolist() == ["a", "b", "c"]
+    assert items.user_id.tolist() == ["", "", ""]
+    assert items.item_features == ("genres", "title", "year", "brand")
+    assert items.feature_kinds == {"genres": "multi_categorical", "title": "text",
+                                   "year": "numeric", "brand": "categorical"}
+    # multi values: indices of the sorted distinct values, padded with -1
+    assert items.columns["genres"].tolist() == [[1, 2], [0, -1], [2, -1]]
+    year = items.columns["year"]
+    assert year[0] == 1995 and np.isnan(year[1]) and year[2] == 2001
+    assert items.columns["brand"].tolist() == ["acme", "acme", ""]
+    only = read_entities(f"csv:{items_csv}?features=brand", "item")
+    assert only.item_features == ("brand",)
+
+
+def test_read_entities_parquet_and_user_side(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "users.parquet"
+    pq.write_table(pa.table({"uid": [1, 2], "age": [31.0, 45.0], "job": ["x", "y"]}), path)
+    users = read_entities(f"{path}?id=uid&numeric=age", "user")
+    assert users.user_id.tolist() == ["1", "2"] and users.item_id.tolist() == ["", ""]
+    assert users.user_features == ("age", "job")
+    assert users.columns["age"].tolist() == [31.0, 45.0]
+
+
+@pytest.mark.parametrize("text, query, message", [
+    ("item_id,x\na,1\na,2\n", "", r"csv:3: ID .a. already had a row at line 2"),
+    ("item_id,x\na,1\n", "?id=sku", "no ID column 'sku'"),
+    ("item_id,x\na,1\n", "?numeric=y", "'y' is not a feature column"),
+    ("item_id,x\na,1\n", "?colour=red", "unknown option"),
+    ("item_id,x\na,one\n", "?numeric=x", "'one' is not a number"),
+    ("item_id,x\na,1,2\n", "", "3 fields"),
+    ("item_id,x\n,1\n", "", "csv:2: empty item_id"),
+])
+def test_read_entities_refuses_bad_files(tmp_path, text, query, message):
+    path = tmp_path / "items.csv"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message):
+        read_entities(f"{path}{query}", "item")
+
+
+def test_attach_features_gathers_by_id_and_marks_unknown(items_csv):
+    items = read_entities(f"{items_csv}?text=title&numeric=year&multi=genres", "item")
+    table = Interactions.from_columns({"user_id": ["u1", "u2", "u3"],
+                                       "item_id": ["c", "zzz", "a"]})
+    out = attach_features(table, Catalog(items=items))
+    assert out.item_features == items.item_features
+    assert out.columns["title"].tolist() == ["Quiet Film", "", "A Funny Drama"]
+    assert out.columns["genres"].tolist() == [[2, -1], [-1, -1], [1, 2]]
+    assert np.isnan(out.columns["year"][1]) and out.columns["year"][2] == 1995
+    assert out.feature_kinds["genres"] == "multi_categorical"
+    assert attach_features(table, Catalog()) == table
+
+
+def test_movielens_catalog_lists_every_movie_and_user(ml100k_dir):
+    spec = f"movielens:{ml100k_dir}"
+    table, catalog = load(spec), load_catalog(spec)
+    assert len(catalog.items) == 1682 and len(catalog.users) == 943
+    assert catalog.items.item_features == table.item_features
+    assert catalog.users.user_features == table.user_features
+    # the catalog describes each ID exactly as the rating rows do
+    again = attach_features(table, catalog)
+    for name in (*table.item_features, *table.user_features):
+        a, b = again.columns[name], table.columns[name]
+        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+    assert not any(len(v) for v in catalog.new_ids(table).values())
+
+
+def test_amazon_catalog_from_attributes(tmp_path):
+    (tmp_path / "Toy.txt").write_text("u1 i1 i2\nu2 i2 i3\n")
+    (tmp_path / "Toy_item2attributes.json").write_text(json.dumps(
+        {"i1": [1, 2], "i2": [3], "i3": [], "i4": [2, 5]}))
+    catalog = load_catalog(f"amazon:{tmp_path / 'Toy.txt'}")
+    assert catalog.items.item_id.tolist() == ["i1", "i2", "i3", "i4"]
+    assert catalog.items.columns["item_attributes"][3].tolist() == [2, 5]
+    assert catalog.users is None
+    assert catalog.new_ids(load(f"amazon:{tmp_path / 'Toy.txt'}"))["item"].tolist() == ["i4"]
+    assert not load_catalog(f"amazon:{tmp_path / 'Toy.txt'}?attributes=none")
+    assert not load_catalog("synthetic")
+
+
+def _log_csv(tmp_path) -> tuple[str, str]:
+    """A log where users 0-29 like genre x and 30-59 genre y, plus a catalog with two
+    items nobody interacted with: one of each genre."""
+    rng = np.random.default_rng(0)
+    rows = ["user_id,item_id"]
+    for u in range(60):
+        pool = range(0, 20) if u < 30 else range(20, 40)
+        rows += [f"u{u},i{i}" for i in rng.choice(list(pool), 8, replace=False)]
+    log = tmp_path / "log.csv"
+    log.write_text("\n".join(rows) + "\n")
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,genre\n" + "".join(
+        f"i{i},{'x' if i < 20 else 'y'}\n" for i in range(40)) + "new_x,x\nnew_y,y\n")
+    return str(log), str(items)
+
+
+def test_train_items_serves_new_items_from_their_features(tmp_path):
+    log, items = _log_csv(tmp_path)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"use_side_features": True, "item_id_dropout": 0.5,
+                                  "epochs": 8}))
+    out = tmp_path / "out"
+    status, stdout, _ = run(["train", "--task", "retrieval", "--data", f"csv:{log}",
+                             "--items", items, "--config", str(config), "--split", "none",
+                             "--no-references", "--quiet", "--out", str(out)])
+    assert status == 0, stdout
+    assert "catalog: 42 items (2 without training rows)" in stdout
+    version = out / "1"
+    assert load_metadata(version)["catalog"]["new_items"] == 2
+    import tensorflow as tf
+
+    rank = tf.saved_model.load(str(version)).signatures["rank"]
+    got = rank(user_id=tf.constant(["u0", "u45"]),
+               item_ids=tf.constant([["new_x", "new_y"]] * 2))["item_ids"].numpy()
+    assert got[0, 0] == b"new_x" and got[1, 0] == b"new_y"
+
+
+def test_items_refused_where_it_does_nothing(tmp_path):
+    log, items = _log_csv(tmp_path)
+    status, stdout, stderr = run(["train", "--task", "rating", "--data", f"csv:{log}",
+                                  "--items", items, "--out", str(tmp_path / "o")])
+    assert status == 2 and "--items does nothing for --task rating" in stderr + stdout
+    status, stdout, stderr = run(["train", "--task", "retrieval", "--data", f"csv:{log}",
+                                  "--items", items, "--out", str(tmp_path / "o")])
+    assert status == 2 and "use_side_features" in stderr + stdout
