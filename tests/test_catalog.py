@@ -155,3 +155,60 @@ def test_items_refused_where_it_does_nothing(tmp_path):
     status, stdout, stderr = run(["train", "--task", "retrieval", "--data", f"csv:{log}",
                                   "--items", items, "--out", str(tmp_path / "o")])
     assert status == 2 and "use_side_features" in stderr + stdout
+    off = tmp_path / "off.json"
+    off.write_text(json.dumps({"use_item_features": False}))
+    status, stdout, stderr = run(["train", "--task", "sequential", "--data", f"csv:{log}",
+                                  "--items", items, "--config", str(off),
+                                  "--out", str(tmp_path / "o")])
+    assert status == 2 and "use_item_features" in stderr + stdout
+
+
+def _two_world_sequences() -> tuple[Interactions, Interactions]:
+    """Users who only ever pick items of attribute 1 or only of attribute 2, and a
+    catalog with one new item of each attribute that no sequence holds."""
+    rng = np.random.default_rng(0)
+    users, items, ts = [], [], []
+    for u in range(120):
+        world = u % 2
+        for t, i in enumerate(rng.choice(20, 8, replace=False)):
+            users.append(f"u{u}")
+            items.append(f"w{world}_{i}")
+            ts.append(t)
+    attrs = lambda ids: np.array([[1 if i.startswith(("w0", "new0")) else 2]  # noqa: E731
+                                  for i in ids], np.int64)
+    table = Interactions.from_columns(
+        {"user_id": users, "item_id": items, "timestamp": ts,
+         "item_attributes": attrs(items)},
+        item_features=("item_attributes",),
+        feature_kinds={"item_attributes": "multi_categorical"})
+    ids = [*sorted(set(items)), "new0", "new1"]
+    catalog = Interactions.from_columns(
+        {"user_id": [""] * len(ids), "item_id": ids, "item_attributes": attrs(ids)},
+        item_features=("item_attributes",),
+        feature_kinds={"item_attributes": "multi_categorical"})
+    return table, catalog
+
+
+def test_next_item_scores_catalog_items_from_their_features():
+    import tensorflow as tf
+
+    from tfrec_p5.data import Vocabularies, leave_one_out
+    from tfrec_p5.models.sequential import SequentialConfig, train_sequential
+
+    table, catalog = _two_world_sequences()
+    split = leave_one_out(table)
+    config = SequentialConfig(embedding_dim=16, max_len=8, num_blocks=1, epochs=6,
+                              patience=0, refit=False, item_id_dropout=0.5, dropout=0.1,
+                              steps_per_execution=1)
+    trained = train_sequential(split.train, None, config, seed=0, catalog=catalog)
+    vocab = trained.vocabs.item
+    assert vocab.tokens[-2:].tolist() == ["new0", "new1"]   # after the trained items
+    assert Vocabularies.build(split.train).item.tokens.tolist() == vocab.tokens[:-2].tolist()
+    head = trained.head
+    assert head.untrained_items.tolist() == [len(vocab) - 2, len(vocab) - 1]
+    hist = vocab.lookup(np.array([["w0_1", "w0_2", "w0_3"], ["w1_1", "w1_2", "w1_3"]]))
+    scores = head.score_history(tf.constant(hist, tf.int64)).numpy()
+    new0, new1 = len(vocab) - 2, len(vocab) - 1
+    assert scores[0, new0] > scores[0, new1] and scores[1, new1] > scores[1, new0]
+    with pytest.raises(ValueError, match="item_id_dropout"):
+        SequentialConfig(use_item_features=False, item_id_dropout=0.5)

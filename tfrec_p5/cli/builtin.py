@@ -175,7 +175,6 @@ def _check_index(task: str, index: str | None, heads: list[str]) -> None:
 
 def _train_unified(task: str):
     def train(request: TrainRequest) -> TrainResult:
-        from tfrec_p5.data import catalog_items
         from tfrec_p5.export.unified import build_module, item_titles
         from tfrec_p5.models.unified import train_unified
 
@@ -186,7 +185,7 @@ def _train_unified(task: str):
                   f"only (weights {config.weights} -> {kept or {'retrieval': 1.0}})")
             config = config.replace(weights=kept or {"retrieval": 1.0})
         options = dict(request.options or {})
-        items = _item_catalog(request, config)
+        items = _item_catalog(request, config.use_side_features)
         trained = train_unified(request.train, request.validation, config,
                                 seed=request.seed, verbose=request.verbose,
                                 log_dir=request.log_dir, backup_dir=request.backup_dir,
@@ -203,27 +202,33 @@ def _train_unified(task: str):
         if trained.rating_range is not None:
             metadata["rating_range"] = list(trained.rating_range)
         if items is not None:
-            metadata["catalog"] = {"items": len(items), "source": items.source,
-                                   "new_items": int(len(catalog_items(request.train,
-                                                                      trained.vocabs)))}
+            metadata["catalog"] = _catalog_record(items, request.train, trained.vocabs)
         return TrainResult(module, config=config.to_dict(), metadata=metadata)
     return train
 
 
-def _item_catalog(request: TrainRequest, config):
-    """The catalog's item table when the model can represent items by features, else
-    ``None`` (and a note when the catalog lists items it then cannot serve)."""
+def _item_catalog(request: TrainRequest, features: bool):
+    """The catalog's item table when the model represents items by their features
+    (``features``), else ``None`` (and a note when the catalog lists items it then cannot
+    serve)."""
     catalog = request.catalog
     if catalog is None or catalog.items is None:
         return None
-    if config.use_side_features:
+    if features:
         return catalog.items
     new = catalog.new_ids(request.train)["item"]
     if len(new):
         print(f"note: {len(new):,} catalog items have no training rows and are not served: "
-              "item features are off (\"use_side_features\": true in --config serves them "
-              "from their features)")
+              "the model does not use item features")
     return None
+
+
+def _catalog_record(items, train, vocabs) -> dict:
+    """What the export's metadata says about the catalog it was trained with."""
+    from tfrec_p5.data import catalog_items
+
+    return {"items": len(items), "source": items.source,
+            "new_items": int(len(catalog_items(train, vocabs)))}
 
 
 def _plan_unified(task: str):
@@ -269,7 +274,11 @@ def _sequential_config(request: TrainRequest):
     options = dict(request.options or {})
     if options.get("top_k") is not None:
         values["top_k"] = int(options["top_k"])
-    return _from_dict(SequentialConfig, values)
+    config = _from_dict(SequentialConfig, values)
+    if options.get("items") and not config.use_item_features:
+        raise CliError("--items describes items by their features, which this config does "
+                       "not use (\"use_item_features\": false)", status=2)
+    return config
 
 
 def _train_sequential(request: TrainRequest) -> TrainResult:
@@ -277,9 +286,10 @@ def _train_sequential(request: TrainRequest) -> TrainResult:
     from tfrec_p5.models.sequential import train_sequential
 
     config = _sequential_config(request)
+    items = _item_catalog(request, config.use_item_features)
     trained = train_sequential(request.train, request.validation, config, seed=request.seed,
                                verbose=request.verbose, log_dir=request.log_dir,
-                               backup_dir=request.backup_dir)
+                               backup_dir=request.backup_dir, catalog=items)
     module = sequential_module(trained.vocabs, trained.head, top_k=config.top_k)
     metadata = {"epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
                 "train_seconds": round(trained.train_seconds, 1),
@@ -287,6 +297,8 @@ def _train_sequential(request: TrainRequest) -> TrainResult:
                 "max_len": config.max_len}
     refit = config.refit and request.validation is not None and trained.best_epoch > 0
     metadata["refit_on_validation"] = refit
+    if items is not None:
+        metadata["catalog"] = _catalog_record(items, request.train, trained.vocabs)
     return TrainResult(module, config=config.to_dict(), metadata=metadata,
                        validation_metrics=trained.best_metrics if refit else None)
 
@@ -363,6 +375,6 @@ register_task(Task("all", "unified multi-task model (--weights rating=1,retrieva
 register_task(Task("sequential", "next-item prediction from a history (SASRec, "
                    "leave-one-out); signature next_items", train=_train_sequential,
                    evaluate=_evaluate_sequential, signature="next_items", wants_history=True,
-                   config=_sequential_config, options=frozenset({"top_k"}),
+                   config=_sequential_config, options=frozenset({"top_k", "items"}),
                    plan=_plan_sequential, references=_sequential_references,
                    headline=(("ndcg@10", True),)))

@@ -39,7 +39,7 @@ import tensorflow as tf
 
 from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import Interactions
-from tfrec_p5.data.pipeline import Vocabularies, user_histories
+from tfrec_p5.data.pipeline import Vocabularies, catalog_items, user_histories
 from tfrec_p5.evaluation.ranking import group_by_row
 from tfrec_p5.models.unified import UnifiedModel
 from tfrec_p5.tasks.next_item import HISTORY, NEXT_ITEM, NextItemTask
@@ -60,7 +60,8 @@ class SequentialConfig(Config):
 
     #: ``num_negatives`` is the sampled softmax's; setting it for the full softmax is refused.
     INERT_UNLESS: ClassVar[Mapping[str, tuple[str, tuple]]] = {
-        "num_negatives": ("loss", ("sampled",))}
+        "num_negatives": ("loss", ("sampled",)),
+        "item_id_dropout": ("use_item_features", (True,))}
 
     embedding_dim: int = 64
     max_len: int = 50
@@ -69,6 +70,7 @@ class SequentialConfig(Config):
     num_heads: int = 1
     ffn_dim: int | None = None        # None: embedding_dim
     use_item_features: bool = True    # the data's item side features (Beauty: attributes)
+    item_id_dropout: float = 0.0      # cold start: drop the item ID embedding while training
     dropout: float = 0.2
     loss: str = "softmax"             # or "sampled" (logQ-corrected, large catalogs)
     num_negatives: int = 1000         # for loss="sampled"
@@ -183,10 +185,17 @@ def length_bucketed_dataset(examples: Mapping[str, np.ndarray], batch_size: int,
 def build_model(config: SequentialConfig, vocabs: Vocabularies, train: Interactions,
                 side_features: SideFeatures | None = None) -> UnifiedModel:
     """The untrained model for ``config``: a ``UnifiedModel`` with the next-item head
-    alone on an ``ItemTower`` (no user tower), weights created with one dummy call."""
-    item_tower = ItemTower.from_vocab(vocabs, side_features,
-                                      embedding_dim=config.embedding_dim)
-    context = HeadContext.from_table(train, vocabs, user_dim=config.embedding_dim)
+    alone on an ``ItemTower`` (no user tower), weights created with one dummy call.
+
+    Items of the vocabulary with no event in ``train`` (a catalog's new items, after the
+    trained ones) are represented by their features alone and left out of the loss."""
+    untrained = catalog_items(train, vocabs)
+    item_tower = ItemTower.from_vocab(
+        vocabs, side_features, embedding_dim=config.embedding_dim,
+        id_dropout=config.item_id_dropout,
+        feature_only_from=int(untrained[0]) if len(untrained) else None)
+    context = HeadContext.from_table(train, vocabs, user_dim=config.embedding_dim,
+                                     untrained_items=untrained if len(untrained) else None)
     head = build_heads({"next_item": config}, context)["next_item"]
     model = UnifiedModel(None, item_tower, {"next_item": head})
     head.score_history(tf.zeros((1, config.max_len), tf.int64))
@@ -347,8 +356,8 @@ def train_sequential(train: Interactions, validation: Interactions | None,
                      config: SequentialConfig | None = None, *, seed: int = 42,
                      verbose: int = 0, log_dir: str | None = None,
                      backup_dir: str | os.PathLike | None = None,
-                     callbacks: Sequence[tf.keras.callbacks.Callback] = ()
-                     ) -> TrainedSequential:
+                     callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+                     catalog: Interactions | None = None) -> TrainedSequential:
     """Fit the next-item model (``build_model``) on ``train``; early-stop on
     ``validation`` (one item per user).
 
@@ -363,10 +372,18 @@ def train_sequential(train: Interactions, validation: Interactions | None,
     ``backup_dir``: a rerun of the same call after a kill resumes from the last finished
     epoch, or the refit without selecting again (``tfrec_p5.training``). Early stopping
     restarts with the resumed epochs: the best epoch is the best one since the resume.
+
+    ``catalog``: a table describing the items that exist (``item_id`` + the item
+    features, e.g. ``load_catalog("amazon:...").items``). Items no training sequence
+    holds get vocabulary rows after the trained ones and, with ``use_item_features``,
+    are scored from their features (``build_model``), so ``next_items`` can predict an
+    item nobody has chosen yet; ``config.item_id_dropout`` trains the features to stand in
+    for the ID.
     """
     config = config or SequentialConfig()
     started = time.perf_counter()
-    kwargs = {"seed": seed, "verbose": verbose, "log_dir": log_dir, "callbacks": callbacks}
+    kwargs = {"seed": seed, "verbose": verbose, "log_dir": log_dir, "callbacks": callbacks,
+              "catalog": catalog}
     if not (config.refit and validation is not None and len(validation)):
         return _train_once(train, validation, config, backup_dir=backup_dir, **kwargs)[0]
 
@@ -386,13 +403,16 @@ def train_sequential(train: Interactions, validation: Interactions | None,
 
 
 def _train_once(train: Interactions, validation: Interactions | None,
-                config: SequentialConfig, **kwargs) -> tuple[TrainedSequential, dict | None]:
+                config: SequentialConfig, catalog: Interactions | None = None,
+                **kwargs) -> tuple[TrainedSequential, dict | None]:
     """One selection (or refit) run of ``train_sequential``: a fresh model on ``train``
     (``fit_next_item``'s result and search record)."""
     tf.keras.utils.set_random_seed(kwargs["seed"])
-    vocabs = Vocabularies.build(train)
-    side = SideFeatures.build(train, vocabs, user_features=()) \
-        if config.use_item_features and train.item_features else None
+    use_features = config.use_item_features and bool(train.item_features)
+    catalog = catalog if use_features else None  # without features a new item is a blank
+    vocabs = Vocabularies.build(train, catalog=catalog)
+    side = SideFeatures.build(train, vocabs, user_features=(), catalog=catalog) \
+        if use_features else None
     model = build_model(config, vocabs, train, side)
     model.compile(optimizer=optimizer("adamw" if config.weight_decay > 0 else "adam",
                                       config.learning_rate, config.weight_decay),

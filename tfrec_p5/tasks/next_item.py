@@ -58,6 +58,10 @@ class NextItemTask(Head):
       num_negatives: shared negatives per batch for ``loss="sampled"``.
       item_probabilities: ``[num_items]`` sampling distribution for ``"sampled"`` (e.g.
         ``tasks.retrieval.item_frequencies``); ``None`` = uniform over real items.
+      untrained_items: item indices with no training event (a catalog's new items,
+        ``tfrec_p5.data.catalog_items``): left out of the training loss's catalog (no
+        sequence could have chosen them, so pushing them down would teach the features
+        of every new item to look unlikely) but scored at inference from their features.
     """
 
     task = "next_item"
@@ -66,7 +70,8 @@ class NextItemTask(Head):
     def __init__(self, max_len: int = 50, *, kind: str = "transformer", num_blocks: int = 2,
                  num_heads: int = 1, ffn_dim: int | None = None, dropout: float = 0.5,
                  loss: str = "softmax", num_negatives: int = 1000,
-                 item_probabilities: np.ndarray | None = None, **kwargs) -> None:
+                 item_probabilities: np.ndarray | None = None,
+                 untrained_items: np.ndarray | None = None, **kwargs) -> None:
         kwargs.setdefault("name", "next_item_head")
         super().__init__(**kwargs)
         if loss not in LOSSES:
@@ -79,6 +84,8 @@ class NextItemTask(Head):
         self.num_negatives = int(num_negatives)
         self._item_probabilities = None if item_probabilities is None else \
             np.asarray(item_probabilities, np.float64)
+        self.untrained_items = np.zeros(0, np.int64) if untrained_items is None else \
+            np.asarray(untrained_items, np.int64)
         self.encoder: SequenceEncoder | None = None
         self.item_tower = None
 
@@ -95,10 +102,14 @@ class NextItemTask(Head):
                 raise ValueError(f"item_probabilities has {len(p)} entries, the item tower "
                                  f"{n}")
             p[0] = 0.0  # never sample the OOV / padding row
+            p[self.untrained_items] = 0.0
             p = p / p.sum()
             self.sampling_logits = tf.constant(np.log(np.maximum(p, 1e-30)), tf.float32)
         # Added to every logit: the OOV / padding row can never be predicted.
         self.oov_bias = tf.constant(np.r_[_NEG, np.zeros(n - 1)], tf.float32)
+        train_bias = self.oov_bias.numpy()
+        train_bias[self.untrained_items] = _NEG
+        self.train_bias = tf.constant(train_bias, tf.float32)
 
     def _check_bound(self) -> SequenceEncoder:
         if self.encoder is None:
@@ -115,7 +126,7 @@ class NextItemTask(Head):
         h = tf.boolean_mask(states, mask)                                # [n, d]
         t = tf.boolean_mask(targets, mask)                               # [n]
         if self.loss_kind == "softmax":
-            logits = tf.matmul(h, encoder.item_table(), transpose_b=True) + self.oov_bias
+            logits = tf.matmul(h, encoder.item_table(), transpose_b=True) + self.train_bias
             losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=t, logits=logits)
         else:
             losses = self._sampled_loss(encoder, h, t)

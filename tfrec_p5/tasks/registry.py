@@ -71,13 +71,16 @@ class HeadContext:
     @classmethod
     def from_table(cls, table: Interactions, vocabs: Vocabularies, *, user_dim: int,
                    global_mean: float | None = None,
-                   rating_range: tuple[float, float] | None = None) -> HeadContext:
-        """Histories, frequencies and (unless given) the mean rating of ``table``."""
+                   rating_range: tuple[float, float] | None = None,
+                   untrained_items: np.ndarray | None = None) -> HeadContext:
+        """Histories, frequencies and (unless given) the mean rating of ``table``;
+        ``untrained_items`` as the attribute."""
         splits, values = history_csr(table, vocabs)
         if global_mean is None:
             global_mean = float(np.mean(table.rating)) if table.rating is not None else 0.0
         return cls(len(vocabs.user), len(vocabs.item), int(user_dim), splits, values,
-                   item_frequencies(table, vocabs), global_mean, rating_range)
+                   item_frequencies(table, vocabs), global_mean, rating_range,
+                   untrained_items)
 
 
 @dataclass(frozen=True)
@@ -173,4 +176,5 @@ def _next_item(config: Any, context: HeadContext) -> NextItemTask:
         config.max_len, kind=config.encoder, num_blocks=config.num_blocks,
         num_heads=config.num_heads, ffn_dim=config.ffn_dim, dropout=config.dropout,
         loss=config.loss, num_negatives=config.num_negatives,
-        item_probabilities=context.item_probabilities if config.loss == "sampled" else None)
+        item_probabilities=context.item_probabilities if config.loss == "sampled" else None,
+        untrained_items=context.untrained_items)
