@@ -7,7 +7,8 @@ the next version of the model folder, whose ``recommend`` and ``rank`` serve the
 the export already has) is one line and exit status 2.
 
     tfrec-p5 add-items --model saved_models/ml100k --items new_movies.csv
-    # wrote saved_models/ml100k/2: 3 new items added to version 1 (recommend, rank)
+    # wrote saved_models/ml100k/2: 3 new item(s) from new_movies.csv added to version 1
+    # (served by recommend and rank; the towers are not retrained)
 """
 
 from __future__ import annotations

@@ -164,7 +164,7 @@ def add_feature_scoring(module: ServingModule, trained) -> bool:
         return False
     encoder = module.track("item_features", ItemFeatureEncoder(
         tables, trained.config.max_text_tokens))
-    tower = module.track("item_feature_tower", trained.model.item_tower)
+    module.track("item_feature_tower", trained.model.item_tower)
     head = trained.model.heads["retrieval"]
     prior = 0.0
     if trained.config.popularity_weight:
