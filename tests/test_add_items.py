@@ -10,6 +10,7 @@ process that imports only TensorFlow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,7 +25,14 @@ from _cli import run
 
 import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
 from tfrec_p5.data import Interactions
-from tfrec_p5.export import build_module, export, item_titles, load_export
+from tfrec_p5.export import (
+    build_module,
+    export,
+    item_titles,
+    load_export,
+    load_metadata,
+    read_new_items,
+)
 from tfrec_p5.export.new_items import ItemFeatureEncoder
 from tfrec_p5.export.saved_model import file_digest
 from tfrec_p5.models.unified import UnifiedConfig, train_unified
@@ -136,6 +144,15 @@ def test_score_new_items_is_a_catalog_items_score(tastes):
     # Features, not IDs: each taste prefers the new item of its genre.
     assert (scores[TASTE == 0, 0] > scores[TASTE == 0, 1]).mean() >= 0.9
     assert (scores[TASTE == 1, 1] > scores[TASTE == 1, 0]).mean() >= 0.9
+    # With score fusion (+ w log p(item)) a new item gets a catalog new item's prior.
+    fused = build_module(dataclasses.replace(
+        trained, config=trained.config.replace(popularity_weight=0.5)), k=12)
+    scores = fused.signature("score_new_items")(
+        user_id=tf.constant(USERS[:2]), **_features(CAT_FEATURES))["scores"].numpy()
+    rank = fused.signature("rank")(user_id=tf.constant(USERS[:2]),
+                                    item_ids=tf.constant([["catA"], ["catB"]]))["scores"]
+    np.testing.assert_allclose(scores[[0, 1], [0, 1]], rank.numpy()[:, 0], rtol=1e-5)
+    assert not np.allclose(scores, want[:2], atol=1e-3)
     with pytest.raises(tf.errors.InvalidArgumentError, match="same length"):
         module.signature("score_new_items")(
             user_id=tf.constant(["u0"]), genres=tf.constant(["0"]), title=tf.constant(["a"]),
@@ -237,6 +254,33 @@ def test_add_items_serves_new_items_in_bare_tensorflow(tastes, tmp_path):
     assert np.mean(["newC" in _text(tf.constant(row)) for row in rec[TASTE == 1]]) >= 0.5
 
 
+def test_item_files_csv_tsv_and_parquet_read_alike(tastes, tmp_path):
+    meta = load_metadata(tastes["base"] / "1")
+    rows = [["newA", "0|2", "Alpha, night", "1993", "s01"], ["newB", "1", "", "", "s10"]]
+    csv_file, tsv_file = tmp_path / "new.csv", tmp_path / "new.tsv"
+    csv_file.write_text(HEADER + "".join(",".join(f'"{v}"' for v in r) + "\n" for r in rows),
+                        encoding="utf-8")
+    tsv_file.write_text(HEADER.replace(",", "\t")
+                        + "".join("\t".join(r) + "\n" for r in rows), encoding="utf-8")
+    want = read_new_items(csv_file, meta)
+    assert want.ids.tolist() == ["newA", "newB"]
+    assert want.features["genres"].tolist() == ["0|2", "1"]
+    np.testing.assert_array_equal(want.features["year"], [1993.0, np.nan])
+    assert want.titles.tolist() == ["Alpha, night", ""]
+    found = [read_new_items(tsv_file, meta)]
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"item_id": ["newA", "newB"], "genres": ["0|2", "1"],
+                             "title": ["Alpha, night", ""], "year": [1993.0, None],
+                             "studio": ["s01", "s10"]}), tmp_path / "new.parquet")
+    found.append(read_new_items(tmp_path / "new.parquet", meta))
+    for got in found:
+        assert got.ids.tolist() == want.ids.tolist() and got.titles.tolist() == ["Alpha, night", ""]
+        for name, values in want.features.items():
+            np.testing.assert_array_equal(got.features[name], values, err_msg=name)
+
+
 def _refused(argv: list[str], match: str) -> None:
     status, stdout, stderr = run(argv)
     assert status == 2, stderr
@@ -275,4 +319,9 @@ def test_add_items_refusals(tastes, plain, tmp_path):
     meta_file.write_text(json.dumps(meta))
     _refused(["add-items", "--model", str(other), "--items", str(good)],
              "rank is scored by its ranking head")
+    meta["signature_tasks"]["rank"] = "retrieval"
+    meta["custom_ops"] = ["scann"]                  # refused before the ScaNN ops load
+    meta_file.write_text(json.dumps(meta))
+    _refused(["add-items", "--model", str(other), "--items", str(good)], "ScaNN index")
     assert sorted(os.listdir(tastes["base"])) == ["1"]        # nothing was written
+    assert sorted(os.listdir(other)) == ["1"]

@@ -61,6 +61,8 @@ from tfrec_p5.export.saved_model import (
     export,
     file_digest,
     load_export,
+    load_metadata,
+    resolve_export,
 )
 from tfrec_p5.export.serving import DEFAULT_SIGNATURE, IdLookup, ServingModule
 from tfrec_p5.export.unified import TITLE_COLUMNS
@@ -108,14 +110,15 @@ def _decode(values: np.ndarray) -> np.ndarray:
 def check_extendable(loaded, metadata: Mapping[str, Any], version_dir: str
                      ) -> list[dict[str, str]]:
     """The item feature inputs of an export ``add_items`` can extend; else one
-    ``AddItemsRefused`` saying why not."""
+    ``AddItemsRefused`` saying why not. ``loaded=None`` checks the metadata alone (before
+    loading: a ScaNN export would need the ScaNN ops just to be refused)."""
     where = f"export {version_dir}"
     if metadata.get(CUSTOM_OPS_KEY):
         raise AddItemsRefused(f"{where} answers recommend from a ScaNN index, which cannot "
                               "take new items; export it with the brute-force index")
     inputs = describe_inputs(metadata)
     base = getattr(loaded, EXTENDS, loaded)
-    if inputs is None or not hasattr(base, "new_item_vectors"):
+    if inputs is None or (loaded is not None and not hasattr(base, "new_item_vectors")):
         raise AddItemsRefused(f"{where} cannot score items by their features (no "
                               "score_new_items: that needs a retrieval head and item side "
                               "features, e.g. UnifiedConfig(use_side_features=True))")
@@ -188,11 +191,17 @@ def _columns(path: str, reader, options) -> list[str] | None:
             import pyarrow.parquet as pq
         except ImportError:
             return None
-        return list(pq.read_schema(path).names)
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        for row in csv.reader(fh, delimiter=options.get("sep", ",")):
-            if any(c.strip() for c in row):
-                return [c.strip() for c in row]
+        try:
+            return list(pq.read_schema(path).names)
+        except Exception:  # noqa: BLE001  pyarrow's errors: the reader reports them
+            return None
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            for row in csv.reader(fh, delimiter=options.get("sep", ",")):
+                if any(c.strip() for c in row):
+                    return [c.strip() for c in row]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None  # the strict reader reports it, with the line
     return None
 
 
@@ -304,6 +313,7 @@ def add_items(model: str | os.PathLike, items: NewItems | str | os.PathLike, *,
 
         add_items("saved_models/demo", "new_items.csv")     # -> "saved_models/demo/2"
     """
+    check_extendable(None, load_metadata(resolve_export(model)), os.fspath(model))
     loaded, version_dir, metadata = load_export(model)
     check_extendable(loaded, metadata, version_dir)
     if not isinstance(items, NewItems):

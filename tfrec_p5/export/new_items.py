@@ -155,9 +155,9 @@ def add_feature_scoring(module: ServingModule, trained) -> bool:
     back them (``feature_scoring_inputs``); return whether it did.
 
     The queries are the user vectors of the module's ``retrieval_index`` (tracked first
-    by ``add_retrieval_signatures``).
-    A new item's prior is a catalog new item's: ``popularity_weight`` × log of the
-    smallest item probability (``item_frequencies`` floors unseen items to it).
+    by ``add_retrieval_signatures``). A new item's prior is a catalog new item's:
+    ``popularity_weight`` × log of the smallest item probability (``item_frequencies``
+    floors unseen items to it).
     """
     tables = feature_scoring_inputs(trained)
     if tables is None:
@@ -188,8 +188,10 @@ def add_feature_scoring(module: ServingModule, trained) -> bool:
                                                                    strict=True)})
         return {"scores": tf.matmul(query, items, transpose_b=True) + module.new_item_prior}
 
-    module.add_signature("score_new_items", with_parameters(
-        score_new_items, [USER_ID_SPEC.name, *(s.name for s in specs)]), [USER_ID_SPEC, *specs],
+    # B users and n items: two groups of inputs, each with its own first dimension.
+    names = [USER_ID_SPEC.name, *(s.name for s in specs)]
+    module.add_signature("score_new_items", with_parameters(score_new_items, names),
+                         [USER_ID_SPEC, *specs],
                          batch_groups=[[0], list(range(1, len(specs) + 1))])
     module.extra_metadata[NEW_ITEMS_KEY] = {
         "inputs": encoder.describe(), "separator": MULTI_VALUE_SEPARATOR,
