@@ -232,7 +232,8 @@ class _LoadedLookup(tf.Module):
         self.loaded = loaded_lookup
 
     def __call__(self, ids: tf.Tensor) -> tf.Tensor:
-        return self.loaded.lookup(ids)
+        # The loaded function's output shape is unknown; it is the shape of ``ids``.
+        return tf.ensure_shape(self.loaded.lookup(ids), ids.shape)
 
 
 def _forward(module: ServingModule, name: str, function) -> None:
