@@ -46,7 +46,6 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfrec_p5.data.errors import DataError
 from tfrec_p5.data.interactions import ITEM
 from tfrec_p5.data.sources.tabular import load_csv, load_parquet
 from tfrec_p5.data.vocabulary import Vocabulary
@@ -155,10 +154,7 @@ def read_new_items(path: str | os.PathLike, metadata: Mapping[str, Any],
     suffix = os.path.splitext(path)[1].lower()
     reader = load_parquet if suffix in (".parquet", ".pq") else load_csv
     options = {"sep": "\t"} if suffix == ".tsv" else {}
-    try:
-        header = _columns(path, reader, options)
-    except DataError:
-        header = None  # the reader below names the problem
+    header = _columns(path, reader, options)  # None: the reader below names the problem
     if header is not None:
         missing = [n for n in [id_column, *names] if n not in header]
         if missing:
@@ -267,6 +263,12 @@ def extend_module(loaded, metadata: Mapping[str, Any], version_dir: str,
                               f"{', ...' if len(known) > 3 else ''}); add-items adds new "
                               "items only")
     inputs = describe_inputs(metadata) or []
+    for spec in inputs:
+        values = items.features.get(spec["name"])
+        if values is None or len(values) != len(items):
+            raise AddItemsRefused(f"the new items need {len(items)} values of item feature "
+                                  f"{spec['name']!r}, got "
+                                  f"{'none' if values is None else len(values)}")
     vectors = base.new_item_vectors({i["name"]: tf.constant(
         items.features[i["name"]], tf.float64 if i["dtype"] == "float64" else tf.string)
         for i in inputs}).numpy()
@@ -314,7 +316,8 @@ def add_items(model: str | os.PathLike, items: NewItems | str | os.PathLike, *,
 
         add_items("saved_models/demo", "new_items.csv")     # -> "saved_models/demo/2"
     """
-    check_extendable(None, load_metadata(resolve_export(model)), os.fspath(model))
+    resolved = resolve_export(model)
+    check_extendable(None, load_metadata(resolved), resolved)
     loaded, version_dir, metadata = load_export(model)
     check_extendable(loaded, metadata, version_dir)
     if not isinstance(items, NewItems):
