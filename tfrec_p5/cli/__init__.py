@@ -10,8 +10,9 @@ anyone can rerun, with the split, seed and metrics recorded next to the export.
 The command line is the top layer: nothing else in ``tfrec_p5`` imports it. Its modules:
 ``registry`` (``Task``, ``TrainRequest``, ``TrainResult``, ``CliError``), ``builtin`` (the
 built-in ``--task`` values), ``common`` (splits, tables, config files), one module per
-command group (``train``, ``query``: evaluate / predict / recommend, ``pretrain``:
-pretrain / finetune) and ``app`` (parser and ``main``).
+command group (``train``, ``query``: evaluate / predict / recommend / inspect,
+``pretrain``: pretrain / finetune, ``catalog``: add-items) and ``app`` (parser and
+``main``).
 """
 
 from tfrec_p5.cli.app import build_parser, deterministic_ops, main

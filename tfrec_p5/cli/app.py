@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 
 from tfrec_p5 import __version__
 from tfrec_p5.cli import builtin as _builtin_tasks  # noqa: F401  registers the built-in tasks
-from tfrec_p5.cli import pretrain, query, train
+from tfrec_p5.cli import catalog, pretrain, query, train
 from tfrec_p5.cli.registry import PROG, CliError, tasks
 
 __all__ = ["HARMLESS_TF_MESSAGES", "HarmlessTensorFlowWarnings", "HelpFormatter",
@@ -52,7 +52,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``tfrec-p5`` argument parser (train / evaluate / predict / recommend /
-    pretrain / finetune)."""
+    inspect / pretrain / finetune / add-items)."""
     parser = _Parser(prog=PROG, description="Train, export, evaluate and query tfrec_p5 "
                      "recommenders (SavedModels for TF Serving).")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(sub, task_names)
     query.add_parsers(sub, task_names)
     pretrain.add_parsers(sub)
+    catalog.add_parsers(sub)
     for command in sub.choices.values():  # one formatter for every command's --help
         command.formatter_class = HelpFormatter
     return parser

@@ -8,10 +8,14 @@
                                         item_id=tf.constant(["i2"]))
 
 Later tasks add signatures to the same export through ``ServingModule`` (see
-``tfrec_p5.export.serving``).
+``tfrec_p5.export.serving``). Items known only by their features are scored by an
+export's ``score_new_items`` (``export.new_items``) and added to its next version,
+without retraining, by ``add_items`` (``export.add_items``; ``tfrec-p5 add-items``).
 """
 
+from tfrec_p5.export.add_items import AddItemsRefused, NewItems, add_items, read_new_items
 from tfrec_p5.export.boundary import PAD_ITEM_ID, PAD_SCORE, drop_padding
+from tfrec_p5.export.new_items import ItemFeatureEncoder
 from tfrec_p5.export.saved_model import (
     EXTRA_DIR,
     METADATA_FILE,
@@ -37,10 +41,11 @@ from tfrec_p5.export.serving import (
 from tfrec_p5.export.unified import build_module, item_titles, serving_module
 
 __all__ = [
-    "DEFAULT_SIGNATURE", "EXTRA_DIR", "ExportError", "ITEM_ID_SPEC", "IdLookup",
-    "METADATA_FILE", "METRICS_FILE", "PAD_ITEM_ID", "PAD_SCORE", "ScannOptions", "ServingModule",
-    "TrainingRecord", "USER_ID_SPEC", "add_rating_signatures", "build_module", "drop_padding",
+    "AddItemsRefused", "DEFAULT_SIGNATURE", "EXTRA_DIR", "ExportError", "ITEM_ID_SPEC",
+    "IdLookup", "ItemFeatureEncoder", "METADATA_FILE", "METRICS_FILE", "NewItems",
+    "PAD_ITEM_ID", "PAD_SCORE", "ScannOptions", "ServingModule", "TrainingRecord",
+    "USER_ID_SPEC", "add_items", "add_rating_signatures", "build_module", "drop_padding",
     "export", "item_titles", "list_versions", "load_export",
-    "load_metadata", "next_version", "resolve_export",
+    "load_metadata", "next_version", "read_new_items", "resolve_export",
     "serving_module",
 ]

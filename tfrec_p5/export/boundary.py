@@ -108,8 +108,31 @@ def check_shapes(signature: str, specs: Sequence[tf.TensorSpec],
     return out
 
 
+def with_parameters(fn: Callable[..., dict[str, tf.Tensor]],
+                    names: Sequence[str]) -> Callable[..., dict[str, tf.Tensor]]:
+    """``fn(*tensors)`` as a function of named parameters ``names`` (in that order).
+
+    Why: a signature's request arrives by input name; ``tf.function`` maps names to
+    positions through the Python parameters, and a ``*args`` function has none (its
+    inputs would be matched in another order). ``score_new_items`` has one input per item
+    feature, known only when the model is exported:
+
+        with_parameters(lambda user_id, *features: ..., ["user_id", "genres", "year"])
+    """
+    def named(*args: tf.Tensor, **kwargs: tf.Tensor) -> dict[str, tf.Tensor]:
+        bound = named.__signature__.bind(*args, **kwargs)
+        return fn(*bound.arguments.values())
+
+    named.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names])
+    named.__name__ = getattr(fn, "__name__", "signature")
+    return named
+
+
 def checked_signature(signature: str, fn: Callable[..., dict[str, tf.Tensor]],
-                      specs: Sequence[tf.TensorSpec]) -> Callable[..., dict[str, tf.Tensor]]:
+                      specs: Sequence[tf.TensorSpec],
+                      batch_groups: Sequence[Sequence[int]] | None = None,
+                      ) -> Callable[..., dict[str, tf.Tensor]]:
     """``fn`` behind ``check_shapes``: same parameters (by position or name), same result.
 
     A malformed request then fails at the signature boundary with an error naming the
@@ -117,13 +140,26 @@ def checked_signature(signature: str, fn: Callable[..., dict[str, tf.Tensor]],
 
         tf.function(checked_signature("recommend", recommend, [USER_ID_SPEC]),
                     input_signature=[relaxed_spec(USER_ID_SPEC)])
+
+    ``batch_groups``: positions of the inputs that share a first dimension, one list per
+    group (default: all of them). ``score_new_items`` takes ``B`` users and ``n`` items:
+    ``[[0], [1, 2, ...]]``.
     """
+    groups = [list(range(len(specs)))] if batch_groups is None else \
+        [list(g) for g in batch_groups]
+    if sorted(i for g in groups for i in g) != list(range(len(specs))):
+        raise ValueError(f"{signature}: batch_groups must name every input once")
     parameters = inspect.signature(fn)
 
     @functools.wraps(fn)
     def checked(*args: tf.Tensor, **kwargs: tf.Tensor) -> dict[str, tf.Tensor]:
-        bound = parameters.bind(*args, **kwargs)
-        tensors = check_shapes(signature, specs, list(bound.arguments.values()))
+        given = list(parameters.bind(*args, **kwargs).arguments.values())
+        tensors = list(given)
+        for group in groups:
+            checked_group = check_shapes(signature, [specs[i] for i in group],
+                                         [given[i] for i in group])
+            for i, tensor in zip(group, checked_group, strict=True):
+                tensors[i] = tensor
         return fn(*tensors)
 
     return checked

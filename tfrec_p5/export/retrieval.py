@@ -45,8 +45,17 @@ from tfrec_p5.export.scann_index import SCANN_OPS, ScannIndex, ScannOptions, sca
 from tfrec_p5.export.serving import USER_ID_SPEC, ServingModule
 
 ITEM_LIST_SPEC = tf.TensorSpec([None, None], tf.string, name="item_ids")
+#: Export metadata key: ``{"k": list size, "exclude_seen": bool}`` of ``recommend``.
+RECOMMEND_KEY = "recommend"
 #: ``(user_index [N], item_index [N]) -> scores [N]``: one head's score of each pair.
 PairScorer = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
+
+
+def _variable(value, dtype, name: str) -> tf.Variable:
+    """``value`` itself if it is a variable (shared with another index), else a new one."""
+    if isinstance(value, tf.Variable):
+        return value
+    return tf.Variable(np.asarray(value, dtype), trainable=False, name=name)
 
 
 class RetrievalIndex(tf.Module):
@@ -62,12 +71,19 @@ class RetrievalIndex(tf.Module):
       popularity: ``[I]`` fallback scores (training counts) for unknown users.
       seen_splits, seen_values: CSR of each user's training items (``history_csr``).
       item_prior: optional ``[I]`` additive score per item (score fusion); default none.
+      item_titles: optional ``[I - 1]`` titles of rows ``1..I-1`` (for ``tfrec-p5
+        recommend``).
+
+    ``user_vectors``, ``seen_splits`` and ``seen_values`` may be ``tf.Variable``s of
+    another index (a loaded export's): they are then shared, not copied, so a version
+    that only adds items (``export.add_items``) does not store the user side twice.
     """
 
     def __init__(self, user_vectors: np.ndarray | None, item_vectors: np.ndarray | None,
                  item_tokens: np.ndarray, popularity: np.ndarray,
                  seen_splits: np.ndarray | None = None, seen_values: np.ndarray | None = None,
-                 item_prior: np.ndarray | None = None, name: str = "retrieval_index") -> None:
+                 item_prior: np.ndarray | None = None, name: str = "retrieval_index",
+                 item_titles: np.ndarray | None = None) -> None:
         super().__init__(name=name)
         if (user_vectors is None) != (item_vectors is None):
             raise ValueError("pass both user_vectors and item_vectors, or neither")
@@ -77,8 +93,7 @@ class RetrievalIndex(tf.Module):
             item_vectors = np.asarray(item_vectors, np.float32)
             if len(item_tokens) != len(item_vectors) - 1:
                 raise ValueError("item_tokens must name rows 1..I-1 of item_vectors")
-            self.user_vectors = tf.Variable(np.asarray(user_vectors, np.float32),
-                                            trainable=False, name="user_vectors")
+            self.user_vectors = _variable(user_vectors, np.float32, "user_vectors")
             self.item_vectors_t = tf.Variable(item_vectors[1:].T.copy(), trainable=False,
                                               name="item_vectors_t")  # [d, I-1]
         prior = np.zeros(self.num_items + 1, np.float32) if item_prior is None \
@@ -90,17 +105,19 @@ class RetrievalIndex(tf.Module):
                                        dtype=tf.string, name="item_tokens")
         self.popularity = tf.Variable(np.asarray(popularity, np.float32)[1:], trainable=False,
                                       name="popularity")
-        num_users = len(user_vectors) if user_vectors is not None else None
+        if item_titles is not None:
+            self.item_titles = tf.Variable(np.asarray(item_titles, dtype=object),
+                                           trainable=False, dtype=tf.string,
+                                           name="item_titles")
+        num_users = int(user_vectors.shape[0]) if user_vectors is not None else None
         if seen_splits is None:
             if num_users is None:
                 raise ValueError("an index without vectors needs seen_splits (one row per "
                                  "user)")
             seen_splits = np.zeros(num_users + 1, np.int64)
-        values = np.zeros(0, np.int64) if seen_values is None \
-            else np.asarray(seen_values, np.int64)
-        self.seen_splits = tf.Variable(np.asarray(seen_splits, np.int64), trainable=False,
-                                       name="seen_splits")
-        self.seen_values = tf.Variable(values, trainable=False, name="seen_values")
+        values = np.zeros(0, np.int64) if seen_values is None else seen_values
+        self.seen_splits = _variable(seen_splits, np.int64, "seen_splits")
+        self.seen_values = _variable(values, np.int64, "seen_values")
 
     @classmethod
     def from_trained(cls, trained, item_tokens: np.ndarray | None = None) -> RetrievalIndex:
@@ -238,3 +255,4 @@ def add_retrieval_signatures(module: ServingModule, index: RetrievalIndex, k: in
     module.add_signature("rank", rank, [USER_ID_SPEC, ITEM_LIST_SPEC], task=rank_task)
     module.recommend_k = k
     module.exclude_seen = bool(exclude_seen)
+    module.extra_metadata[RECOMMEND_KEY] = {"k": k, "exclude_seen": bool(exclude_seen)}

@@ -81,6 +81,9 @@ FILES_KEY = "files"
 #: ``metadata.json`` key listing the custom op libraries the export needs to load
 #: (``["scann"]``: ``import scann`` first; stock TF Serving cannot serve it). Absent: none.
 CUSTOM_OPS_KEY = "custom_ops"
+#: ``metadata.json`` key: ``{signature: head it is scored by}`` (``"recommend":
+#: "retrieval"``); older exports lack it.
+SIGNATURE_TASKS_KEY = "signature_tasks"
 
 
 class ExportError(ValueError):
@@ -450,6 +453,9 @@ def export(model: ServingModule | tf.keras.Model, base_dir: str | os.PathLike, *
             "signatures": module.signature_names(),
             "vocab_sizes": dict(module.vocab_sizes),
         })
+        if getattr(module, "signature_tasks", None):
+            meta[SIGNATURE_TASKS_KEY] = dict(module.signature_tasks)
+        meta.update(getattr(module, "extra_metadata", None) or {})
         if getattr(module, "rating_range", None) is not None:
             meta["rating_range"] = list(module.rating_range)
         if getattr(module, "custom_ops", None):  # e.g. a ScaNN index: not stock TF Serving

@@ -74,6 +74,10 @@ class IdLookup(tf.Module):
                 tf.constant(vocab.tokens.astype(object), tf.string),
                 tf.constant(np.arange(1, len(vocab.tokens) + 1, dtype=np.int64)))
             self.table = tf.lookup.StaticHashTable(init, default_value=np.int64(OOV_INDEX))
+        # Saved with the export, so a loaded export maps IDs without tfrec_p5 (and
+        # ``tfrec-p5 add-items`` reuses the user lookup of the version it extends).
+        self.lookup = tf.function(self.__call__, autograph=False,
+                                  input_signature=[tf.TensorSpec(None, tf.string)])
 
     def __call__(self, ids: tf.Tensor) -> tf.Tensor:
         ids = tf.convert_to_tensor(ids, tf.string)
@@ -92,12 +96,30 @@ class ServingModule(tf.Module):
     ``default=True`` is also exported as ``serving_default``.
     """
 
-    def __init__(self, vocabs: Vocabularies, name: str = "tfrec_p5_serving") -> None:
+    def __init__(self, vocabs: Vocabularies | None, name: str = "tfrec_p5_serving", *,
+                 user_lookup: Callable[[tf.Tensor], tf.Tensor] | None = None,
+                 item_lookup: Callable[[tf.Tensor], tf.Tensor] | None = None,
+                 vocab_sizes: dict[str, int] | None = None) -> None:
+        """``vocabs``: the training vocabularies the lookups are built from; or ``None``
+        with ``user_lookup`` / ``item_lookup`` (trackable callables, string IDs → int64
+        indices) and ``vocab_sizes``: a module over lookups that already exist, such as
+        the version ``add-items`` extends."""
         super().__init__(name=name)
-        self.user_lookup = IdLookup(vocabs.user, name="user_id_lookup")
-        self.item_lookup = IdLookup(vocabs.item, name="item_id_lookup")
-        self.vocab_sizes = {"user_id": len(vocabs.user), "item_id": len(vocabs.item)}
+        if vocabs is None:
+            if user_lookup is None or item_lookup is None or vocab_sizes is None:
+                raise ValueError("without vocabs, pass user_lookup, item_lookup and "
+                                 "vocab_sizes")
+            self.user_lookup, self.item_lookup = user_lookup, item_lookup
+            self.vocab_sizes = dict(vocab_sizes)
+        else:
+            self.user_lookup = IdLookup(vocabs.user, name="user_id_lookup")
+            self.item_lookup = IdLookup(vocabs.item, name="item_id_lookup")
+            self.vocab_sizes = {"user_id": len(vocabs.user), "item_id": len(vocabs.item)}
         self.tasks: list[str] = []
+        #: ``{signature: head}`` it is scored by (written to the export's metadata).
+        self.signature_tasks: dict[str, str] = {}
+        #: More metadata entries the signatures' builders record (``export`` writes them).
+        self.extra_metadata: dict[str, object] = {}
         self._signature_names: list[str] = []
         self._default: str | None = None
 
@@ -120,29 +142,35 @@ class ServingModule(tf.Module):
 
     def add_signature(self, name: str, fn: Callable[..., dict[str, tf.Tensor]],
                       input_signature: Sequence[tf.TensorSpec], *, default: bool = False,
-                      task: str | None = None) -> None:
+                      task: str | None = None,
+                      batch_groups: Sequence[Sequence[int]] | None = None,
+                      checked: bool = True) -> None:
         """Export ``fn`` as signature ``name``; ``default=True`` also makes it the default.
 
         ``fn`` takes tensors matching ``input_signature`` (their ``name`` is the request key)
         and returns a dict of output tensors. The specs' shapes are the contract: a request
         whose inputs have another rank, or different batch sizes, fails with an
         ``InvalidArgumentError`` naming the signature and inputs
-        (``boundary.checked_signature``) before ``fn`` runs.
+        (``boundary.checked_signature``; ``batch_groups``: which inputs share the batch
+        size, default all) before ``fn`` runs. ``checked=False`` only for ``fn`` that
+        checks its inputs itself (a loaded export's signature, forwarded).
         """
         if not name.isidentifier() or name == DEFAULT_SIGNATURE:
             raise ValueError(f"bad signature name {name!r}")
         if name in self._signature_names:
             raise ValueError(f"signature {name!r} already exists")
         # Every request's shapes are checked here, before ``fn`` runs (see boundary.py).
-        function = tf.function(checked_signature(name, fn, input_signature),
-                               input_signature=[relaxed_spec(s) for s in input_signature],
-                               autograph=False)
+        body = checked_signature(name, fn, input_signature, batch_groups) if checked else fn
+        function = tf.function(body, autograph=False,
+                               input_signature=[relaxed_spec(s) for s in input_signature])
         setattr(self, f"signature_{name}", function)  # tracked: restorable by name, too
         self._signature_names.append(name)
         if default and self._default is None:
             self._default = name
         if task and task not in self.tasks:
             self.tasks.append(task)
+        if task:
+            self.signature_tasks[name] = task
 
     def signature_names(self) -> list[str]:
         """Names the export will have, ``serving_default`` included when set."""

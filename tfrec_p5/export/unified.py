@@ -8,7 +8,9 @@ say). Each signature is scored by the best head the model has for it:
 * ``recommend``: retrieval (precomputed index), else ranking, else rating (these two
   score every item of the catalog for the user; seen items excluded either way);
 * ``rank``: ranking, else retrieval, else rating;
-* ``predict_rating``: rating (absent without a rating head).
+* ``predict_rating``: rating (absent without a rating head);
+* ``score_new_items``: retrieval, for items described by their features (absent without
+  a retrieval head or item side features; ``export.new_items``).
 
 (An unknown user still gets the most popular items from ``recommend``: the model has
 nothing to say about an ID it never saw, and the fallback is documented.)
@@ -38,6 +40,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from tfrec_p5.export.new_items import add_feature_scoring
 from tfrec_p5.export.retrieval import PairScorer, RetrievalIndex, add_retrieval_signatures
 from tfrec_p5.export.scann_index import INDEX_KINDS, ScannOptions, scann_unavailable
 from tfrec_p5.export.sequential import sequential_module
@@ -134,6 +137,8 @@ def build_module(trained, *, k: int = 100, exclude_seen: bool = True,
             default="retrieval" in heads or "rating" not in heads,
             recommend_task=recommend_head, rank_task=rank_head,
             ann=(scann_options or ScannOptions()) if index == "scann" else None)
+        if recommend_head == "retrieval":  # items described by features: when it can
+            add_feature_scoring(module, trained)
     if "rating" in heads:  # added last: serving_default stays recommend when it exists
         add_rating_signatures(module, scorers.get("rating") or module.track(
             "rating_scorer", _HeadScorer(trained.model, "rating")), trained.rating_range)

@@ -229,6 +229,14 @@ class RetrievalHead(Head):
             return tf.concat([item_vec, self.item_bias(item_ids)], axis=1)
         return item_vec
 
+    def feature_candidates(self, item_vec: tf.Tensor) -> tf.Tensor:
+        """Candidate vectors ``[N, d(+1)]`` of items with no row of their own (known only by
+        their features): the item bias is its initial 0, as for a catalog item no loss
+        ever reached (``untrained_items``), so both score alike."""
+        if self.item_bias is not None:
+            return tf.concat([item_vec, tf.zeros_like(item_vec[:, :1])], axis=1)
+        return item_vec
+
     def compute_loss(self, features, user_vec, item_vec, training=False):
         item_ids = features[ITEM]
         query = self.query(features[USER], user_vec, item_ids, training=training)

@@ -174,17 +174,43 @@ class Tower(tf.keras.Model):
                 raise TypeError(f"{self.name} takes vocabulary indices; map string IDs with "
                                 "Vocabulary.lookup (or build the tower with hash_buckets)")
             ids = self.hashing(ids) + 1
-        parts = [self._id_part(ids, training)]
+        values = {name: tf.gather(table, ids) for name, table in self.tables.items()}
+        return self._combine(self._id_part(ids, training), values)
+
+    def feature_vectors(self, values: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """Output ``[n, dim]`` for ``n`` IDs known only by their encoded feature ``values``
+        (``{name: [n]`` or ``[n, k]}``, encoded as ``SideFeatures`` encodes them).
+
+        Why: a new item described by its features (``score_new_items``, ``tfrec-p5
+        add-items``) must get exactly the vector a catalog item with those features gets
+        from ``call`` beyond ``feature_only_from``: the same code with the ID embedding
+        left out (zeros).
+
+            tower.feature_vectors({"genres": tf.constant([[3, 5]]), "year": [0.4]})
+        """
+        if not self.features:
+            raise ValueError(f"{self.name} has no side features: an ID-only tower cannot "
+                             "describe an ID by its features")
+        missing = [spec["name"] for spec in self.features if spec["name"] not in values]
+        if missing:
+            raise ValueError(f"{self.name}: no values for feature(s) {missing}")
+        n = tf.shape(values[self.features[0]["name"]])[0]
+        zeros = tf.zeros(tf.stack([n, self.embedding_dim]), self.id_embedding.embeddings.dtype)
+        return self._combine(zeros, values)
+
+    def _combine(self, id_part: tf.Tensor, values: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        """ID part + the embedded (pooled) feature ``values``, projected."""
+        parts = [id_part]
         for spec in self.features:
             name, kind = spec["name"], spec["kind"]
-            values = tf.gather(self.tables[name], ids)
+            values_ = tf.cast(values[name], self.tables[name].dtype)
             if kind == "numeric":
-                parts.append(tf.reshape(values, (-1, 1)))
+                parts.append(tf.reshape(values_, (-1, 1)))
             elif kind == "categorical":
-                parts.append(self.feature_embeddings[name](values))
+                parts.append(self.feature_embeddings[name](values_))
             else:  # multi_categorical / text: mean over valid (non-zero) entries
-                emb = self.feature_embeddings[name](values)
-                mask = tf.cast(values > 0, emb.dtype)[..., None]
+                emb = self.feature_embeddings[name](values_)
+                mask = tf.cast(values_ > 0, emb.dtype)[..., None]
                 total = tf.reduce_sum(emb * mask, axis=1)
                 parts.append(total / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0))
         out = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
