@@ -34,8 +34,9 @@ def test_read_entities_kinds_and_unknowns(items_csv):
     assert items.item_features == ("genres", "title", "year", "brand")
     assert items.feature_kinds == {"genres": "multi_categorical", "title": "text",
                                    "year": "numeric", "brand": "categorical"}
-    # multi values: indices of the sorted distinct values, padded with -1
-    assert items.columns["genres"].tolist() == [[1, 2], [0, -1], [2, -1]]
+    # multi values: names, padded with ""
+    assert items.columns["genres"].tolist() == [["Comedy", "Drama"], ["Action", ""],
+                                                ["Drama", ""]]
     year = items.columns["year"]
     assert year[0] == 1995 and np.isnan(year[1]) and year[2] == 2001
     assert items.columns["brand"].tolist() == ["acme", "acme", ""]
@@ -77,7 +78,7 @@ def test_attach_features_gathers_by_id_and_marks_unknown(items_csv):
     out = attach_features(table, Catalog(items=items))
     assert out.item_features == items.item_features
     assert out.columns["title"].tolist() == ["Quiet Film", "", "A Funny Drama"]
-    assert out.columns["genres"].tolist() == [[2, -1], [-1, -1], [1, 2]]
+    assert out.columns["genres"].tolist() == [["Drama", ""], ["", ""], ["Comedy", "Drama"]]
     assert np.isnan(out.columns["year"][1]) and out.columns["year"][2] == 1995
     assert out.feature_kinds["genres"] == "multi_categorical"
     assert attach_features(table, Catalog()) == table
@@ -133,18 +134,28 @@ def test_train_items_serves_new_items_from_their_features(tmp_path):
                                   "epochs": 8}))
     out = tmp_path / "out"
     status, stdout, _ = run(["train", "--task", "retrieval", "--data", f"csv:{log}",
-                             "--items", items, "--config", str(config), "--split", "none",
-                             "--no-references", "--quiet", "--out", str(out)])
+                             "--items", f"{items}?multi=genre", "--config", str(config),
+                             "--split", "none", "--no-references", "--quiet",
+                             "--out", str(out)])
     assert status == 0, stdout
     assert "catalog: 42 items (2 without training rows)" in stdout
-    version = out / "1"
-    assert load_metadata(version)["catalog"]["new_items"] == 2
+    assert load_metadata(out / "1")["catalog"]["new_items"] == 2
+    # later: one more item, known only by the same kind of file, added without training
+    later = tmp_path / "later.csv"
+    later.write_text("item_id,genre\nlater_y,y\n")
+    status, stdout, stderr = run(["add-items", "--model", str(out), "--items", str(later)])
+    assert status == 0, stderr
     import tensorflow as tf
 
-    rank = tf.saved_model.load(str(version)).signatures["rank"]
+    rank = tf.saved_model.load(str(out / "2")).signatures["rank"]
     got = rank(user_id=tf.constant(["u0", "u45"]),
-               item_ids=tf.constant([["new_x", "new_y"]] * 2))["item_ids"].numpy()
-    assert got[0, 0] == b"new_x" and got[1, 0] == b"new_y"
+               item_ids=tf.constant([["new_x", "new_y", "later_y"]] * 2))
+    ids = got["item_ids"].numpy()
+    assert ids[0, 0] == b"new_x" and ids[1, 0] in (b"new_y", b"later_y")
+    scores = dict(zip(ids[1].tolist(), got["scores"].numpy()[1].tolist(), strict=True))
+    # same features (genre "y", no ID embedding) -> the same score as the trained catalog
+    # item: the file's multi values reach the export by name
+    assert abs(scores[b"later_y"] - scores[b"new_y"]) < 1e-5
 
 
 def test_items_refused_where_it_does_nothing(tmp_path):

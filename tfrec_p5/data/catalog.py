@@ -132,15 +132,14 @@ def _read_parquet(path: Path) -> tuple[list[str], list[list[str]]]:
 
 
 def _multi_column(cells: list[str]) -> np.ndarray:
-    """``"a|b"`` cells → int64 ``[n, k]`` indices of the sorted distinct values, padded
-    with -1 (the multi-categorical encoding of ``Interactions``)."""
+    """``"a|b"`` cells → a string ``[n, k]`` matrix padded with ``""`` (a multi-categorical
+    column of ``Interactions``). The values stay names, so the ``score_new_items``
+    signature and ``add-items`` take them exactly as this file wrote them."""
     split = [[v.strip() for v in c.split(MULTI_SEP) if v.strip()] for c in cells]
-    values = sorted({v for row in split for v in row})
-    index = {v: i for i, v in enumerate(values)}
-    out = np.full((len(cells), max([1, *map(len, split)])), -1, dtype=np.int64)
+    out = np.full((len(cells), max([1, *map(len, split)])), "", dtype=object)
     for r, row in enumerate(split):
-        out[r, :len(row)] = [index[v] for v in row]
-    return out
+        out[r, :len(row)] = row
+    return out.astype(str)
 
 
 def _numeric_column(cells: list[str], path: Path, name: str) -> np.ndarray:
@@ -236,7 +235,8 @@ def read_entities(spec: str | os.PathLike, side: str) -> Interactions:
 def _unknown_like(column: np.ndarray, n: int) -> np.ndarray:
     """``n`` rows of the column's "unknown" value (-1 padding, NaN, "" or False)."""
     if column.ndim == 2:
-        return np.full((n, column.shape[1]), -1, dtype=column.dtype)
+        fill = "" if column.dtype.kind in "US" else -1
+        return np.full((n, column.shape[1]), fill, dtype=column.dtype)
     if np.issubdtype(column.dtype, np.floating):
         return np.full(n, np.nan, dtype=column.dtype)
     if column.dtype.kind in "US":

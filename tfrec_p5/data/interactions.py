@@ -14,7 +14,8 @@ Column conventions:
 * ``user_id``, ``item_id``: numpy unicode arrays (always present).
 * ``rating``: float32 (optional, explicit feedback); ``timestamp``: int64 (optional).
 * Side features: any numpy array with one row per interaction. Multi-valued features
-  (e.g. ``movie_genres``) are int64 ``[n, k]`` arrays padded with ``-1``.
+  (e.g. ``movie_genres``) are int64 ``[n, k]`` arrays padded with ``-1``, or string
+  ``[n, k]`` arrays padded with ``""`` (values kept as names, e.g. from ``--items``).
 * ``user_features`` / ``item_features`` say which side columns describe the user / the
   item (constant per ID), so towers can look them up by ID.
 * ``feature_kinds`` says how a tower should read each side column: ``"categorical"``
@@ -193,9 +194,10 @@ class Interactions:
         lengths: dict[str, str] = {}
         for name, col in self.columns.items():
             out = self.tfds_names.get(name, name)
-            if col.ndim == 2:  # multi-valued, padded with -1 at the end
+            if col.ndim == 2:  # multi-valued, padded with -1 / "" at the end
                 lengths[out] = f"__len__{out}"
-                tensors[lengths[out]] = (col >= 0).sum(axis=1).astype(np.int64)
+                present = col != "" if col.dtype.kind in "US" else col >= 0
+                tensors[lengths[out]] = present.sum(axis=1).astype(np.int64)
             tensors[out] = col
         ds = tf.data.Dataset.from_tensor_slices(tensors)
         if lengths:

@@ -56,7 +56,12 @@ from tfrec_p5.data.vocabulary import Vocabulary
 from tfrec_p5.export.saved_model import file_digest
 from tfrec_p5.tasks.next_item import NextItemTask, load_next_item_head, save_next_item_head
 from tfrec_p5.towers import SideFeatures, Tower, load_tower, save_tower
-from tfrec_p5.towers.side_features import HISTORY_FEATURES, FeatureTable, tokenize
+from tfrec_p5.towers.side_features import (
+    HISTORY_FEATURES,
+    FeatureTable,
+    multi_values,
+    tokenize,
+)
 
 BACKBONE_FORMAT = "tfrec_p5.backbone"
 """The ``format`` field of a backbone's ``manifest.json``: ``load_backbone`` refuses a folder
@@ -394,11 +399,8 @@ def _encode_rows(table: FeatureTable, column: np.ndarray) -> np.ndarray:
     width = table.width
     out = np.zeros((n, width), dtype=np.int32)
     if table.kind == "multi_categorical":
-        mat = np.asarray(column)
-        if mat.ndim == 1:
-            mat = mat[:, None]
-        mat = mat[:, :width]
-        enc = np.where(mat >= 0, vocab.lookup(mat.astype(np.int64).astype(str)), 0)
+        present, tokens = multi_values(column)
+        enc = np.where(present, vocab.lookup(tokens), 0)[:, :width]
         out[:, :enc.shape[1]] = enc
         return out
     if table.kind == "text":

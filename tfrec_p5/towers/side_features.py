@@ -21,7 +21,8 @@ Encodings (``FeatureTable.values``; 0 always means unknown / padding):
 
 * ``categorical``: int32 ``[n_ids]``, values integerized with the feature's own vocabulary.
 * ``multi_categorical``: int32 ``[n_ids, k]``, value indices padded with 0 (the source pads
-  with -1 for "no value"; -1 and unseen values both become 0 and are skipped by pooling).
+  integer codes with -1 and strings with "" for "no value"; those and unseen values all
+  become 0 and are skipped by pooling).
 * ``text``: int32 ``[n_ids, max_tokens]``, lower-cased, punctuation-stripped whitespace
   tokens, padded with 0. With ``min_token_count=k`` a word must occur in the texts of at
   least ``k`` training IDs to get a value (rarer words read as unknown): a word only one
@@ -83,6 +84,18 @@ class FeatureTable:
                 "width": self.width}
 
 
+def multi_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(present, tokens)`` of a multi-categorical column: which cells hold a value and
+    each cell as the string the feature's vocabulary holds. Integer codes are padded with
+    -1 (``"3"`` for 3), strings with ``""`` (kept as they are, so a client can send
+    ``"Comedy|Drama"`` to ``score_new_items``)."""
+    mat = np.asarray(values)
+    mat = mat[:, None] if mat.ndim == 1 else mat
+    if mat.dtype.kind in "US":
+        return mat != "", mat.astype(str)
+    return mat >= 0, mat.astype(np.int64).astype(str)
+
+
 def _per_id_rows(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(vocabulary index, first training row) for every in-vocabulary ID seen in ``ids``."""
     uniq, first = np.unique(ids, return_index=True)
@@ -117,15 +130,12 @@ def _build_feature(name: str, kind: str, column: np.ndarray, id_index: np.ndarra
             table[index] = vocab.lookup(as_str(values))
         return FeatureTable(name, kind, table, tuple(vocab.tokens.tolist()))
     if kind == "multi_categorical":
-        def as_matrix(values):
-            mat = np.asarray(values)
-            return mat[:, None] if mat.ndim == 1 else mat
-        mat = as_matrix(col)
-        vocab = Vocabulary.build(mat[mat >= 0].astype(np.int64).astype(str), name=name)
-        table = np.zeros((n_ids, mat.shape[1]), dtype=np.int32)
+        present, tokens = multi_values(col)
+        vocab = Vocabulary.build(tokens[present], name=name)
+        table = np.zeros((n_ids, tokens.shape[1]), dtype=np.int32)
         for index, values in parts:
-            m = as_matrix(values)
-            table[index] = np.where(m >= 0, vocab.lookup(m.astype(np.int64).astype(str)), 0)
+            present, tokens = multi_values(values)
+            table[index, :tokens.shape[1]] = np.where(present, vocab.lookup(tokens), 0)
         return FeatureTable(name, kind, table, tuple(vocab.tokens.tolist()))
     if kind == "text":
         token_lists = [[tokenize(t)[:max_tokens] for t in values] for _, values in parts]
