@@ -290,7 +290,8 @@ def _train_sequential(request: TrainRequest) -> TrainResult:
     trained = train_sequential(request.train, request.validation, config, seed=request.seed,
                                verbose=request.verbose, log_dir=request.log_dir,
                                backup_dir=request.backup_dir, catalog=items)
-    module = sequential_module(trained.vocabs, trained.head, top_k=config.top_k)
+    module = sequential_module(trained.vocabs, trained.head, top_k=config.top_k,
+                               side_features=trained.side_features)
     metadata = {"epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
                 "train_seconds": round(trained.train_seconds, 1),
                 "best_validation": trained.best_metrics, "top_k": config.top_k,

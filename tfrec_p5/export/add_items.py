@@ -19,11 +19,23 @@ stored item IDs; the user ID lookup and every other signature (``predict_rating`
 Adding to a version that was itself extended appends to its index and still extends the
 original, so chains of additions stay one level deep.
 
+A next-item export (``next_items``, ``export.sequential``) is extended the same way: the
+added items' vectors come from its ``new_item_vectors`` (the item tower without the ID
+embedding), and the new version's ``next_items`` merges the original's top ``k`` with
+the added items scored ``query(history) · vector`` (the original's ``next_item_query``):
+exactly what the trained head gives a catalog item of the same features that no
+training sequence holds. ``score_items`` scores added candidates the same way. An added
+item *in a history* stays unknown to the query (the original's item lookup: a position
+that carries no information; as the newest item it leaves the query no state, as any
+unknown ID does), though it is never returned for that history.
+
 Rules (each refusal is one ``AddItemsRefused`` line):
 
-* the export needs ``score_new_items`` (a retrieval head and item side features) and
-  a brute-force ``recommend`` and ``rank`` scored by its retrieval head (a ScaNN index
-  or a ranking-head ``rank`` cannot take items known only by features);
+* the export needs ``score_new_items`` (a retrieval head and item side features, or a
+  next-item model whose item tower has item side features) and, unless it is a
+  next-item export, a brute-force ``recommend`` and ``rank`` scored by its retrieval
+  head (a ScaNN index or a ranking-head ``rank`` cannot take items known only by
+  features);
 * IDs the export already has are refused, not skipped (a retrained item must come from
   retraining), and so are repeated IDs and missing feature columns;
 * ``predict_rating`` (a rating head) is carried over unchanged: an added item is unknown
@@ -31,8 +43,8 @@ Rules (each refusal is one ``AddItemsRefused`` line):
 
 The new version's metadata keeps the parent's (data, split, seed, config) without its
 metrics (measured on the parent's catalog) and records ``added_items``: the count, the
-source file's path, size and SHA-256, the parent version and the total added since
-training.
+source file's path, size and SHA-256, the parent version, the total added since
+training and the signatures serving them (``served_by``).
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ import tensorflow as tf
 from tfrec_p5.data.interactions import ITEM
 from tfrec_p5.data.sources.tabular import load_csv, load_parquet
 from tfrec_p5.data.vocabulary import Vocabulary
-from tfrec_p5.export.boundary import with_parameters
+from tfrec_p5.export.boundary import PAD_ITEM_ID, top_k_or_pad, with_parameters
 from tfrec_p5.export.new_items import NEW_ITEMS_KEY, describe_inputs
 from tfrec_p5.export.retrieval import RECOMMEND_KEY, RetrievalIndex, add_retrieval_signatures
 from tfrec_p5.export.saved_model import (
@@ -63,11 +75,13 @@ from tfrec_p5.export.saved_model import (
     load_metadata,
     resolve_export,
 )
+from tfrec_p5.export.sequential import CANDIDATES_SPEC, HISTORY_SPEC, NEXT_ITEMS_KEY
 from tfrec_p5.export.serving import DEFAULT_SIGNATURE, IdLookup, ServingModule
 from tfrec_p5.export.unified import TITLE_COLUMNS
 
-__all__ = ["ADDED_ITEMS_KEY", "EXTENDS", "AddItemsRefused", "NewItems", "add_items",
-           "check_extendable", "extend_module", "read_new_items"]
+__all__ = ["ADDED_ITEMS_KEY", "EXTENDS", "AddItemsRefused", "NewItems",
+           "add_items", "check_extendable", "extend_module", "is_next_item_export",
+           "read_new_items"]
 
 #: Attribute of an extended version: the loaded original version it builds on.
 EXTENDS = "extends"
@@ -78,9 +92,11 @@ ADDED_ITEMS_KEY = "added_items"
 _NOT_INHERITED = ("format", "package", "package_version", "tensorflow_version",
                   "created_utc", "tasks", "signatures", "vocab_sizes", "files", "version",
                   "metrics", "training_data", SIGNATURE_TASKS_KEY, RECOMMEND_KEY,
-                  NEW_ITEMS_KEY, ADDED_ITEMS_KEY)
+                  NEW_ITEMS_KEY, NEXT_ITEMS_KEY, ADDED_ITEMS_KEY)
 #: Signatures the new version answers itself; the others are the original's.
 _REBUILT = ("recommend", "rank", DEFAULT_SIGNATURE)
+#: The same for a next-item export.
+_REBUILT_NEXT = ("next_items", "score_items")
 
 
 class AddItemsRefused(ExportError):
@@ -106,6 +122,14 @@ def _decode(values: np.ndarray) -> np.ndarray:
                      for v in np.asarray(values).reshape(-1)], dtype=str)
 
 
+def is_next_item_export(metadata: Mapping[str, Any]) -> bool:
+    """Whether an export answers ``next_items`` (a next-item model) rather than
+    ``recommend`` / ``rank``: the two kinds ``add_items`` extends."""
+    tasks = metadata.get(SIGNATURE_TASKS_KEY) or {}
+    return tasks.get("next_items") == "sequential" or \
+        "next_items" in (metadata.get("signatures") or ())
+
+
 def check_extendable(loaded, metadata: Mapping[str, Any], version_dir: str
                      ) -> list[dict[str, str]]:
     """The item feature inputs of an export ``add_items`` can extend; else one
@@ -117,22 +141,33 @@ def check_extendable(loaded, metadata: Mapping[str, Any], version_dir: str
                               "take new items; export it with the brute-force index")
     inputs = describe_inputs(metadata)
     base = getattr(loaded, EXTENDS, loaded)
-    if inputs is None or (loaded is not None and not hasattr(base, "new_item_vectors")):
-        raise AddItemsRefused(f"{where} cannot score items by their features (no "
-                              "score_new_items: that needs a retrieval head and item side "
-                              "features, e.g. UnifiedConfig(use_side_features=True))")
-    tasks = metadata.get(SIGNATURE_TASKS_KEY) or {}
-    for name in ("recommend", "rank"):
-        if tasks.get(name) != "retrieval":
-            raise AddItemsRefused(f"{where}: its {name} is scored by its {tasks.get(name)} "
-                                  "head, which cannot score items known only by their "
-                                  "features (add-items needs a retrieval-scored "
-                                  f"{name})")
+    if is_next_item_export(metadata):
+        if inputs is None or (loaded is not None and not (
+                hasattr(base, "new_item_vectors") and hasattr(base, "next_item_query"))):
+            raise AddItemsRefused(f"{where} is a next-item model that cannot score items "
+                                  "by their features (no score_new_items: that needs an "
+                                  "item tower with item side features, e.g. Amazon "
+                                  "item_attributes with use_item_features)")
+        if NEXT_ITEMS_KEY not in metadata:
+            raise AddItemsRefused(f"{where} does not record its next_items list size")
+    else:
+        if inputs is None or (loaded is not None and not hasattr(base, "new_item_vectors")):
+            raise AddItemsRefused(f"{where} cannot score items by their features (no "
+                                  "score_new_items: that needs a retrieval head and item "
+                                  "side features, e.g. UnifiedConfig(use_side_features="
+                                  "True))")
+        tasks = metadata.get(SIGNATURE_TASKS_KEY) or {}
+        for name in ("recommend", "rank"):
+            if tasks.get(name) != "retrieval":
+                raise AddItemsRefused(f"{where}: its {name} is scored by its "
+                                      f"{tasks.get(name)} head, which cannot score items "
+                                      "known only by their features (add-items needs a "
+                                      f"retrieval-scored {name})")
+        if RECOMMEND_KEY not in metadata:
+            raise AddItemsRefused(f"{where} does not record its recommend list size")
     if (metadata.get(NEW_ITEMS_KEY) or {}).get("item_lookup") != "table":
         raise AddItemsRefused(f"{where} hashes item IDs, so an added item has no row of "
                               "its own to be served from")
-    if RECOMMEND_KEY not in metadata:
-        raise AddItemsRefused(f"{where} does not record its recommend list size")
     return inputs
 
 
@@ -245,15 +280,11 @@ def _forward(module: ServingModule, name: str, function) -> None:
                          checked=False)
 
 
-def extend_module(loaded, metadata: Mapping[str, Any], version_dir: str,
-                  items: NewItems) -> ServingModule:
-    """The serving module of the next version: ``loaded`` (a version of an export, with
-    its ``metadata``) plus ``items`` in ``recommend`` and ``rank`` (the module docstring
-    says how it is built)."""
-    check_extendable(loaded, metadata, version_dir)
-    base = getattr(loaded, EXTENDS, loaded)
-    old = loaded.retrieval_index
-    tokens = _decode(old.item_tokens.numpy())
+def _new_item_vectors(base, metadata: Mapping[str, Any], version_dir: str,
+                      items: NewItems, tokens: np.ndarray) -> np.ndarray:
+    """``[n, d]`` vectors of ``items`` from the original version ``base``'s own
+    ``new_item_vectors``, after refusing an empty list, IDs already in ``tokens`` and
+    missing or short feature values."""
     if not len(items):
         raise AddItemsRefused(f"{items.source or 'the item file'} lists no items")
     known = items.ids[np.isin(items.ids, tokens)]
@@ -269,13 +300,43 @@ def extend_module(loaded, metadata: Mapping[str, Any], version_dir: str,
             raise AddItemsRefused(f"the new items need {len(items)} values of item feature "
                                   f"{spec['name']!r}, got "
                                   f"{'none' if values is None else len(values)}")
-    vectors = base.new_item_vectors({i["name"]: tf.constant(
+    return base.new_item_vectors({i["name"]: tf.constant(
         items.features[i["name"]], tf.float64 if i["dtype"] == "float64" else tf.string)
-        for i in inputs}).numpy()
+        for i in inputs}).numpy().astype(np.float32)
+
+
+def _carry_over(module: ServingModule, loaded, base, metadata: Mapping[str, Any],
+                rebuilt: tuple[str, ...]) -> None:
+    """Track ``base`` as ``EXTENDS``, forward its signatures but ``rebuilt`` and keep its
+    tasks, signature heads, feature inputs and rating range."""
+    module.track(EXTENDS, base)
+    for name in sorted(loaded.signatures):
+        if name not in rebuilt:
+            _forward(module, name, getattr(base, f"signature_{name}"))
+    module.tasks = list(metadata.get("tasks") or module.tasks)
+    module.signature_tasks = dict(metadata.get(SIGNATURE_TASKS_KEY) or {})
+    module.extra_metadata[NEW_ITEMS_KEY] = dict(metadata[NEW_ITEMS_KEY])
+    if metadata.get("rating_range") is not None:
+        module.rating_range = tuple(metadata["rating_range"])
+
+
+def extend_module(loaded, metadata: Mapping[str, Any], version_dir: str,
+                  items: NewItems) -> ServingModule:
+    """The serving module of the next version: ``loaded`` (a version of an export, with
+    its ``metadata``) plus ``items`` in ``recommend`` and ``rank``, or in ``next_items``
+    and ``score_items`` for a next-item export (the module docstring says how it is
+    built)."""
+    check_extendable(loaded, metadata, version_dir)
+    if is_next_item_export(metadata):
+        return _extend_next_items(loaded, metadata, version_dir, items)
+    base = getattr(loaded, EXTENDS, loaded)
+    old = loaded.retrieval_index
+    tokens = _decode(old.item_tokens.numpy())
+    vectors = _new_item_vectors(base, metadata, version_dir, items, tokens)
     n, prior = len(items), float(base.new_item_prior.numpy())
     old_vectors = old.item_vectors_t.numpy().T
     item_vectors = np.concatenate([np.zeros((1, old_vectors.shape[1]), np.float32),
-                                   old_vectors, vectors.astype(np.float32)])
+                                   old_vectors, vectors])
     titles = None
     if hasattr(old, "item_titles"):
         new_titles = items.titles if items.titles is not None else np.full(n, "")
@@ -292,27 +353,114 @@ def extend_module(loaded, metadata: Mapping[str, Any], version_dir: str,
         item_lookup=IdLookup(Vocabulary(all_tokens, name="item_id"), name="item_id_lookup"),
         vocab_sizes={"user_id": int(metadata["vocab_sizes"]["user_id"]),
                      "item_id": len(all_tokens) + 1})
-    module.track(EXTENDS, base)
     recommend = metadata[RECOMMEND_KEY]
     add_retrieval_signatures(module, index, k=int(recommend["k"]),
                              exclude_seen=bool(recommend["exclude_seen"]), default=True,
                              recommend_task="retrieval", rank_task="retrieval")
-    for name in sorted(loaded.signatures):
-        if name not in _REBUILT:
-            _forward(module, name, getattr(base, f"signature_{name}"))
-    module.tasks = list(metadata.get("tasks") or module.tasks)
-    module.signature_tasks = dict(metadata.get(SIGNATURE_TASKS_KEY) or {})
-    module.extra_metadata[NEW_ITEMS_KEY] = dict(metadata[NEW_ITEMS_KEY])
-    if metadata.get("rating_range") is not None:
-        module.rating_range = tuple(metadata["rating_range"])
+    _carry_over(module, loaded, base, metadata, _REBUILT)
     return module
+
+
+class _AddedItems(tf.Module):
+    """The items a next-item version adds: their IDs ``[m]`` and vectors ``[m, d]``."""
+
+    def __init__(self, tokens: np.ndarray, vectors: np.ndarray) -> None:
+        super().__init__(name="added_items")
+        self.tokens = tf.Variable(np.asarray(tokens, dtype=object), dtype=tf.string,
+                                  trainable=False, name="tokens")
+        self.vectors = tf.Variable(np.asarray(vectors, np.float32), trainable=False,
+                                   name="vectors")
+
+
+def _extend_next_items(loaded, metadata: Mapping[str, Any], version_dir: str,
+                       items: NewItems) -> ServingModule:
+    """The next version of a next-item export: the original's ``next_items`` and
+    ``score_items`` with the added items merged in (``_add_next_item_extension``)."""
+    base = getattr(loaded, EXTENDS, loaded)
+    trained_tokens = _decode(base.next_item_tokens.numpy())[1:]   # row 0: OOV
+    earlier = getattr(loaded, "added_items", None)
+    old_tokens = _decode(earlier.tokens.numpy()) if earlier is not None else np.zeros(0, str)
+    vectors = _new_item_vectors(base, metadata, version_dir, items,
+                                np.concatenate([trained_tokens, old_tokens]))
+    if earlier is not None:
+        vectors = np.concatenate([earlier.vectors.numpy(), vectors])
+    added = np.concatenate([old_tokens, items.ids])
+    all_tokens = np.concatenate([trained_tokens, added])
+    module = ServingModule(
+        None, user_lookup=_LoadedLookup(base.user_lookup),
+        item_lookup=IdLookup(Vocabulary(all_tokens, name="item_id"), name="item_id_lookup"),
+        vocab_sizes={"user_id": int(metadata["vocab_sizes"]["user_id"]),
+                     "item_id": len(all_tokens) + 1})
+    top_k = int(metadata[NEXT_ITEMS_KEY]["top_k"])
+    _add_next_item_extension(module, base, _AddedItems(added, vectors),
+                            trained_rows=len(trained_tokens) + 1, top_k=top_k)
+    _carry_over(module, loaded, base, metadata, _REBUILT_NEXT)
+    return module
+
+
+def _add_next_item_extension(module: ServingModule, base, added: _AddedItems,
+                            trained_rows: int, top_k: int) -> None:
+    """``next_items`` and ``score_items`` of a next-item version with ``added`` items.
+
+    ``base`` is the loaded original version; ``module``'s item lookup numbers its
+    ``trained_rows - 1`` items first (row 0: OOV), then the added ones. The query is the
+    original's (``base.next_item_query``: an added item in a history is unknown to it, a
+    position carrying no information, as any unknown ID), and an added item scores
+    ``query · vector``: what the original's head gives a catalog item with its features.
+
+    * ``next_items``: the original's top ``k`` (its servable catalog items, history
+      excluded) merged with every added item not in the history, top ``k`` of those --
+      the top ``k`` of the whole extended catalog, since no catalog item outside the
+      original's top ``k`` can enter it. Padding as ``boundary.top_k_or_pad``.
+    * ``score_items``: the original's scores, an added candidate's own score instead of
+      the OOV row's.
+    """
+    module.track("added_items", added)
+    m = int(added.tokens.shape[0])
+    k = int(min(top_k, trained_rows + m))
+    parent_next = base.signature_next_items
+    parent_score = base.signature_score_items
+
+    def added_index(ids: tf.Tensor) -> tf.Tensor:
+        """Position of each ID among the added items, -1 for any other."""
+        j = module.item_index(ids) - trained_rows
+        return tf.where(j >= 0, j, tf.constant(-1, j.dtype))
+
+    def next_items(history: tf.Tensor) -> dict[str, tf.Tensor]:
+        parent = parent_next(history)
+        q = base.next_item_query(history)                                # [B, d]
+        j = added_index(history)                                         # [B, L]
+        b = tf.shape(j, out_type=tf.int64)[0]
+        rows = tf.repeat(tf.range(b), tf.shape(j, out_type=tf.int64)[1])
+        seen = tf.scatter_nd(tf.stack([rows, tf.reshape(j, [-1]) + 1], 1),
+                             tf.ones_like(rows, tf.int32), tf.stack([b, m + 1]))[:, 1:]
+        scores = tf.matmul(q, module.added_items.vectors, transpose_b=True)   # [B, m]
+        scores = tf.where(seen > 0, tf.constant(-np.inf, scores.dtype), scores)
+        kept = tf.where(tf.equal(parent["item_ids"], PAD_ITEM_ID),
+                        tf.constant(-np.inf, scores.dtype), parent["scores"])
+        ids = tf.concat([parent["item_ids"],
+                         tf.tile(module.added_items.tokens[None], tf.stack([b, 1]))], 1)
+        return top_k_or_pad(tf.concat([kept, scores], 1), k, ids)
+
+    def score_items(history: tf.Tensor, item_id: tf.Tensor) -> dict[str, tf.Tensor]:
+        parent = parent_score(history, item_id)["scores"]
+        q = base.next_item_query(history)                                # [B, d]
+        j = added_index(item_id)                                         # [B, C]
+        vectors = tf.gather(module.added_items.vectors, tf.maximum(j, 0))
+        own = tf.einsum("bd,bcd->bc", q, vectors)
+        return {"scores": tf.where(j >= 0, own, parent)}
+
+    module.add_signature("next_items", next_items, [HISTORY_SPEC], task="sequential")
+    module.add_signature("score_items", score_items, [HISTORY_SPEC, CANDIDATES_SPEC])
+    module.extra_metadata[NEXT_ITEMS_KEY] = {"k": k, "top_k": int(top_k)}
 
 
 def add_items(model: str | os.PathLike, items: NewItems | str | os.PathLike, *,
               id_column: str = ITEM) -> str:
     """Write the next version of ``model`` (a model folder: its latest version, or a
     version folder) with ``items`` (``NewItems``, or a file for ``read_new_items``)
-    served by ``recommend`` and ``rank``; return the new version's folder.
+    served by ``recommend`` and ``rank`` (a next-item export: ``next_items`` and
+    ``score_items``); return the new version's folder.
 
         add_items("saved_models/demo", "new_items.csv")     # -> "saved_models/demo/2"
     """
@@ -327,7 +475,9 @@ def add_items(model: str | os.PathLike, items: NewItems | str | os.PathLike, *,
     added: dict[str, Any] = {"count": len(items),
                              "total": int(parent.get("total", 0)) + len(items),
                              "parent_version": metadata.get("version",
-                                                            os.path.basename(version_dir))}
+                                                            os.path.basename(version_dir)),
+                             "served_by": list(_REBUILT_NEXT if is_next_item_export(metadata)
+                                               else _REBUILT[:2])}
     if items.source is not None:
         digest = file_digest(items.source)
         added.update(source=items.source, source_bytes=digest["bytes"],

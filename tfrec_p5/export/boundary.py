@@ -170,12 +170,15 @@ def top_k_or_pad(scores: tf.Tensor, k: int, item_tokens: tf.Tensor) -> dict[str,
     """``{"item_ids", "scores"}`` ``[B, k]``: the best ``k`` columns of ``scores``, best first.
 
     ``scores`` ``[B, N]`` is ``-inf`` for every item that must not be served; column ``j``
-    is item ``item_tokens[j]``. Entries ``top_k`` can only fill with such items are
-    padding (``PAD_ITEM_ID``, ``PAD_SCORE``), so a served list never holds them.
+    is item ``item_tokens[j]`` (``item_tokens`` ``[N]``), or ``item_tokens[b, j]`` in row
+    ``b`` (``[B, N]``: candidates that differ per row, e.g. a merged list). Entries
+    ``top_k`` can only fill with such items are padding (``PAD_ITEM_ID``, ``PAD_SCORE``),
+    so a served list never holds them.
     """
     top = tf.math.top_k(scores, k=k)
     padding = tf.equal(top.values, tf.constant(-np.inf, top.values.dtype))
-    ids = tf.gather(item_tokens, top.indices)
+    ids = tf.gather(item_tokens, top.indices, batch_dims=1) \
+        if item_tokens.shape.rank == 2 else tf.gather(item_tokens, top.indices)
     return {"item_ids": tf.where(padding, tf.constant(PAD_ITEM_ID), ids),
             "scores": tf.where(padding, tf.constant(PAD_SCORE, top.values.dtype),
                                top.values)}

@@ -24,6 +24,10 @@ Inputs (raw values, one entry per item):
   letters, digits and ``_``), first ``max_tokens`` words.
 * ``numeric``: float64; NaN means missing (the training mean).
 
+A next-item export has the same pieces with ``history`` (``[B, L]`` item IDs) in place of
+``user_id`` and no prior (``export.sequential.add_next_item_feature_scoring``): the
+query is the one ``next_items`` scores the catalog with.
+
 Features an item tower derives from interactions (``rated_by``) take no input: a new
 item has none, as a catalog item has none. A model without a retrieval head or without
 item side features gets no such signature (never a filled-in answer).
@@ -48,7 +52,8 @@ from tfrec_p5.export.serving import USER_ID_SPEC, ServingModule
 from tfrec_p5.towers.side_features import HISTORY_FEATURES, FeatureTable
 
 __all__ = ["MULTI_VALUE_SEPARATOR", "NEW_ITEMS_KEY", "ItemFeatureEncoder",
-           "add_feature_scoring", "describe_inputs", "feature_scoring_inputs"]
+           "add_feature_scoring", "add_new_item_vectors", "describable_item_features",
+           "describe_inputs", "feature_scoring_inputs", "new_items_metadata"]
 
 #: Separator of the values of one multi-categorical input (``"3|7"``).
 MULTI_VALUE_SEPARATOR = "|"
@@ -134,20 +139,64 @@ class ItemFeatureEncoder(tf.Module):
         return out
 
 
-def feature_scoring_inputs(trained) -> dict[str, FeatureTable] | None:
-    """The item ``FeatureTable``s a ``score_new_items`` signature of ``trained`` reads, or
-    ``None`` when the model cannot back one: no retrieval head, or an item tower with no
-    side feature a client can give (``rated_by`` alone describes no new item)."""
-    if "retrieval" not in trained.tasks:
-        return None
-    side = getattr(trained, "side_features", None)
-    tower = trained.model.item_tower
-    names = [spec["name"] for spec in getattr(tower, "features", ())]
-    if side is None or not any(n not in HISTORY_FEATURES for n in names):
+def describable_item_features(side_features, item_tower) -> dict[str, FeatureTable] | None:
+    """The item ``FeatureTable``s (of ``side_features``, a ``SideFeatures``) that
+    ``item_tower`` reads, or ``None`` when no new item can be described to it: no side
+    features, only ``rated_by`` (derived from interactions, which a new item has none
+    of), or a feature name that cannot be a signature input."""
+    names = [spec["name"] for spec in getattr(item_tower, "features", ())]
+    if side_features is None or not any(n not in HISTORY_FEATURES for n in names):
         return None
     if any(not n.isidentifier() for n in names):  # not a valid signature input name
         return None
-    return {n: side.item[n] for n in names}
+    return {n: side_features.item[n] for n in names}
+
+
+def feature_scoring_inputs(trained) -> dict[str, FeatureTable] | None:
+    """The item ``FeatureTable``s a ``score_new_items`` signature of ``trained`` reads, or
+    ``None`` when the model cannot back one: no retrieval head, or an item tower with no
+    side feature a client can give (``describable_item_features``)."""
+    if "retrieval" not in trained.tasks:
+        return None
+    return describable_item_features(getattr(trained, "side_features", None),
+                                     trained.model.item_tower)
+
+
+def add_new_item_vectors(module: ServingModule, tables: Mapping[str, FeatureTable],
+                         max_tokens: int, item_tower,
+                         to_candidates=None) -> list[tf.TensorSpec]:
+    """Track an ``ItemFeatureEncoder`` of ``tables`` (``item_features``), ``item_tower``
+    (``item_feature_tower``) and the function ``new_item_vectors({feature: [n]})`` →
+    ``[n, d]`` on ``module``: the vectors items known only by their raw features get,
+    the ones a catalog item with these features gets from ``item_tower`` (optionally
+    mapped by ``to_candidates``, e.g. a retrieval head's ``feature_candidates``). Return
+    the feature input specs, in the encoder's order.
+
+    Why a saved function and not only a signature: ``add-items`` computes the added
+    items' vectors with the very export it extends (no Python state beyond it).
+    """
+    encoder = module.track("item_features", ItemFeatureEncoder(tables, max_tokens))
+    module.track("item_feature_tower", item_tower)
+    specs = list(encoder.specs)
+
+    def vectors(features: Mapping[str, tf.Tensor]) -> tf.Tensor:
+        encoded = module.item_features(features)
+        out = module.item_feature_tower.feature_vectors(encoded)
+        return out if to_candidates is None else to_candidates(out)
+
+    module.track("new_item_vectors", tf.function(
+        vectors, input_signature=[{s.name: s for s in specs}], autograph=False))
+    return specs
+
+
+def new_items_metadata(encoder: ItemFeatureEncoder, hashed: bool,
+                       query: str) -> dict[str, Any]:
+    """The ``NEW_ITEMS_KEY`` metadata entry: the inputs (``describe_inputs`` reads them),
+    their encodings, whether item IDs are hashed (then an added item has no row of its
+    own) and the query input of ``score_new_items`` (``user_id`` or ``history``)."""
+    return {"inputs": encoder.describe(), "separator": MULTI_VALUE_SEPARATOR,
+            "max_tokens": encoder.max_tokens,
+            "item_lookup": "hashed" if hashed else "table", "query": query}
 
 
 def add_feature_scoring(module: ServingModule, trained) -> bool:
@@ -162,24 +211,15 @@ def add_feature_scoring(module: ServingModule, trained) -> bool:
     tables = feature_scoring_inputs(trained)
     if tables is None:
         return False
-    encoder = module.track("item_features", ItemFeatureEncoder(
-        tables, trained.config.max_text_tokens))
-    module.track("item_feature_tower", trained.model.item_tower)
     head = trained.model.heads["retrieval"]
+    specs = add_new_item_vectors(module, tables, trained.config.max_text_tokens,
+                                 trained.model.item_tower, head.feature_candidates)
     prior = 0.0
     if trained.config.popularity_weight:
         probs = np.asarray(trained.item_probabilities, np.float32)
         prior = float((trained.config.popularity_weight * np.log(probs))[np.argmin(probs)])
     module.track("new_item_prior", tf.Variable(np.float32(prior), trainable=False,
                                                name="new_item_prior"))
-    specs = list(encoder.specs)
-
-    def vectors(features: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        encoded = module.item_features(features)
-        return head.feature_candidates(module.item_feature_tower.feature_vectors(encoded))
-
-    module.track("new_item_vectors", tf.function(
-        vectors, input_signature=[{s.name: s for s in specs}], autograph=False))
 
     def score_new_items(user_id: tf.Tensor, *features: tf.Tensor) -> dict[str, tf.Tensor]:
         query = tf.gather(module.retrieval_index.user_vectors,
@@ -193,10 +233,8 @@ def add_feature_scoring(module: ServingModule, trained) -> bool:
     module.add_signature("score_new_items", with_parameters(score_new_items, names),
                          [USER_ID_SPEC, *specs],
                          batch_groups=[[0], list(range(1, len(specs) + 1))])
-    module.extra_metadata[NEW_ITEMS_KEY] = {
-        "inputs": encoder.describe(), "separator": MULTI_VALUE_SEPARATOR,
-        "max_tokens": encoder.max_tokens,
-        "item_lookup": "hashed" if trained.vocabs.item.hashed else "table"}
+    module.extra_metadata[NEW_ITEMS_KEY] = new_items_metadata(
+        module.item_features, trained.vocabs.item.hashed, USER_ID_SPEC.name)
     return True
 
 

@@ -22,6 +22,18 @@ Signatures:
 * ``score_items(history, item_id)``: scores ``[batch, C]`` of the given candidates
   (``item_id`` ``[batch, C]``; unknown candidates get the OOV row's score). Used by the
   sampled (P5 "direct", 1 + 99) protocol, which needs scores of chosen candidates.
+* ``score_new_items(history, <one input per item feature> [n])`` → ``scores [batch, n]``
+  (only for an item tower with side features, e.g. Amazon ``item_attributes``: pass
+  ``side_features``): items described by raw feature values (encoded as
+  ``export.new_items`` says), scored ``query(history) · feature_only_vector(item)``,
+  exactly what ``next_items`` gives a catalog item with these features that no training
+  sequence holds (``train_sequential(catalog=...)``).
+
+Functions of the module (not signatures), for ``tfrec-p5 add-items``, which serves added
+items from the next version's ``next_items`` / ``score_items`` without retraining:
+``next_item_query(history)`` → ``[batch, d]`` (the query ``next_items`` scores the
+catalog with) and, with ``score_new_items``, ``new_item_vectors({feature: [n]})`` →
+``[n, d]``. The metadata entry ``NEXT_ITEMS_KEY`` records the list size.
 
 ``tfrec_p5.evaluation.evaluate_next_items`` computes both protocols from these two
 signatures, whether they come from an in-memory module (``tfrec-p5 train``) or a loaded
@@ -33,11 +45,24 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfrec_p5.export.boundary import top_k_or_pad
+from tfrec_p5.export.boundary import top_k_or_pad, with_parameters
+from tfrec_p5.export.new_items import (
+    NEW_ITEMS_KEY,
+    add_new_item_vectors,
+    describable_item_features,
+    new_items_metadata,
+)
 from tfrec_p5.export.serving import ServingModule
+from tfrec_p5.towers.side_features import DEFAULT_MAX_TOKENS, SideFeatures
+
+__all__ = ["CANDIDATES_SPEC", "HISTORY_SPEC", "NEXT_ITEMS_KEY", "add_next_item_signatures",
+           "add_next_item_feature_scoring", "sequential_module"]
 
 HISTORY_SPEC = tf.TensorSpec([None, None], tf.string, name="history")
 CANDIDATES_SPEC = tf.TensorSpec([None, None], tf.string, name="item_id")
+#: Metadata key of a next-item export: ``{"k": list size, "top_k": the size asked for}``
+#: (``k`` is smaller when the catalog is; ``add-items`` recomputes it for a larger one).
+NEXT_ITEMS_KEY = "next_items"
 
 
 def _window(module: ServingModule, history: tf.Tensor, max_len: int):
@@ -84,18 +109,65 @@ def add_next_item_signatures(module: ServingModule, head, item_tokens: np.ndarra
         scores = tf.where(never, tf.constant(-np.inf, scores.dtype), scores)
         return top_k_or_pad(scores, k, module.next_item_tokens)
 
-    def score_items(history: tf.Tensor, item_id: tf.Tensor) -> dict[str, tf.Tensor]:
+    def query(history: tf.Tensor) -> tf.Tensor:
         _, window = _window(module, history, max_len)
-        q = module.next_item_head.query(window)                          # [B, d]
+        return module.next_item_head.query(window)                      # [B, d]
+
+    module.track("next_item_query", tf.function(query, input_signature=[HISTORY_SPEC],
+                                                autograph=False))
+
+    def score_items(history: tf.Tensor, item_id: tf.Tensor) -> dict[str, tf.Tensor]:
+        q = module.next_item_query(history)                              # [B, d]
         cand = module.next_item_head.encoder.embed_items(module.item_index(item_id))
         return {"scores": tf.einsum("bd,bcd->bc", q, cand)}
 
     module.add_signature("next_items", next_items, [HISTORY_SPEC], task="sequential")
     module.add_signature("score_items", score_items, [HISTORY_SPEC, CANDIDATES_SPEC])
+    module.extra_metadata[NEXT_ITEMS_KEY] = {"k": k, "top_k": int(top_k)}
 
 
-def sequential_module(vocabs, head, top_k: int = 100) -> ServingModule:
-    """A ``ServingModule`` over ``vocabs`` with the next-item signatures added."""
+def add_next_item_feature_scoring(module: ServingModule, head,
+                                  side_features: SideFeatures | None,
+                                  max_tokens: int = DEFAULT_MAX_TOKENS) -> bool:
+    """Add ``score_new_items(history, <features>)`` and ``new_item_vectors`` to a module
+    with the next-item signatures, when ``head``'s item tower reads side features a
+    client can give (``new_items.describable_item_features``); return whether it did.
+
+    ``side_features`` are the training split's (``TrainedSequential.side_features``):
+    their vocabularies and statistics encode the raw values in-graph, as the catalog's
+    were encoded. A described item's score is ``query(history) · v`` with ``v`` the item
+    tower's vector without the ID embedding: the row ``score_history`` gives a catalog
+    item beyond ``feature_only_from`` (no bias is added to a real item's column).
+    """
+    tables = describable_item_features(side_features, head.item_tower)
+    if tables is None:
+        return False
+    specs = add_new_item_vectors(module, tables, max_tokens, head.item_tower)
+
+    def score_new_items(history: tf.Tensor, *features: tf.Tensor) -> dict[str, tf.Tensor]:
+        q = module.next_item_query(history)                              # [B, d]
+        items = module.new_item_vectors({s.name: f for s, f in zip(specs, features,
+                                                                   strict=True)})
+        return {"scores": tf.matmul(q, items, transpose_b=True)}
+
+    # B histories and n items: two groups of inputs, each with its own first dimension.
+    names = [HISTORY_SPEC.name, *(s.name for s in specs)]
+    module.add_signature("score_new_items", with_parameters(score_new_items, names),
+                         [HISTORY_SPEC, *specs],
+                         batch_groups=[[0], list(range(1, len(specs) + 1))])
+    module.extra_metadata[NEW_ITEMS_KEY] = new_items_metadata(
+        module.item_features, getattr(module.item_lookup, "hash_buckets", None) is not None,
+        HISTORY_SPEC.name)
+    return True
+
+
+def sequential_module(vocabs, head, top_k: int = 100,
+                      side_features: SideFeatures | None = None,
+                      max_tokens: int = DEFAULT_MAX_TOKENS) -> ServingModule:
+    """A ``ServingModule`` over ``vocabs`` with the next-item signatures added, and
+    ``score_new_items`` when ``side_features`` (the training split's) describe items the
+    head's item tower reads (``add_next_item_feature_scoring``)."""
     module = ServingModule(vocabs)
     add_next_item_signatures(module, head, vocabs.item.tokens, top_k=top_k)
+    add_next_item_feature_scoring(module, head, side_features, max_tokens)
     return module

@@ -169,6 +169,7 @@ def serving_module(trained, *, k: int = 100, exclude_seen: bool = True,
     if isinstance(trained, TrainedSequential):
         if index != "brute_force":
             raise ValueError("a next-item model's export has no ScaNN index (brute force)")
-        return sequential_module(trained.vocabs, trained.head, top_k=k)
+        return sequential_module(trained.vocabs, trained.head, top_k=k,
+                                 side_features=trained.side_features)
     return build_module(trained, k=k, exclude_seen=exclude_seen, titles=titles, index=index,
                         scann_options=scann_options)

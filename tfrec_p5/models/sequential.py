@@ -292,6 +292,9 @@ class TrainedSequential:
     best_metrics: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
+    #: The item side features the item tower was built with (their vocabularies and
+    #: statistics encode a new item's raw values in the export: ``score_new_items``).
+    side_features: SideFeatures | None = None
 
     @property
     def head(self) -> NextItemTask:
@@ -417,7 +420,8 @@ def _train_once(train: Interactions, validation: Interactions | None,
     model.compile(optimizer=optimizer("adamw" if config.weight_decay > 0 else "adam",
                                       config.learning_rate, config.weight_decay),
                   steps_per_execution=config.steps_per_execution)
-    return fit_next_item(model, vocabs, train, validation, config, **kwargs)
+    return fit_next_item(model, vocabs, train, validation, config, side_features=side,
+                         **kwargs)
 
 
 def validation_plan(train: Interactions, validation: Interactions | None,
