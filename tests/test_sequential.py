@@ -244,6 +244,13 @@ def test_next_items_signature(trained, tmp_path):
     scores = module.signature("score_items")(history=tf.constant([long[-8:]]),
                                              item_id=tf.constant([["i23", "i5"]]))["scores"]
     assert scores.numpy()[0, 0] > scores.numpy()[0, 1]
+    # Unknown IDs and holes are left out of what the model reads: an unknown newest
+    # item does not blank the query (the ring still continues after i2).
+    holes = fn(history=tf.constant([["i0", "nobody", "i1", "", "i2", "nobody"]]))
+    plain = fn(history=tf.constant([["i0", "i1", "i2"]]))
+    np.testing.assert_array_equal(holes["item_ids"].numpy(), plain["item_ids"].numpy())
+    np.testing.assert_allclose(holes["scores"].numpy(), plain["scores"].numpy(), rtol=1e-5)
+    assert plain["item_ids"].numpy()[0, 0] == b"i3"
 
     from tfrec_p5.export import export
     path = export(module, tmp_path / "seq")

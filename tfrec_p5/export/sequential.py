@@ -15,10 +15,11 @@ Signatures:
 
 * ``next_items(history)``: ``history`` string ``[batch, any length]``, right-padded with
   ``""``. Returns ``item_ids`` / ``scores`` ``[batch, k]`` best first, none of them in the
-  history. Unknown IDs count as history positions but carry no information; an empty
-  history gets the most popular items (the vocabulary is popularity-ordered and ties go to
-  the lower index). If fewer than ``k`` items remain, the tail is padding: ``""`` with
-  score ``PAD_SCORE`` (the lowest float32; ``boundary.top_k_or_pad``).
+  history. Unknown IDs are left out of the history the model reads (the last ``max_len``
+  known items are); a history with no known item gets the most popular items (the
+  vocabulary is popularity-ordered and ties go to the lower index). If fewer than ``k``
+  items remain, the tail is padding: ``""`` with score ``PAD_SCORE`` (the lowest float32;
+  ``boundary.top_k_or_pad``).
 * ``score_items(history, item_id)``: scores ``[batch, C]`` of the given candidates
   (``item_id`` ``[batch, C]``; unknown candidates get the OOV row's score). Used by the
   sampled (P5 "direct", 1 + 99) protocol, which needs scores of chosen candidates.
@@ -67,18 +68,23 @@ NEXT_ITEMS_KEY = "next_items"
 
 def _window(module: ServingModule, history: tf.Tensor, max_len: int):
     """``(indices [B, L], window [B, W])``: all history indices, and the last ``W <=
-    max_len`` real items left-padded with 0 (``W`` = the batch's longest, at least 1)."""
+    max_len`` *known* items, in order, left-padded with 0 (``W`` = the batch's most, at
+    least 1). Unknown IDs and ``""`` holes are left out rather than kept as 0 positions:
+    the encoder reads a 0 as padding, so an unknown newest item would otherwise leave the
+    query without anything after it to read."""
     idx = module.item_index(history)
-    valid = tf.not_equal(history, "")
-    length = tf.shape(history)[1]
-    # Number of positions up to the last real item (robust to "" holes).
-    n = tf.reduce_max(tf.where(valid, tf.range(1, length + 1)[None], 0), axis=1)
-    width = tf.maximum(tf.minimum(tf.reduce_max(tf.concat([n, [0]], 0)), max_len), 1)
-    pos = n[:, None] - width + tf.range(width)[None]                     # [B, W]
-    safe = tf.clip_by_value(pos, 0, tf.maximum(length - 1, 0))
-    pad = tf.zeros([tf.shape(idx)[0], 1], idx.dtype)  # works for a [B, 0] history too
-    gathered = tf.gather(tf.concat([idx, pad], 1), safe, batch_dims=1)
-    return idx, tf.where(pos >= 0, gathered, tf.zeros_like(gathered))
+    known = tf.cast(idx > 0, tf.int32)
+    from_end = tf.cumsum(known, axis=1, reverse=True)           # 1 = newest known item
+    width = tf.maximum(tf.minimum(tf.reduce_max(tf.concat(
+        [tf.reduce_sum(known, axis=1), [0]], 0)), max_len), 1)
+    keep = tf.logical_and(known > 0, from_end <= width)
+    where = tf.where(keep)                                       # [n, 2]: (row, position)
+    column = width - tf.gather_nd(from_end, where)
+    window = tf.scatter_nd(tf.stack([where[:, 0], tf.cast(column, tf.int64)], 1),
+                           tf.gather_nd(idx, where),
+                           tf.stack([tf.shape(idx, out_type=tf.int64)[0],
+                                     tf.cast(width, tf.int64)]))
+    return idx, window
 
 
 def add_next_item_signatures(module: ServingModule, head, item_tokens: np.ndarray,
