@@ -223,3 +223,21 @@ def test_next_item_scores_catalog_items_from_their_features():
     assert scores[0, new0] > scores[0, new1] and scores[1, new1] > scores[1, new0]
     with pytest.raises(ValueError, match="item_id_dropout"):
         SequentialConfig(use_item_features=False, item_id_dropout=0.5)
+
+
+def test_movielens_derived_features(ml100k_dir):
+    table = load(f"movielens:{ml100k_dir}?derived=1")
+    assert table.item_features[-2:] == ("movie_release_year", "movie_year")
+    assert table.user_features[-1] == "user_zip_region"
+    first = int(np.flatnonzero(table.item_id == "1")[0])          # Toy Story (1995)
+    assert table.columns["movie_release_year"][first] == 1995.0
+    assert table.columns["movie_year"][first] == "1995"
+    zips = table.columns["user_zip_code"]
+    assert all(r == z[:1] for r, z in zip(table.columns["user_zip_region"][:50], zips[:50],
+                                          strict=True))
+    catalog = load_catalog(f"movielens:{ml100k_dir}?derived=1")
+    assert catalog.items.item_features == table.item_features
+    with pytest.raises(DataError, match="derived"):
+        load(f"movielens:{ml100k_dir}?derived=2")
+    with pytest.raises(DataError, match="unknown movielens option"):
+        load(f"movielens:{ml100k_dir}?colour=1")

@@ -37,12 +37,19 @@ column                        dtype        side              kind
 ``user_zip_code`` is kept as a column (TFDS has it) but not declared a user feature: with
 795 distinct codes for 943 users it is nearly a second user ID, adds no generalisation
 and would overfit; declare it yourself if you want it.
+
+``movielens:PATH?derived=1`` adds three declared features TFDS does not have, read from
+what it does have: ``movie_release_year`` (numeric, from the ``(1995)`` that ends a
+title; NaN when absent), ``movie_year`` (the same year as a category, so each year can
+matter on its own) and ``user_zip_region`` (the zip code's first character, the US
+postal region). They carry what a new movie or a new user brings with them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +107,15 @@ TFDS_NAMES = {USER: "user_id", ITEM: "movie_id", RATING: "user_rating",
               TIMESTAMP: "timestamp"}
 USER_FEATURES = ("user_gender", "bucketized_user_age", "user_occupation_label")
 ITEM_FEATURES = ("movie_title", "movie_genres")
+#: ``derived=1`` features (not in TFDS): read from the title's ``(1995)`` and the zip code.
+DERIVED_ITEM_FEATURES = ("movie_release_year", "movie_year")
+DERIVED_USER_FEATURES = ("user_zip_region",)
 FEATURE_KINDS = {"user_gender": "categorical", "bucketized_user_age": "categorical",
                  "user_occupation_label": "categorical", "raw_user_age": "numeric",
                  "movie_title": "text", "movie_genres": "multi_categorical",
-                 "user_occupation_text": "categorical", "user_zip_code": "categorical"}
+                 "user_occupation_text": "categorical", "user_zip_code": "categorical",
+                 "movie_release_year": "numeric", "movie_year": "categorical",
+                 "user_zip_region": "categorical"}
 RATING_RANGE = (1.0, 5.0)
 _GENRE_INDEX = {g: i for i, g in enumerate(GENRE_LABELS)}
 _OCC_INDEX = {o: i for i, o in enumerate(OCCUPATION_LABELS)}
@@ -127,8 +139,9 @@ def movielens_table(columns: dict[str, np.ndarray], source: str = "") -> Interac
     """
     inverse = {v: k for k, v in TFDS_NAMES.items()}
     cols = {inverse.get(k, k): v for k, v in columns.items()}
-    user_features = tuple(f for f in (*USER_FEATURES, "raw_user_age") if f in cols)
-    item_features = tuple(f for f in ITEM_FEATURES if f in cols)
+    user_features = tuple(f for f in (*USER_FEATURES, "raw_user_age",
+                                      *DERIVED_USER_FEATURES) if f in cols)
+    item_features = tuple(f for f in (*ITEM_FEATURES, *DERIVED_ITEM_FEATURES) if f in cols)
     return Interactions.from_columns(
         cols, source=source, user_features=user_features, item_features=item_features,
         rating_range=RATING_RANGE, tfds_names=dict(TFDS_NAMES),
@@ -136,6 +149,7 @@ def movielens_table(columns: dict[str, np.ndarray], source: str = "") -> Interac
 
 
 # ----------------------------------------------------------------------------- parsing
+_YEAR = re.compile(r"\((\d{4})\)\s*$")
 _UTF8_BOM_AS_LATIN1 = "\ufeff".encode().decode("latin-1")  # "ï»¿"
 
 
@@ -260,9 +274,16 @@ def _folder(path: str) -> tuple[Path, str, str, tuple[str, str, str]]:
                     "ratings.dat, movies.dat, users.dat (1M)", path=str(folder))
 
 
-def _entity_columns(movies: dict, users: dict, version: str
+def _release_years(titles: np.ndarray) -> np.ndarray:
+    """The year in the ``(1995)`` that ends a title, NaN without one."""
+    return np.array([float(m.group(1)) if (m := _YEAR.search(t)) else np.nan
+                     for t in titles.tolist()], dtype=np.float32)
+
+
+def _entity_columns(movies: dict, users: dict, version: str, derived: bool = False
                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """One row per movie (file order) and per user (file order), TFDS-named columns."""
+    """One row per movie (file order) and per user (file order), TFDS-named columns
+    (``derived``: also ``DERIVED_ITEM_FEATURES`` / ``DERIVED_USER_FEATURES``)."""
     keys = list(movies)
     width = max(1, max((len(g) for _, g in movies.values()), default=1))
     genres = np.full((len(keys), width), -1, dtype=np.int64)
@@ -283,6 +304,13 @@ def _entity_columns(movies: dict, users: dict, version: str
     }
     if version == "100k":
         user_cols["raw_user_age"] = np.array([f[5] for f in ufeat], dtype=np.float32)
+    if derived:
+        year = _release_years(item_cols["movie_title"])
+        item_cols["movie_release_year"] = year
+        item_cols["movie_year"] = np.where(np.isnan(year), "",
+                                           np.nan_to_num(year).astype(int).astype(str))
+        user_cols["user_zip_region"] = np.array([z[:1] for z in user_cols["user_zip_code"]],
+                                                dtype=str)
     return item_cols, user_cols
 
 
@@ -293,6 +321,18 @@ def _parse_entities(folder: Path, version: str, files: tuple[str, str, str],
             _parse_users(users_path, version, BadLines(users_path, on_bad_lines)))
 
 
+def _check_options(path: str, options: dict) -> bool:
+    """``derived`` as a bool; any other option is a ``DataError``."""
+    unknown = sorted(set(options) - {"derived"})
+    if unknown:
+        raise DataError(f"unknown movielens option(s) {unknown}; known: on_bad_lines, "
+                        "derived", path=path)
+    derived = options.get("derived", 0)
+    if derived not in (0, 1, "0", "1", True, False):
+        raise DataError(f"derived={derived!r}: use 0 or 1", path=path, field="derived")
+    return bool(int(derived))
+
+
 def movielens_catalog(path: str, on_bad_lines: str = "error", **options) -> Catalog:
     """Every movie of ``u.item`` / ``movies.dat`` and every user of ``u.user`` /
     ``users.dat``, rated or not, with the features ``load_movielens`` gives their rows.
@@ -300,12 +340,10 @@ def movielens_catalog(path: str, on_bad_lines: str = "error", **options) -> Cata
         catalog = movielens_catalog("../shared/data/ml-100k")
         len(catalog.items), len(catalog.users)     # 1682, 943
     """
-    if options:
-        raise DataError(f"unknown movielens option(s) {sorted(options)}; known: on_bad_lines",
-                        path=path)
+    derived = _check_options(path, options)
     folder, version, _, files = _folder(path)
     movies, users = _parse_entities(folder, version, files, on_bad_lines)
-    item_cols, user_cols = _entity_columns(movies, users, version)
+    item_cols, user_cols = _entity_columns(movies, users, version, derived)
     items = movielens_table({**item_cols, USER: np.full(len(movies), "", dtype=str)},
                             os.fspath(folder))
     users_table = movielens_table({**user_cols, ITEM: np.full(len(users), "", dtype=str)},
@@ -317,9 +355,7 @@ def movielens_catalog(path: str, on_bad_lines: str = "error", **options) -> Cata
 
 def load_movielens(path: str, on_bad_lines: str = "error", **options) -> Interactions:
     """Parse a MovieLens-100K or -1M folder (see module docstring)."""
-    if options:
-        raise DataError(f"unknown movielens option(s) {sorted(options)}; known: on_bad_lines",
-                        path=path)
+    derived = _check_options(path, options)
     folder, version, sep, files = _folder(path)
     ratings_path, movies_path, users_path = (folder / f for f in files)
     movies, users = _parse_entities(folder, version, files, on_bad_lines)
@@ -351,7 +387,7 @@ def load_movielens(path: str, on_bad_lines: str = "error", **options) -> Interac
         raise DataError("no ratings", path=str(ratings_path))
 
     # Side features: one row per distinct movie / user, then a gather per rating row.
-    item_cols, user_cols = _entity_columns(movies, users, version)
+    item_cols, user_cols = _entity_columns(movies, users, version, derived)
     movie_row = {m: i for i, m in enumerate(movies)}
     user_row = {u: i for i, u in enumerate(users)}
     mi = np.fromiter((movie_row[m] for m in mids), dtype=np.int64, count=len(mids))
