@@ -36,7 +36,7 @@ import tensorflow_recommenders as tfrs
 
 from tfrec_p5.data.interactions import ITEM, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies
-from tfrec_p5.tasks.base import Head
+from tfrec_p5.tasks.base import KNOWN_USER, Head
 from tfrec_p5.tasks.squared import SquaredRetrieval
 
 RETRIEVAL_LOSSES = ("softmax", "squared")
@@ -211,13 +211,20 @@ class RetrievalHead(Head):
         self._item_tower = lambda: item_tower
 
     def query(self, user_ids: tf.Tensor, user_vec: tf.Tensor | None,
-              target_ids: tf.Tensor | None = None, training: bool = False) -> tf.Tensor:
-        """Query vectors ``[B, d(+1)]`` (the extra column multiplies the item bias)."""
+              target_ids: tf.Tensor | None = None, training: bool = False,
+              known: tf.Tensor | None = None) -> tf.Tensor:
+        """Query vectors ``[B, d(+1)]`` (the extra column multiplies the item bias).
+
+        ``known`` (bool ``[B]``): rows marked False leave the history out, as for a user
+        with no training items (``tasks.base.KNOWN_USER``)."""
         parts = []
         if self.use_user_tower and user_vec is not None:
             parts.append(user_vec)
         if self.history is not None:
-            parts.append(self.history(user_ids, target_ids, training=training))
+            history = self.history(user_ids, target_ids, training=training)
+            if known is not None:
+                history *= tf.cast(tf.reshape(known, (-1, 1)), history.dtype)
+            parts.append(history)
         q = tf.add_n(parts) if len(parts) > 1 else parts[0]
         if self.item_bias is not None:
             q = tf.concat([q, tf.ones_like(q[:, :1])], axis=1)
@@ -231,7 +238,8 @@ class RetrievalHead(Head):
 
     def compute_loss(self, features, user_vec, item_vec, training=False):
         item_ids = features[ITEM]
-        query = self.query(features[USER], user_vec, item_ids, training=training)
+        query = self.query(features[USER], user_vec, item_ids, training=training,
+                           known=features.get(KNOWN_USER))
         cand = self.candidates(item_ids, item_vec)
         if self.squared is not None:
             return self._squared_loss(features[USER], query, cand, training)
