@@ -234,3 +234,30 @@ def test_user_id_dropout_config_checks():
     with pytest.raises(ValueError, match="user_id_dropout"):
         UnifiedConfig(**BOTH, user_id_dropout=-0.1)
     assert KNOWN_USER == "user_known"
+
+
+def test_cold_user_tower_answers_new_users_and_leaves_known_ones_to_their_history(
+        cold_users):
+    table, train, new = cold_users
+    config = UnifiedConfig(use_side_features=True, cold_user_tower=True,
+                           user_id_dropout=0.25, **FAST)
+    trained = train_unified(train, None, config, seed=3, verbose=0, users=table.user_rows())
+    head, tower = trained.model.heads["retrieval"], trained.model.user_tower
+    rows = trained.vocabs.user.lookup(new)
+    assert head.new_users_from == rows.min() == tower.feature_only_from
+    vectors = trained.user_vectors()
+    known = tf.range(1, rows.min(), dtype=tf.int64)
+    np.testing.assert_allclose(vectors[1:rows.min()], head.history(known).numpy(),
+                               rtol=1e-6, atol=1e-6)          # known users: history only
+    np.testing.assert_allclose(vectors[rows], tower(tf.constant(rows)).numpy(),
+                               rtol=1e-6, atol=1e-6)          # new users: their features
+    kinds = len(np.unique(_descriptions(trained, rows), axis=0))
+    assert len(np.unique(vectors[rows].round(5), axis=0)) == kinds > 1
+    with pytest.raises(ValueError, match="set one"):
+        UnifiedConfig(use_side_features=True, cold_user_tower=True, use_user_tower=True,
+                      user_id_dropout=0.25)
+    with pytest.raises(ValueError, match="cold_user_tower needs user_id_dropout"):
+        UnifiedConfig(use_side_features=True, cold_user_tower=True)
+    with pytest.raises(ValueError, match="cold_user_tower does nothing"):
+        UnifiedConfig(use_side_features=True, cold_user_tower=True, history=False,
+                      user_id_dropout=0.25)

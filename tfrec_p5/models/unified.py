@@ -207,7 +207,8 @@ class UnifiedConfig(Config):
             "full_softmax")},
         **{name: ("retrieval_loss", ("squared",)) for name in (
             "unobserved_weight", "retrieval_l2")},
-        **{name: ("history", (True,)) for name in ("history_dropout", "leave_target_out")},
+        **{name: ("history", (True,)) for name in ("history_dropout", "leave_target_out",
+                                                   "cold_user_tower")},
         **{name: ("listwise", tuple(LISTWISE_LOSSES)) for name in (
             "list_size", "lists_per_user")},
         **{name: ("use_side_features", (True,)) for name in (
@@ -245,6 +246,7 @@ class UnifiedConfig(Config):
     history_dropout: float = 0.25
     leave_target_out: bool = False
     use_user_tower: bool = False
+    cold_user_tower: bool = False   # the user tower is the query of new users only
     item_bias: bool = False
     popularity_weight: float = 0.0  # inference: + w * log p(item) (score fusion)
     # ranking head
@@ -293,6 +295,12 @@ class UnifiedConfig(Config):
             raise ValueError(f"ema_momentum must be in (0, 1) or None, got "
                              f"{self.ema_momentum}")
         super().__post_init__()
+        if self.cold_user_tower and self.use_user_tower:
+            raise ValueError("use_user_tower adds the user tower to every retrieval query, "
+                             "cold_user_tower makes it the query of new users only: set one")
+        if self.cold_user_tower and not self.user_id_dropout > 0:
+            raise ValueError("cold_user_tower needs user_id_dropout > 0: the rows read as "
+                             "new users are the only ones that train the user tower there")
         if self.user_id_dropout > 0 and not self.reads_user_features():
             raise ValueError(
                 "UnifiedConfig.user_id_dropout does nothing here: no active head reads the "
@@ -309,7 +317,8 @@ class UnifiedConfig(Config):
         query is the history alone; ``use_user_tower=True`` adds the tower to it."""
         active = self.active()
         return any(t in active for t in ("rating", "ranking")) or (
-            "retrieval" in active and (self.use_user_tower or not self.history))
+            "retrieval" in active and (self.use_user_tower or self.cold_user_tower
+                                       or not self.history))
 
     def retrieval_options(self) -> RetrievalOptions:
         """This config's retrieval head (``tasks.registry``)."""
@@ -320,6 +329,7 @@ class UnifiedConfig(Config):
             unobserved_weight=self.unobserved_weight, l2=self.retrieval_l2,
             history=self.history, history_dropout=self.history_dropout,
             leave_target_out=self.leave_target_out, use_user_tower=self.use_user_tower,
+            cold_user_tower=self.cold_user_tower,
             item_bias=self.item_bias)
 
     def active(self) -> list[str]:
@@ -534,7 +544,8 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
                "ranking": RankingOptions(config.ranking_hidden_units, config.listwise)}
     context = HeadContext(len(vocabs.user), len(vocabs.item), user_tower.dim, splits, values,
                           probs, global_mean, rating_range,
-                          untrained if len(untrained) else None)
+                          untrained if len(untrained) else None,
+                          int(new_users[0]) if len(new_users) else None)
     heads = build_heads({task: options[task] for task in active}, context)
     model = UnifiedModel(user_tower, item_tower, heads, config.weights,
                          user_id_dropout=config.user_id_dropout)
@@ -560,10 +571,12 @@ def _check_new_users(config: UnifiedConfig, side: SideFeatures | None, vocabs: V
         raise ValueError(f"{len(new_users)} user(s) of the user catalog have no training "
                          "rows: they can only be answered from their features, so set "
                          "use_side_features=True with at least one user feature")
-    if "retrieval" in config.active() and config.history and not config.use_user_tower:
+    if "retrieval" in config.active() and config.history and not (
+            config.use_user_tower or config.cold_user_tower):
         raise ValueError(f"{len(new_users)} user(s) of the user catalog have no training "
                          "rows, and the retrieval query is their (empty) history alone: "
-                         "set use_user_tower=True so their features reach it")
+                         "set use_user_tower=True or cold_user_tower=True so their features "
+                         "reach it")
 
 
 def selection_monitor(config: UnifiedConfig, active: Sequence[str]) -> str | None:
