@@ -654,15 +654,17 @@ def train_unified(train: Interactions, validation: Interactions | None,
     their own, and the user tower answers for them from their features alone
     (``feature_only_from``): ``predict_rating`` and ``recommend`` (in-process and in the
     export) give each a feature-driven answer instead of the unknown-user fallback. The
-    retrieval query must read the user tower for that (``use_user_tower=True``; the
-    default's history query is empty for a new user): a config that would answer every
-    new user the same is refused. ``config.user_id_dropout`` trains the user features to
-    stand alone (``UnifiedModel``). Without new users nothing changes.
+    retrieval query must read the user tower for that (the default's history query is
+    empty for a new user): ``cold_user_tower=True`` makes the tower the query of new users
+    only (known users keep their history query), ``use_user_tower=True`` adds it to every
+    query; a config that would answer every new user the same is refused.
+    ``config.user_id_dropout`` trains the user features to stand alone (``UnifiedModel``).
+    Without new users nothing changes.
 
         trained = train_unified(train, None, UnifiedConfig(use_side_features=True),
                                 catalog=items)
         trained = train_unified(train, None, UnifiedConfig(
-            use_side_features=True, use_user_tower=True, user_id_dropout=0.25), users=people)
+            use_side_features=True, cold_user_tower=True, user_id_dropout=0.25), users=people)
     """
     strategy = distribute.resolve_strategy(strategy)
     vocabs = vocabs or Vocabularies.build(train, config.min_count, config.hash_buckets,
