@@ -65,11 +65,11 @@ NON_NEGATIVE = frozenset({
     "dropout", "history_dropout", "weight_decay", "l2", "bias_l2", "retrieval_l2",
     "patience", "history_len", "unobserved_weight", "popularity_weight",
     "validation_fraction", "backbone_lr_scale", "auto_labels_per_user", "bias_prior",
-    "ema_momentum", "weights", "item_id_dropout",
+    "ema_momentum", "weights", "item_id_dropout", "user_id_dropout",
 })
 #: Shares that must be < 1.
 BELOW_ONE = frozenset({"dropout", "history_dropout", "validation_fraction", "ema_momentum",
-                       "item_id_dropout"})
+                       "item_id_dropout", "user_id_dropout"})
 RENAMED_KEYS = {"refit_full": "refit"}
 """Config keys that were renamed: ``from_dict`` reads the old name as the new one and
 says so (``FutureWarning``); ``refit_full`` and ``refit`` named one idea."""

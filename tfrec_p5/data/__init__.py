@@ -6,7 +6,8 @@ the same on any data:
     from tfrec_p5 import data
     table = data.load("movielens:../shared/data/ml-100k")
     split = data.random_split(table, 0.8, seed=42)
-    vocabs = data.Vocabularies.build(split.train)   # catalog=table.item_rows(): new items
+    vocabs = data.Vocabularies.build(split.train)   # catalog=table.item_rows(): new items,
+                                                    # users=table.user_rows(): new users
     train_ds = data.pointwise_dataset(split.train, vocabs, batch_size=8192, shuffle=True)
 
 ``register_tfds("movielens/100k-ratings", "../shared/data/ml-100k")`` makes the TFRS
@@ -20,6 +21,7 @@ from tfrec_p5.data.pipeline import (
     Vocabularies,
     batched_dataset,
     catalog_items,
+    catalog_users,
     history_dataset,
     pointwise_dataset,
     retrieval_dataset,
@@ -39,8 +41,8 @@ from tfrec_p5.data.vocabulary import OOV_INDEX, Vocabulary
 
 __all__ = [
     "OOV_INDEX", "Catalog", "DataError", "Interactions", "Split", "Vocabularies",
-    "Vocabulary", "attach_features", "batched_dataset", "catalog_items", "history_dataset",
-    "leave_one_out", "load", "load_catalog", "parse_spec", "parse_split",
+    "Vocabulary", "attach_features", "batched_dataset", "catalog_items", "catalog_users",
+    "history_dataset", "leave_one_out", "load", "load_catalog", "parse_spec", "parse_split",
     "pointwise_dataset", "random_split", "read_entities", "register", "register_tfds",
     "retrieval_dataset", "synthetic", "temporal_split", "tfrs_split", "user_histories",
 ]

@@ -172,6 +172,24 @@ class Interactions:
                             {k: v for k, v in self.feature_kinds.items()
                              if k in self.item_features})
 
+    def user_rows(self) -> Interactions:
+        """One row per distinct user (their first), with ``user_id`` and the user feature
+        columns only (``item_id`` empty): the user catalog this table describes.
+
+        Why: the user-side mirror of ``item_rows``. Users whose every interaction left
+        ``train`` (new users, known only by their demographics) still exist; hand this to
+        training (``train_unified(train, ..., users=table.user_rows())``) and they get
+        vocabulary rows and side features of their own.
+        """
+        _, first = np.unique(self.user_id, return_index=True)
+        first = np.sort(first)
+        columns = {USER: self.user_id[first], ITEM: np.full(len(first), "", dtype=str),
+                   **{name: self.columns[name][first] for name in self.user_features}}
+        return Interactions(columns, self.source, self.user_features, (), None,
+                            self.tfds_names,
+                            {k: v for k, v in self.feature_kinds.items()
+                             if k in self.user_features})
+
     # ------------------------------------------------------------------ TFDS view
     def to_tfds_like_dataset(self):
         """The table as TFDS would give it: a ``tf.data.Dataset`` of per-example dicts.

@@ -53,7 +53,8 @@ class Vocabularies:
     @classmethod
     def build(cls, train: Interactions, min_count: int = 1,
               hash_buckets: Mapping[str, int] | int | None = None,
-              catalog: Interactions | np.ndarray | None = None) -> Vocabularies:
+              catalog: Interactions | np.ndarray | None = None,
+              users: Interactions | np.ndarray | None = None) -> Vocabularies:
         """Vocabularies of ``train``.
 
         * ``min_count``: IDs seen fewer times in ``train`` map to the OOV row (0).
@@ -67,10 +68,17 @@ class Vocabularies:
           items (sorted by ID), instead of sharing the OOV row, so a model can represent it
           from its features (``catalog_items``). A training item below ``min_count`` stays
           on the OOV row. Not for a hashed item side (every ID has a bucket there already).
+        * ``users``: the user-side mirror of ``catalog`` (a table whose ``user_id`` column
+          lists the users that exist, e.g. one row per user of ``u.user`` with their
+          demographics, or the IDs themselves). A user with no training row gets a row of
+          their own after the trained users (sorted by ID), so a model can answer for them
+          from their features (``catalog_users``) instead of the shared OOV row. Not for a
+          hashed user side.
 
             Vocabularies.build(train, min_count=2)
             Vocabularies.build(train, hash_buckets={"user_id": 1 << 21})  # items: a list
             Vocabularies.build(train, catalog=items)   # new items: rows after the trained
+            Vocabularies.build(train, users=people)    # new users: rows after the trained
         """
         buckets = normalize_hash_buckets(hash_buckets)
         out = []
@@ -81,14 +89,18 @@ class Vocabularies:
                                                   keep_tokens=keep))
             else:
                 out.append(Vocabulary.build(values, min_count, name=column))
-        if catalog is not None:
-            if buckets.get(ITEM):
-                raise ValueError("a catalog needs an item vocabulary: with hashed items "
-                                 "every ID already has a bucket")
-            ids = catalog.item_id if isinstance(catalog, Interactions) else catalog
-            new = np.setdiff1d(np.asarray(ids, dtype=str), np.asarray(train.item_id, str))
+        for side, (column, listed) in enumerate(((USER, users), (ITEM, catalog))):
+            if listed is None:
+                continue
+            if buckets.get(column):
+                what = "a user catalog (users=...)" if column == USER else "a catalog"
+                raise ValueError(f"{what} needs a {column} vocabulary: with hashed "
+                                 f"{column} every ID already has a bucket")
+            ids = listed.columns[column] if isinstance(listed, Interactions) else listed
+            new = np.setdiff1d(np.asarray(ids, dtype=str),
+                               np.asarray(train.columns[column], str))
             if len(new):
-                out[1] = Vocabulary(np.concatenate([out[1].tokens, new]), name=ITEM)
+                out[side] = Vocabulary(np.concatenate([out[side].tokens, new]), name=column)
         return cls(*out)
 
     @property
@@ -119,9 +131,25 @@ def catalog_items(train: Interactions, vocabs: Vocabularies) -> np.ndarray:
     no training pair saw them, so a loss over "every item" must not treat them as items
     users passed over (``tfrec_p5.tasks.retrieval``).
     """
-    if getattr(vocabs.item, "hashed", False):
+    return _untrained(vocabs.item, train.item_id)
+
+
+def catalog_users(train: Interactions, vocabs: Vocabularies) -> np.ndarray:
+    """User indices with no row in ``train``: the user catalog's new users
+    (``Vocabularies.build`` with ``users``), sorted; empty when every user of the vocabulary
+    was trained on.
+
+    Why a model needs them: they have no ID embedding, history or bias worth reading, so
+    the user tower answers for them from their features alone (``feature_only_from``).
+    """
+    return _untrained(vocabs.user, train.user_id)
+
+
+def _untrained(vocab, trained_ids: np.ndarray) -> np.ndarray:
+    """Indices of ``vocab``'s tokens that ``trained_ids`` never mentions (none if hashed)."""
+    if getattr(vocab, "hashed", False):
         return np.zeros(0, np.int64)
-    known = np.isin(vocabs.item.tokens, np.unique(np.asarray(train.item_id, str)))
+    known = np.isin(vocab.tokens, np.unique(np.asarray(trained_ids, str)))
     return (np.flatnonzero(~known) + 1).astype(np.int64)
 
 

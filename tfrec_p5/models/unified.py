@@ -42,6 +42,7 @@ from tfrec_p5.data.pipeline import (
     Vocabularies,
     batched_dataset,
     catalog_items,
+    catalog_users,
     normalize_hash_buckets,
     pointwise_dataset,
     retrieval_dataset,
@@ -55,7 +56,7 @@ from tfrec_p5.evaluation import (
     rating_metrics,
 )
 from tfrec_p5.models.rating import RatingConfig
-from tfrec_p5.tasks.base import Head
+from tfrec_p5.tasks.base import KNOWN_USER, Head
 from tfrec_p5.tasks.ranking import (
     CANDIDATES,
     LISTWISE_LOSSES,
@@ -96,13 +97,22 @@ class UnifiedModel(tfrs.Model):
       heads: ``{task: Head}``; each head's ``compute_loss`` sees the tower outputs.
       loss_weights: ``{task: weight}`` (missing = 1.0). Weight 0 switches a head off: it
         is dropped before the model is built, so it gets no variables and no gradients.
+      user_id_dropout: while training, this share of the examples is read as a new user's
+        (``tasks.base.KNOWN_USER``): the user tower leaves out the ID embedding and the
+        interaction-derived features, the heads the history and the user bias, so the
+        user features learn to answer alone -- what a user known only by features
+        (``train_unified(..., users=...)``) gets. One mask for tower and heads: dropping
+        the ID but keeping the history would teach the features nothing a new user has.
     """
 
     def __init__(self, user_tower: tf.keras.layers.Layer | None,
                  item_tower: tf.keras.layers.Layer,
                  heads: Mapping[str, Head], loss_weights: Mapping[str, float] | None = None,
-                 **kwargs) -> None:
+                 user_id_dropout: float = 0.0, **kwargs) -> None:
         super().__init__(**kwargs)
+        self.user_id_dropout = float(user_id_dropout)
+        if not 0.0 <= self.user_id_dropout < 1.0:
+            raise ValueError(f"user_id_dropout must be in [0, 1), got {user_id_dropout}")
         weights = dict(loss_weights or {})
         self.loss_weights = {name: float(weights.get(name, 1.0)) for name in heads
                              if float(weights.get(name, 1.0)) > 0}
@@ -128,13 +138,19 @@ class UnifiedModel(tfrs.Model):
 
     def tower_outputs(self, features: Mapping[str, tf.Tensor], training: bool = False):
         needs_user = any(h.uses_user_tower for h in self.heads.values())
-        user_vec = self.user_tower(features[USER], training=training) if needs_user else None
+        user_vec = None
+        if needs_user:
+            known = {"known": features[KNOWN_USER]} if KNOWN_USER in features else {}
+            user_vec = self.user_tower(features[USER], training=training, **known)
         item_vec = self.item_tower(features[ITEM], training=training) \
             if ITEM in features else None
         return user_vec, item_vec
 
     def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
         features = self._features(inputs)
+        if training and self.user_id_dropout > 0:  # these rows' users are read as new
+            features[KNOWN_USER] = tf.random.uniform(
+                tf.shape(features[USER])) >= self.user_id_dropout
         user_vec, item_vec = self.tower_outputs(features, training)
         losses = [w * self.heads[name].compute_loss(features, user_vec, item_vec,
                                                     training=training)
@@ -191,11 +207,12 @@ class UnifiedConfig(Config):
             "full_softmax")},
         **{name: ("retrieval_loss", ("squared",)) for name in (
             "unobserved_weight", "retrieval_l2")},
-        **{name: ("history", (True,)) for name in ("history_dropout", "leave_target_out")},
+        **{name: ("history", (True,)) for name in ("history_dropout", "leave_target_out",
+                                                   "cold_user_tower")},
         **{name: ("listwise", tuple(LISTWISE_LOSSES)) for name in (
             "list_size", "lists_per_user")},
         **{name: ("use_side_features", (True,)) for name in (
-            "item_id_dropout", "text_min_count")},
+            "item_id_dropout", "user_id_dropout", "text_min_count")},
     }
 
     weights: dict[str, float] = field(default_factory=lambda: {"retrieval": 1.0})
@@ -211,6 +228,8 @@ class UnifiedConfig(Config):
     text_min_count: int = 1         # text words of fewer training IDs read as unknown
     history_len: int = 0            # rated_items / rated_by tower features (rating model)
     item_id_dropout: float = 0.0    # cold start: drop the item ID embedding while training
+    user_id_dropout: float = 0.0    # cold start: read this share of training rows as a new
+    #                                 user's (no ID, history or bias: UnifiedModel)
     # rating head
     rating: RatingConfig = field(default_factory=RatingConfig)
     # retrieval head: the squared full-catalog loss (tasks.squared) over a history query;
@@ -227,6 +246,7 @@ class UnifiedConfig(Config):
     history_dropout: float = 0.25
     leave_target_out: bool = False
     use_user_tower: bool = False
+    cold_user_tower: bool = False   # the user tower is the query of new users only
     item_bias: bool = False
     popularity_weight: float = 0.0  # inference: + w * log p(item) (score fusion)
     # ranking head
@@ -275,6 +295,30 @@ class UnifiedConfig(Config):
             raise ValueError(f"ema_momentum must be in (0, 1) or None, got "
                              f"{self.ema_momentum}")
         super().__post_init__()
+        if self.cold_user_tower and self.use_user_tower:
+            raise ValueError("use_user_tower adds the user tower to every retrieval query, "
+                             "cold_user_tower makes it the query of new users only: set one")
+        if self.cold_user_tower and not self.user_id_dropout > 0:
+            raise ValueError("cold_user_tower needs user_id_dropout > 0: the rows read as "
+                             "new users are the only ones that train the user tower there")
+        if self.user_id_dropout > 0 and not self.reads_user_features():
+            raise ValueError(
+                "UnifiedConfig.user_id_dropout does nothing here: no active head reads the "
+                "user tower (the retrieval query is the history alone); set "
+                "use_user_tower=True or add a rating / ranking head")
+        if self.user_id_dropout > 0 and self.user_features == ():
+            raise ValueError("UnifiedConfig.user_id_dropout does nothing with "
+                             "user_features=(): there are no user features to stand in "
+                             "for the user")
+
+    def reads_user_features(self) -> bool:
+        """Whether an active head reads the user tower, i.e. whether user features (and a
+        user known only by them) reach any answer of the model. The retrieval default's
+        query is the history alone; ``use_user_tower=True`` adds the tower to it."""
+        active = self.active()
+        return any(t in active for t in ("rating", "ranking")) or (
+            "retrieval" in active and (self.use_user_tower or self.cold_user_tower
+                                       or not self.history))
 
     def retrieval_options(self) -> RetrievalOptions:
         """This config's retrieval head (``tasks.registry``)."""
@@ -285,6 +329,7 @@ class UnifiedConfig(Config):
             unobserved_weight=self.unobserved_weight, l2=self.retrieval_l2,
             history=self.history, history_dropout=self.history_dropout,
             leave_target_out=self.leave_target_out, use_user_tower=self.use_user_tower,
+            cold_user_tower=self.cold_user_tower,
             item_bias=self.item_bias)
 
     def active(self) -> list[str]:
@@ -449,18 +494,20 @@ class RetrievalValidation(tf.keras.callbacks.Callback):
 
 def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConfig, *,
                   fit_table: Interactions | None = None,
-                  catalog: Interactions | None = None) -> tuple[UnifiedModel, dict]:
+                  catalog: Interactions | None = None,
+                  users: Interactions | None = None) -> tuple[UnifiedModel, dict]:
     """The model for ``config`` and the tables it was built from (side features, ...).
 
     ``fit_table`` (default ``train``) is what the model trains on: histories, item
     frequencies and the rating mean come from it, vocabularies / side features from train.
-    ``catalog``: the table describing items beyond ``train`` (``train_unified``).
+    ``catalog`` / ``users``: the tables describing items / users beyond ``train``
+    (``train_unified``).
     """
     fit_table = fit_table if fit_table is not None else train
     active = config.active()
     if not active:
         raise ValueError("no task has a positive weight")
-    side = side_features_for(config, train, vocabs, fit_table, catalog)
+    side = side_features_for(config, train, vocabs, fit_table, catalog, users)
     if side is not None and not config.use_side_features:
         side = side.select([n for n in side.user if n in HISTORY_FEATURES],
                            [n for n in side.item if n in HISTORY_FEATURES])
@@ -472,7 +519,12 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
             untrained, np.arange(len(vocabs.item) - len(untrained), len(vocabs.item))):
         raise ValueError("items without training interactions must follow the trained ones "
                          "in the item vocabulary (Vocabularies.build(train, catalog=...))")
-    user_tower = UserTower.from_vocab(vocabs, side, **tower_kwargs)
+    new_users = catalog_users(train, vocabs)
+    if len(new_users):
+        _check_new_users(config, side, vocabs, new_users)
+    user_tower = UserTower.from_vocab(
+        vocabs, side, **tower_kwargs,
+        **({"feature_only_from": int(new_users[0])} if len(new_users) else {}))
     item_tower = ItemTower.from_vocab(
         vocabs, side, **tower_kwargs, id_dropout=config.item_id_dropout,
         feature_only_from=int(untrained[0]) if len(untrained) else None)
@@ -492,13 +544,39 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
                "ranking": RankingOptions(config.ranking_hidden_units, config.listwise)}
     context = HeadContext(len(vocabs.user), len(vocabs.item), user_tower.dim, splits, values,
                           probs, global_mean, rating_range,
-                          untrained if len(untrained) else None)
+                          untrained if len(untrained) else None,
+                          int(new_users[0]) if len(new_users) else None)
     heads = build_heads({task: options[task] for task in active}, context)
-    model = UnifiedModel(user_tower, item_tower, heads, config.weights)
+    model = UnifiedModel(user_tower, item_tower, heads, config.weights,
+                         user_id_dropout=config.user_id_dropout)
     tables = {"side_features": side, "seen_splits": splits, "seen_values": values,
               "item_probabilities": probs, "global_mean": global_mean,
               "rating_range": rating_range}
     return model, tables
+
+
+def _check_new_users(config: UnifiedConfig, side: SideFeatures | None, vocabs: Vocabularies,
+                     new_users: np.ndarray) -> None:
+    """Refuse a model that would answer every new user the same (or not from features):
+    their rows must follow the trained users, some user feature must describe them, and
+    every active head must read the user tower (the retrieval default's history query is
+    empty for them)."""
+    if not np.array_equal(new_users, np.arange(len(vocabs.user) - len(new_users),
+                                               len(vocabs.user))):
+        raise ValueError("users without training interactions must follow the trained ones "
+                         "in the user vocabulary (Vocabularies.build(train, users=...))")
+    described = [n for n in (side.user if side is not None else {})
+                 if n not in HISTORY_FEATURES]
+    if not config.use_side_features or not described:
+        raise ValueError(f"{len(new_users)} user(s) of the user catalog have no training "
+                         "rows: they can only be answered from their features, so set "
+                         "use_side_features=True with at least one user feature")
+    if "retrieval" in config.active() and config.history and not (
+            config.use_user_tower or config.cold_user_tower):
+        raise ValueError(f"{len(new_users)} user(s) of the user catalog have no training "
+                         "rows, and the retrieval query is their (empty) history alone: "
+                         "set use_user_tower=True or cold_user_tower=True so their features "
+                         "reach it")
 
 
 def selection_monitor(config: UnifiedConfig, active: Sequence[str]) -> str | None:
@@ -544,7 +622,8 @@ def train_unified(train: Interactions, validation: Interactions | None,
                   verbose: int = 1, log_dir: str | os.PathLike | None = None,
                   backup_dir: str | os.PathLike | None = None,
                   strategy: tf.distribute.Strategy | str | None = None,
-                  catalog: Interactions | None = None) -> TrainedUnified:
+                  catalog: Interactions | None = None,
+                  users: Interactions | None = None) -> TrainedUnified:
     """Train the active heads of ``config`` jointly on ``train``.
 
     Data: see ``unified_batches``. ``validation`` (or ``config.validation_fraction`` of
@@ -569,25 +648,40 @@ def train_unified(train: Interactions, validation: Interactions | None,
     never shares, out of the text features (``benchmarks/cold_start.py`` measures both).
     Without new items nothing changes.
 
+    ``users``: the user-side mirror of ``catalog`` (``user_id`` + the user feature
+    columns, e.g. ``u.user``'s demographics; ``Interactions.user_rows``). Users it lists
+    that ``train`` never mentions -- new users -- get vocabulary rows and side features of
+    their own, and the user tower answers for them from their features alone
+    (``feature_only_from``): ``predict_rating`` and ``recommend`` (in-process and in the
+    export) give each a feature-driven answer instead of the unknown-user fallback. The
+    retrieval query must read the user tower for that (the default's history query is
+    empty for a new user): ``cold_user_tower=True`` makes the tower the query of new users
+    only (known users keep their history query), ``use_user_tower=True`` adds it to every
+    query; a config that would answer every new user the same is refused.
+    ``config.user_id_dropout`` trains the user features to stand alone (``UnifiedModel``).
+    Without new users nothing changes.
+
         trained = train_unified(train, None, UnifiedConfig(use_side_features=True),
                                 catalog=items)
+        trained = train_unified(train, None, UnifiedConfig(
+            use_side_features=True, cold_user_tower=True, user_id_dropout=0.25), users=people)
     """
     strategy = distribute.resolve_strategy(strategy)
     vocabs = vocabs or Vocabularies.build(train, config.min_count, config.hash_buckets,
-                                          catalog=catalog)
+                                          catalog=catalog, users=users)
     return train_with_refit(train_unified, _fit_unified, train, validation, config, seed=seed,
                             backup_dir=backup_dir, verbose=verbose, vocabs=vocabs,
                             callbacks=callbacks, log_dir=log_dir, strategy=strategy,
-                            catalog=catalog)
+                            catalog=catalog, users=users)
 
 
 def _fit_unified(train, fit_table, validation, config, *, vocabs, seed, callbacks, verbose,
                  log_dir, backup_dir, strategy,
-                 catalog=None) -> tuple[TrainedUnified, dict | None]:
+                 catalog=None, users=None) -> tuple[TrainedUnified, dict | None]:
     """One fit of ``train_unified`` on ``fit_table`` and its ``search_record``."""
     with distribute.scope(strategy):
         model, tables = build_unified(train, vocabs, config, fit_table=fit_table,
-                                      catalog=catalog)
+                                      catalog=catalog, users=users)
         model.compile(optimizer=optimizer(config.optimizer, config.learning_rate,
                                           config.weight_decay),
                       steps_per_execution=distribute.steps_per_execution(
@@ -601,7 +695,7 @@ def _fit_unified(train, fit_table, validation, config, *, vocabs, seed, callback
         probe_x = UnifiedModel._features(next(iter(probe_ds)))
         model = distribute.unsharded_copy(
             model, lambda: build_unified(train, vocabs, config, fit_table=fit_table,
-                                         catalog=catalog)[0],
+                                         catalog=catalog, users=users)[0],
             lambda plain: build_variables(plain, probe_ds), probe=lambda m: m.score(probe_x))
     trained = TrainedUnified(model, vocabs, config, tables["side_features"],
                              dict(history.history), tables["seen_splits"],

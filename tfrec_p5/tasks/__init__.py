@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "Head": "base", "ListMLELoss": "losses", "ListwiseSoftmaxLoss": "losses",
+    "Head": "base", "KNOWN_USER": "base", "ListMLELoss": "losses", "ListwiseSoftmaxLoss": "losses",
     "RankingHead": "ranking", "listwise_dataset": "ranking", "listwise_examples": "ranking",
     "RatingHead": "rating", "HistoryEncoder": "retrieval", "RetrievalHead": "retrieval",
     "history_csr": "retrieval", "item_frequencies": "retrieval",

@@ -30,6 +30,10 @@ Contract of a head:
   row; ``UnifiedModel.score`` and the ``rank`` serving signature use it.
 * Regularization losses (``add_loss``, activity regularizers) are collected by Keras and
   added by ``tfrs.Model.train_step`` as usual.
+* ``features[KNOWN_USER]`` (bool ``[B]``, training batches of a model with
+  ``user_id_dropout`` only): rows marked False are to be read as a new user's -- a head
+  leaves out what it knows about the user beyond the user tower's vector (a history, a
+  bias), as it must for a user with no training rows.
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import tensorflow as tf
+
+KNOWN_USER = "user_known"
+"""Batch key of the bool mask that marks training rows whose user is read as new (the
+user tower and the heads leave out the ID, the history and the bias there), so the user
+features learn to stand alone: what a user with no training rows will need."""
 
 
 class Head(tf.keras.layers.Layer):

@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from tfrec_p5.data.interactions import ITEM, RATING, USER
-from tfrec_p5.tasks.base import Head
+from tfrec_p5.tasks.base import KNOWN_USER, Head
 
 RATING_MASK = "rating_mask"
 """Batch key of the 0/1 row mask: which rows' ratings the rating loss may see."""
@@ -93,7 +93,11 @@ class RatingHead(Head):
         if self.dot is not None:
             terms.append(self.dot([user_vec, item_vec]))
         if self.user_bias is not None:
-            terms.append(self.user_bias(features[USER]))
+            user_bias = self.user_bias(features[USER])
+            if KNOWN_USER in features:  # a user read as new has no bias of their own
+                user_bias *= tf.cast(tf.reshape(features[KNOWN_USER], (-1, 1)),
+                                     user_bias.dtype)
+            terms.append(user_bias)
             terms.append(self.item_bias(features[ITEM]))
         out = tf.add_n(terms) if len(terms) > 1 else terms[0]
         if self.rating_range is not None and not training:

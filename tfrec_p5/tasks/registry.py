@@ -56,6 +56,8 @@ class HeadContext:
       rating_range: ``(low, high)`` for clipping predicted ratings, or ``None``.
       untrained_items: item indices no training pair mentions (a catalog's new items,
         ``catalog_items``); losses over the whole catalog leave them out.
+      new_users_from: first user index with no training pair (a user catalog's new users,
+        ``catalog_users``), or ``None``.
     """
 
     num_users: int
@@ -67,6 +69,7 @@ class HeadContext:
     global_mean: float = 0.0
     rating_range: tuple[float, float] | None = None
     untrained_items: np.ndarray | None = None
+    new_users_from: int | None = None
 
     @classmethod
     def from_table(cls, table: Interactions, vocabs: Vocabularies, *, user_dim: int,
@@ -90,7 +93,8 @@ class RetrievalOptions:
     ``loss="squared"`` reads ``unobserved_weight`` and ``l2``; ``loss="softmax"`` reads
     ``temperature``, ``log_q``, ``remove_accidental_hits``, ``num_hard_negatives`` and
     ``full_softmax``. ``history`` adds the history encoder (``history_dropout``,
-    ``leave_target_out``) to the query.
+    ``leave_target_out``) to the query; ``cold_user_tower`` makes the user tower the query
+    of new users only.
     """
 
     loss: str = "softmax"
@@ -106,6 +110,7 @@ class RetrievalOptions:
     leave_target_out: bool = True
     use_user_tower: bool = True
     item_bias: bool = False
+    cold_user_tower: bool = False
 
 
 @dataclass(frozen=True)
@@ -161,7 +166,8 @@ def _retrieval(options: RetrievalOptions, context: HeadContext) -> RetrievalHead
         use_item_bias=options.item_bias, loss=options.loss,
         unobserved_weight=options.unobserved_weight, l2=options.l2,
         user_counts=np.diff(context.seen_splits) if options.loss == "squared" else None,
-        untrained_items=context.untrained_items)
+        untrained_items=context.untrained_items, cold_user_tower=options.cold_user_tower,
+        new_users_from=context.new_users_from)
 
 
 @register_head("ranking")

@@ -36,7 +36,7 @@ import tensorflow_recommenders as tfrs
 
 from tfrec_p5.data.interactions import ITEM, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies
-from tfrec_p5.tasks.base import Head
+from tfrec_p5.tasks.base import KNOWN_USER, Head
 from tfrec_p5.tasks.squared import SquaredRetrieval
 
 RETRIEVAL_LOSSES = ("softmax", "squared")
@@ -157,6 +157,14 @@ class RetrievalHead(Head):
         compare against (full softmax, the squared loss's "every other item → 0" and its
         L2), since users could not have chosen them; they are still scored and served.
         ``None`` / empty: every item index ``1..num_items-1`` is in that catalog.
+      cold_user_tower: the user tower is the query of users read as new only -- user
+        indices from ``new_users_from`` on (a user catalog's new users) and, while
+        training, the rows ``tasks.base.KNOWN_USER`` marks -- and a known user's query is
+        their history alone. Why not the sum: a new user has no history, and a tower
+        trained to *complement* histories is not what answers best without one; here it
+        is trained on exactly the rows that look like a new user (``user_id_dropout``),
+        and known users are served as without it. Needs ``history``.
+      new_users_from: first user index of the new users (``catalog_users``), or ``None``.
     """
 
     task = "retrieval"
@@ -169,7 +177,8 @@ class RetrievalHead(Head):
                  use_item_bias: bool = False, metrics: Sequence | None = None,
                  loss: str = "softmax", unobserved_weight: float = 1.0, l2: float = 0.0,
                  user_counts: np.ndarray | None = None,
-                 untrained_items: np.ndarray | None = None, **kwargs) -> None:
+                 untrained_items: np.ndarray | None = None, cold_user_tower: bool = False,
+                 new_users_from: int | None = None, **kwargs) -> None:
         kwargs.setdefault("name", "retrieval_head")
         super().__init__(**kwargs)
         if loss not in RETRIEVAL_LOSSES:
@@ -192,8 +201,13 @@ class RetrievalHead(Head):
             trained, trainable=False, name="trained_items")
         self.full_softmax = bool(full_softmax)
         self.history = history
-        self.use_user_tower = bool(use_user_tower) or history is None
-        self.uses_user_tower = self.use_user_tower
+        self.cold_user_tower = bool(cold_user_tower)
+        if self.cold_user_tower and history is None:
+            raise ValueError("cold_user_tower needs a history query for the known users")
+        self.new_users_from = None if new_users_from is None else int(new_users_from)
+        self.use_user_tower = (bool(use_user_tower) or history is None) \
+            and not self.cold_user_tower
+        self.uses_user_tower = self.use_user_tower or self.cold_user_tower
         self.use_item_bias = bool(use_item_bias)
         self.log_q = None if item_probabilities is None else tf.Variable(
             np.asarray(item_probabilities, np.float32), trainable=False, name="item_probs")
@@ -211,17 +225,39 @@ class RetrievalHead(Head):
         self._item_tower = lambda: item_tower
 
     def query(self, user_ids: tf.Tensor, user_vec: tf.Tensor | None,
-              target_ids: tf.Tensor | None = None, training: bool = False) -> tf.Tensor:
-        """Query vectors ``[B, d(+1)]`` (the extra column multiplies the item bias)."""
+              target_ids: tf.Tensor | None = None, training: bool = False,
+              known: tf.Tensor | None = None) -> tf.Tensor:
+        """Query vectors ``[B, d(+1)]`` (the extra column multiplies the item bias).
+
+        ``known`` (bool ``[B]``): rows marked False leave the history out, as for a user
+        with no training items (``tasks.base.KNOWN_USER``)."""
+        if self.cold_user_tower:
+            q = self._cold_or_history(user_ids, user_vec, target_ids, training, known)
+            if self.item_bias is not None:
+                q = tf.concat([q, tf.ones_like(q[:, :1])], axis=1)
+            return q
         parts = []
         if self.use_user_tower and user_vec is not None:
             parts.append(user_vec)
         if self.history is not None:
-            parts.append(self.history(user_ids, target_ids, training=training))
+            history = self.history(user_ids, target_ids, training=training)
+            if known is not None:
+                history *= tf.cast(tf.reshape(known, (-1, 1)), history.dtype)
+            parts.append(history)
         q = tf.add_n(parts) if len(parts) > 1 else parts[0]
         if self.item_bias is not None:
             q = tf.concat([q, tf.ones_like(q[:, :1])], axis=1)
         return q
+
+    def _cold_or_history(self, user_ids, user_vec, target_ids, training, known):
+        """``cold_user_tower``'s query: the tower for users read as new, else the history."""
+        user_ids = tf.cast(user_ids, tf.int64)
+        is_known = tf.ones_like(user_ids, tf.bool) if self.new_users_from is None \
+            else user_ids < self.new_users_from
+        if known is not None:
+            is_known = is_known & tf.cast(known, tf.bool)
+        history = self.history(user_ids, target_ids, training=training)
+        return tf.where(is_known[:, None], history, user_vec)
 
     def candidates(self, item_ids: tf.Tensor, item_vec: tf.Tensor) -> tf.Tensor:
         """Candidate vectors ``[N, d(+1)]`` for items ``item_ids`` with tower output."""
@@ -239,7 +275,8 @@ class RetrievalHead(Head):
 
     def compute_loss(self, features, user_vec, item_vec, training=False):
         item_ids = features[ITEM]
-        query = self.query(features[USER], user_vec, item_ids, training=training)
+        query = self.query(features[USER], user_vec, item_ids, training=training,
+                           known=features.get(KNOWN_USER))
         cand = self.candidates(item_ids, item_vec)
         if self.squared is not None:
             return self._squared_loss(features[USER], query, cand, training)

@@ -186,7 +186,8 @@ class SideFeatures:
               item_features: Iterable[str] | None = None,
               max_tokens: int = DEFAULT_MAX_TOKENS,
               catalog: Interactions | None = None,
-              min_token_count: int = 1) -> SideFeatures:
+              min_token_count: int = 1,
+              users: Interactions | None = None) -> SideFeatures:
         """Tables for the chosen features (default: all the table declares).
 
         Each ID takes its feature values from its first training row (they are constant
@@ -194,11 +195,16 @@ class SideFeatures:
         (``item_id`` + the item feature columns, e.g. one row per item of ``u.item``);
         an item of the vocabulary with no training row (``Vocabularies.build(train,
         catalog=...)``) takes its values from its first catalog row, encoded with what
-        the training rows fitted (see ``_build_feature``). ``min_token_count``: text
-        words of fewer training IDs read as unknown (the module's encodings).
+        the training rows fitted (see ``_build_feature``). ``users``: the same for the
+        user side (``user_id`` + the user feature columns, e.g. one row per user of
+        ``u.user``): a user with no training row (``Vocabularies.build(train,
+        users=...)``) takes their demographics from it. ``min_token_count``: text words
+        of fewer training IDs read as unknown (the module's encodings).
 
             vocabs = Vocabularies.build(train, catalog=items)
             side = SideFeatures.build(train, vocabs, catalog=items)   # new items described
+            vocabs = Vocabularies.build(train, users=people)
+            side = SideFeatures.build(train, vocabs, users=people)    # new users described
         """
         user_names = tuple(train.user_features if user_features is None else user_features)
         item_names = tuple(train.item_features if item_features is None else item_features)
@@ -212,20 +218,22 @@ class SideFeatures:
                                     f"(declared: {list(declared)})", field=name)
             ids = vocab.lookup(train.columns[id_col])
             id_index, rows = _per_id_rows(ids)
+            listed = catalog if side == "item" else users
             extra = None
-            if side == "item" and catalog is not None:
-                missing = [n for n in names if n not in catalog.columns]
+            if listed is not None:
+                what = "catalog" if side == "item" else "user catalog"
+                missing = [n for n in names if n not in listed.columns]
                 if missing:
-                    raise DataError(f"the catalog has no column for item feature(s) "
-                                    f"{missing}", path=catalog.source or None,
+                    raise DataError(f"the {what} has no column for {side} feature(s) "
+                                    f"{missing}", path=listed.source or None,
                                     field=missing[0])
-                cat_index, cat_rows = _per_id_rows(vocab.lookup(catalog.item_id))
+                cat_index, cat_rows = _per_id_rows(vocab.lookup(listed.columns[id_col]))
                 new = ~np.isin(cat_index, id_index)
                 extra = (cat_index[new], cat_rows[new])
             out[side] = {name: _build_feature(
                 name, train.feature_kinds[name], train.columns[name], id_index, rows,
                 len(vocab), max_tokens,
-                None if extra is None else (catalog.columns[name], *extra), min_token_count)
+                None if extra is None else (listed.columns[name], *extra), min_token_count)
                 for name in names}
         return cls(out["user"], out["item"])
 
@@ -297,21 +305,23 @@ class SideFeatures:
 
 def side_features_for(config, train: Interactions, vocabs: Vocabularies,
                       fit_table: Interactions | None = None,
-                      catalog: Interactions | None = None) -> SideFeatures | None:
+                      catalog: Interactions | None = None,
+                      users: Interactions | None = None) -> SideFeatures | None:
     """The side features a tower config asks for, or ``None``.
 
     ``config`` is any config with ``use_side_features``, ``user_features``,
     ``item_features``, ``max_text_tokens`` and ``history_len`` (``RatingConfig``,
     ``UnifiedConfig``): the declared features of ``train`` when ``use_side_features``,
     plus the implicit ``rated_items`` / ``rated_by`` histories of ``fit_table`` (the rows
-    the model fits on, default ``train``) when ``history_len > 0``. ``catalog``: items
-    described beyond ``train`` (``SideFeatures.build``).
+    the model fits on, default ``train``) when ``history_len > 0``. ``catalog`` /
+    ``users``: items / users described beyond ``train`` (``SideFeatures.build``).
     """
     side = None
     if config.use_side_features and (train.user_features or train.item_features):
         side = SideFeatures.build(train, vocabs, config.user_features, config.item_features,
                                   max_tokens=config.max_text_tokens, catalog=catalog,
-                                  min_token_count=getattr(config, "text_min_count", 1))
+                                  min_token_count=getattr(config, "text_min_count", 1),
+                                  users=users)
     if config.history_len > 0:
         side = (side or SideFeatures()).with_histories(
             fit_table if fit_table is not None else train, vocabs, config.history_len)

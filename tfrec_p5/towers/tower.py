@@ -56,7 +56,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_p5.data.pipeline import Vocabularies
-from tfrec_p5.towers.side_features import FeatureTable, SideFeatures
+from tfrec_p5.towers.side_features import HISTORY_FEATURES, FeatureTable, SideFeatures
 
 _PACKAGE = "tfrec_p5"
 #: Per-table optimizer state (slot variables) of the optimizers the configs offer.
@@ -168,14 +168,28 @@ class Tower(tf.keras.Model):
         """Width of the output vector."""
         return self.output_dim or self.embedding_dim
 
-    def call(self, ids: tf.Tensor, training: bool | None = None) -> tf.Tensor:
+    def call(self, ids: tf.Tensor, training: bool | None = None,
+             known: tf.Tensor | None = None) -> tf.Tensor:
+        """Vectors ``[B, dim]`` of ``ids``.
+
+        ``known`` (bool ``[B]``, optional): examples marked False are read as new IDs --
+        the ID embedding and the features derived from the ID's interactions
+        (``rated_items`` / ``rated_by``) are left out, so the vector is what the
+        descriptive features say. ``UnifiedModel`` draws it for ``user_id_dropout`` and
+        hands the same mask to the heads, which leave out the user's history and bias.
+        """
         if ids.dtype == tf.string:
             if self.hashing is None:
                 raise TypeError(f"{self.name} takes vocabulary indices; map string IDs with "
                                 "Vocabulary.lookup (or build the tower with hash_buckets)")
             ids = self.hashing(ids) + 1
         values = {name: tf.gather(table, ids) for name, table in self.tables.items()}
-        return self._combine(self._id_part(ids, training), values)
+        if known is not None:  # no interactions: no features derived from them
+            for name in HISTORY_FEATURES:
+                if name in values:
+                    values[name] = values[name] * tf.cast(tf.reshape(known, (-1, 1)),
+                                                          values[name].dtype)
+        return self._combine(self._id_part(ids, training, known), values)
 
     def feature_vectors(self, values: Mapping[str, tf.Tensor]) -> tf.Tensor:
         """Output ``[n, dim]`` for ``n`` IDs known only by their encoded feature ``values``
@@ -216,13 +230,15 @@ class Tower(tf.keras.Model):
         out = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
         return self.projection(out) if self.projection is not None else out
 
-    def _id_part(self, ids: tf.Tensor, training: bool | None) -> tf.Tensor:
-        """The ID embedding, zeroed for feature-only IDs and, while training, for the
-        ``id_dropout`` share of examples."""
+    def _id_part(self, ids: tf.Tensor, training: bool | None,
+                 known: tf.Tensor | None = None) -> tf.Tensor:
+        """The ID embedding, zeroed for feature-only IDs, for examples ``known`` marks
+        False and, while training, for the ``id_dropout`` share of examples."""
         vectors = self.id_embedding(ids)
-        keep = None
+        keep = None if known is None else tf.cast(known, tf.bool)
         if self.feature_only_from is not None:
-            keep = ids < self.feature_only_from
+            trained = ids < self.feature_only_from
+            keep = trained if keep is None else keep & trained
         if training and self.id_dropout > 0:
             kept = tf.random.uniform(tf.shape(ids)) >= self.id_dropout
             keep = kept if keep is None else keep & kept
