@@ -241,3 +241,30 @@ def test_movielens_derived_features(ml100k_dir):
         load(f"movielens:{ml100k_dir}?derived=2")
     with pytest.raises(DataError, match="unknown movielens option"):
         load(f"movielens:{ml100k_dir}?colour=1")
+
+
+def test_train_users_serves_new_users_from_their_features(tmp_path):
+    log, _ = _log_csv(tmp_path)
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,taste\n" + "".join(
+        f"u{u},{'x' if u < 30 else 'y'}\n" for u in range(60)) + "nu_x,x\nnu_y,y\n")
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"use_side_features": True, "cold_user_tower": True,
+                                  "user_id_dropout": 0.25, "epochs": 10}))
+    out = tmp_path / "out"
+    status, stdout, stderr = run(["train", "--task", "retrieval", "--data", f"csv:{log}",
+                                  "--users", str(users), "--config", str(config),
+                                  "--split", "none", "--no-references", "--quiet",
+                                  "--out", str(out)])
+    assert status == 0, stdout + stderr
+    assert "62 users (2 without training rows)" in stdout
+    assert load_metadata(out / "1")["user_catalog"]["new_users"] == 2
+    import tensorflow as tf
+
+    recommend = tf.saved_model.load(str(out / "1")).signatures["recommend"]
+    top = recommend(user_id=tf.constant(["nu_x", "nu_y"]))["item_ids"].numpy()[:, :10]
+    world_x = [sum(int(i.decode()[1:]) < 20 for i in row) for row in top]
+    assert world_x[0] >= 8 and world_x[1] <= 2, top      # each from their taste alone
+    status, stdout, stderr = run(["train", "--task", "retrieval", "--data", f"csv:{log}",
+                                  "--users", str(users), "--out", str(tmp_path / "o")])
+    assert status == 2 and "use_side_features" in stdout + stderr

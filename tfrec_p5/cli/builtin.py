@@ -154,6 +154,13 @@ def _unified_config(task: str):
             raise CliError("--items describes items by their features, which this config "
                            "does not use: add \"use_side_features\": true to --config",
                            status=2)
+        if options.get("users"):
+            from tfrec_p5.models.unified import new_users_unserved
+
+            reason = new_users_unserved(unified)
+            if reason:
+                raise CliError(f"--users: users known only by their features need a "
+                               f"config that answers them: {reason}", status=2)
         return unified
     return config
 
@@ -175,6 +182,7 @@ def _check_index(task: str, index: str | None, heads: list[str]) -> None:
 
 def _train_unified(task: str):
     def train(request: TrainRequest) -> TrainResult:
+        from tfrec_p5.data import catalog_users
         from tfrec_p5.export.unified import build_module, item_titles
         from tfrec_p5.models.unified import train_unified
 
@@ -186,10 +194,11 @@ def _train_unified(task: str):
             config = config.replace(weights=kept or {"retrieval": 1.0})
         options = dict(request.options or {})
         items = _item_catalog(request, config.use_side_features)
+        users = _user_catalog(request, config)
         trained = train_unified(request.train, request.validation, config,
                                 seed=request.seed, verbose=request.verbose,
                                 log_dir=request.log_dir, backup_dir=request.backup_dir,
-                                catalog=items)
+                                catalog=items, users=users)
         top_k = options.get("top_k")
         module = build_module(trained, k=100 if top_k is None else int(top_k),
                               exclude_seen=not options.get("include_seen", False),
@@ -203,6 +212,10 @@ def _train_unified(task: str):
             metadata["rating_range"] = list(trained.rating_range)
         if items is not None:
             metadata["catalog"] = _catalog_record(items, request.train, trained.vocabs)
+        if users is not None:
+            metadata["user_catalog"] = {
+                "users": len(users), "source": users.source,
+                "new_users": int(len(catalog_users(request.train, trained.vocabs)))}
         return TrainResult(module, config=config.to_dict(), metadata=metadata)
     return train
 
@@ -220,6 +233,26 @@ def _item_catalog(request: TrainRequest, features: bool):
     if len(new):
         print(f"note: {len(new):,} catalog items have no training rows and are not served: "
               "the model does not use item features")
+    return None
+
+
+def _user_catalog(request: TrainRequest, config):
+    """The catalog's user table when it lists users with no training rows and ``config``
+    answers them from their features (``--users`` was checked to do so), else ``None``
+    with a note when such users then get the unknown-user answer."""
+    from tfrec_p5.models.unified import new_users_unserved
+
+    catalog = request.catalog
+    if catalog is None or catalog.users is None:
+        return None
+    new = catalog.new_ids(request.train)["user"]
+    if not len(new):
+        return None
+    reason = new_users_unserved(config)
+    if reason is None:
+        return catalog.users
+    print(f"note: {len(new):,} catalog users have no training rows and get the "
+          f"unknown-user answer: {reason}")
     return None
 
 
@@ -347,7 +380,7 @@ def _sequential_references(fitted, k: int, seed: int) -> list:
     return next_item_references(fitted, k=k)
 
 
-_RECOMMEND_OPTIONS = frozenset({"top_k", "include_seen", "index", "items"})
+_RECOMMEND_OPTIONS = frozenset({"top_k", "include_seen", "index", "items", "users"})
 register_task(Task("rating", "explicit ratings (RMSE/MAE); signature predict_rating",
                    train=_train_rating, evaluate=_evaluate_rating, signature="predict_rating",
                    fold_validation=True, config=_rating_config, plan=_plan_rating,

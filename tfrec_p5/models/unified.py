@@ -567,16 +567,25 @@ def _check_new_users(config: UnifiedConfig, side: SideFeatures | None, vocabs: V
                          "in the user vocabulary (Vocabularies.build(train, users=...))")
     described = [n for n in (side.user if side is not None else {})
                  if n not in HISTORY_FEATURES]
-    if not config.use_side_features or not described:
+    reason = new_users_unserved(config) or (
+        None if described else "they can only be answered from their features: give at "
+        "least one user feature")
+    if reason:
         raise ValueError(f"{len(new_users)} user(s) of the user catalog have no training "
-                         "rows: they can only be answered from their features, so set "
-                         "use_side_features=True with at least one user feature")
+                         f"rows, and {reason}")
+
+
+def new_users_unserved(config: UnifiedConfig) -> str | None:
+    """Why ``config`` cannot answer users known only by their features (``None``: it
+    can), from the config alone -- so a command line refuses ``--users`` before loading
+    data."""
+    if not config.use_side_features:
+        return "they can only be answered from their features: set use_side_features=True"
     if "retrieval" in config.active() and config.history and not (
             config.use_user_tower or config.cold_user_tower):
-        raise ValueError(f"{len(new_users)} user(s) of the user catalog have no training "
-                         "rows, and the retrieval query is their (empty) history alone: "
-                         "set use_user_tower=True or cold_user_tower=True so their features "
-                         "reach it")
+        return ("the retrieval query is their (empty) history alone: set "
+                "use_user_tower=True or cold_user_tower=True so their features reach it")
+    return None
 
 
 def selection_monitor(config: UnifiedConfig, active: Sequence[str]) -> str | None:
