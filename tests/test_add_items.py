@@ -183,7 +183,9 @@ CHILD = textwrap.dedent("""
         "rank_scores": rank["scores"].numpy().tolist(),
         "score_new_items": new["scores"].numpy().tolist(),
         "signatures": sorted(m.signatures),
-        "modules": sorted(n for n in sys.modules if n.startswith("tfrec"))}))
+        "modules": sorted(n for n in sys.modules
+                    if n.split(".")[0] in ("tfrec_p5",
+                                           "tensorflow_recommenders"))}))
 """)
 
 

@@ -109,7 +109,9 @@ CHILD = textwrap.dedent("""
         "scores": nxt["scores"].numpy().tolist(),
         "score_items": scored["scores"].numpy().tolist(),
         "signatures": sorted(m.signatures),
-        "modules": sorted(n for n in sys.modules if n.startswith("tfrec"))}))
+        "modules": sorted(n for n in sys.modules
+                    if n.split(".")[0] in ("tfrec_p5",
+                                           "tensorflow_recommenders"))}))
 """)
 
 

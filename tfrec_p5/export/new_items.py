@@ -5,8 +5,9 @@ already scores an item it never trained on from its side features alone (the ite
 leaves the ID embedding out beyond ``feature_only_from``), so the export can do the same
 for an item a client describes by raw feature values -- if the encoding of those values
 (the training vocabularies, the numeric mean / std, the text tokenizer) lives in the
-SavedModel too. ``ItemFeatureEncoder`` is that encoding as ``tf.lookup`` tables and string
-ops (no Keras, no tfrec_p5 needed to call it), and ``add_feature_scoring`` adds
+SavedModel too. ``ItemFeatureEncoder`` is that encoding as Keras ``StringLookup`` layers
+and string ops, saved in the export (bare TensorFlow calls it: no Keras or tfrec_p5 is
+imported to serve it), and ``add_feature_scoring`` adds
 
 * ``score_new_items(user_id [B], <one input per item feature> [n])`` →
   ``{"scores": [B, n]}``: each user's retrieval score of each described item, exactly
@@ -63,14 +64,13 @@ NEW_ITEMS_KEY = "new_items"
 _WORD_SEPARATORS = r"[^\p{L}\p{N}_]+"
 
 
-def _string_table(tokens: tuple[str, ...]) -> tf.lookup.StaticHashTable | None:
-    """token ``i`` → ``i + 1``, unknown → 0 (``Vocabulary``'s numbering); ``None``: empty."""
+def _string_table(tokens: tuple[str, ...]) -> tf.keras.layers.StringLookup | None:
+    """A ``StringLookup``: token ``i`` → ``i + 1``, unknown → 0 (``Vocabulary``'s
+    numbering; saved with the export, callable by bare TensorFlow); ``None``: empty."""
     if not tokens:
         return None
-    init = tf.lookup.KeyValueTensorInitializer(
-        tf.constant(list(tokens), tf.string),
-        tf.constant(np.arange(1, len(tokens) + 1, dtype=np.int64)))
-    return tf.lookup.StaticHashTable(init, default_value=np.int64(0))
+    return tf.keras.layers.StringLookup(vocabulary=list(tokens), num_oov_indices=1,
+                                        mask_token=None, output_mode="int")
 
 
 class ItemFeatureEncoder(tf.Module):
@@ -107,7 +107,7 @@ class ItemFeatureEncoder(tf.Module):
         """Ragged string tokens → ``[n, k >= 1]`` indices, 0-padded (pooling skips 0)."""
         table = self.lookups[name]
         ids = tf.ragged.map_flat_values(
-            lambda t: table.lookup(t) if table is not None else tf.zeros_like(t, tf.int64),
+            lambda t: table(t) if table is not None else tf.zeros_like(t, tf.int64),
             tokens)
         dense = ids.to_tensor(default_value=0)
         return tf.concat([dense, tf.zeros_like(dense[:, :1])], axis=1)
@@ -127,7 +127,7 @@ class ItemFeatureEncoder(tf.Module):
                                     tf.float32)
             elif kind == "categorical":
                 table = self.lookups[name]
-                out[name] = table.lookup(x) if table is not None \
+                out[name] = table(x) if table is not None \
                     else tf.zeros_like(x, tf.int64)
             elif kind == "multi_categorical":
                 values = tf.strings.strip(tf.strings.split(x, MULTI_VALUE_SEPARATOR))
