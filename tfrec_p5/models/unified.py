@@ -545,8 +545,7 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
     context = HeadContext(len(vocabs.user), len(vocabs.item), user_tower.dim, splits, values,
                           probs, global_mean, rating_range,
                           untrained if len(untrained) else None,
-                          int(new_users[0]) if len(new_users) else None,
-                          new_user_rows=config.user_id_dropout > 0)
+                          int(new_users[0]) if len(new_users) else None)
     heads = build_heads({task: options[task] for task in active}, context)
     model = UnifiedModel(user_tower, item_tower, heads, config.weights,
                          user_id_dropout=config.user_id_dropout)

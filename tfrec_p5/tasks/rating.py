@@ -33,12 +33,6 @@ class RatingHead(Head):
     ``use_biases``, ``bias_l2``; ``num_users``/``num_items`` size the bias tables;
     ``global_mean`` initializes the output bias; ``rating_range`` clips predictions at
     inference (never while training).
-
-    ``new_user_item_bias`` (with ``use_biases``): a second item bias, added only for users
-    known by their features alone -- training rows read as new (``KNOWN_USER`` False,
-    ``user_id_dropout``) and user indices from ``new_users_from`` on. Why: the item bias
-    of the known users is net of their own user biases; a new user has none, and what an
-    item gets from a rater nobody knows is the offset these rows learn.
     """
 
     task = "rating"
@@ -47,9 +41,7 @@ class RatingHead(Head):
                  hidden_units: tuple[int, ...] = (64, 32), dropout: float = 0.2,
                  dense_l2: float = 0.0, use_dot: bool = True, use_biases: bool = True,
                  bias_l2: float = 1e-5, global_mean: float = 0.0,
-                 rating_range: tuple[float, float] | None = None,
-                 new_user_item_bias: bool = False, new_users_from: int | None = None,
-                 **kwargs) -> None:
+                 rating_range: tuple[float, float] | None = None, **kwargs) -> None:
         kwargs.setdefault("name", "rating_head")
         super().__init__(**kwargs)
         self.concat = tf.keras.layers.Concatenate(name="concat")
@@ -73,12 +65,6 @@ class RatingHead(Head):
             self.item_bias = tf.keras.layers.Embedding(
                 num_items, 1, embeddings_initializer="zeros", activity_regularizer=reg,
                 name="item_bias")
-        self.new_user_item_bias = None
-        self.new_users_from = None if new_users_from is None else int(new_users_from)
-        if new_user_item_bias and use_biases:
-            self.new_user_item_bias = tf.keras.layers.Embedding(
-                num_items, 1, embeddings_initializer="zeros", activity_regularizer=reg,
-                name="new_user_item_bias")
         self.rating_range = None if rating_range is None else tuple(map(float, rating_range))
         self.ranking = tfrs.tasks.Ranking(
             loss=tf.keras.losses.MeanSquaredError(),
@@ -88,16 +74,13 @@ class RatingHead(Head):
     @classmethod
     def from_rating_config(cls, config, num_users: int, num_items: int, *,
                            global_mean: float = 0.0,
-                           rating_range: tuple[float, float] | None = None,
-                           new_user_item_bias: bool = False,
-                           new_users_from: int | None = None) -> RatingHead:
+                           rating_range: tuple[float, float] | None = None) -> RatingHead:
         """The head ``build_rating_model`` would build for ``config`` (a ``RatingConfig``)."""
         return cls(num_users, num_items, hidden_units=config.hidden_units,
                    dropout=config.dropout, dense_l2=config.dense_l2, use_dot=config.use_dot,
                    use_biases=config.use_biases, bias_l2=config.bias_l2,
                    global_mean=global_mean,
-                   rating_range=rating_range if config.clip_predictions else None,
-                   new_user_item_bias=new_user_item_bias, new_users_from=new_users_from)
+                   rating_range=rating_range if config.clip_predictions else None)
 
     def predict(self, features: Mapping[str, tf.Tensor], user_vec: tf.Tensor,
                 item_vec: tf.Tensor, training: bool = False) -> tf.Tensor:
@@ -116,22 +99,10 @@ class RatingHead(Head):
                                      user_bias.dtype)
             terms.append(user_bias)
             terms.append(self.item_bias(features[ITEM]))
-        if self.new_user_item_bias is not None:
-            terms.append(self.new_user_item_bias(features[ITEM])
-                         * tf.cast(self._new_user(features), tf.float32))
         out = tf.add_n(terms) if len(terms) > 1 else terms[0]
         if self.rating_range is not None and not training:
             out = tf.clip_by_value(out, *self.rating_range)
         return out
-
-    def _new_user(self, features: Mapping[str, tf.Tensor]) -> tf.Tensor:
-        """``[B, 1]`` bool: rows whose user is known by features alone."""
-        users = tf.reshape(features[USER], (-1, 1))
-        new = tf.zeros_like(users, tf.bool) if self.new_users_from is None \
-            else users >= self.new_users_from
-        if KNOWN_USER in features:
-            new = new | ~tf.reshape(tf.cast(features[KNOWN_USER], tf.bool), (-1, 1))
-        return new
 
     def compute_loss(self, features, user_vec, item_vec, training=False):
         """MSE of the batch; with ``features["rating_mask"]``, over its rows marked 1.

@@ -58,8 +58,6 @@ class HeadContext:
         ``catalog_items``); losses over the whole catalog leave them out.
       new_users_from: first user index with no training pair (a user catalog's new users,
         ``catalog_users``), or ``None``.
-      new_user_rows: some training rows are read as new users' (``user_id_dropout``), so
-        a head can learn what it answers a user known only by features.
     """
 
     num_users: int
@@ -72,7 +70,6 @@ class HeadContext:
     rating_range: tuple[float, float] | None = None
     untrained_items: np.ndarray | None = None
     new_users_from: int | None = None
-    new_user_rows: bool = False
 
     @classmethod
     def from_table(cls, table: Interactions, vocabs: Vocabularies, *, user_dim: int,
@@ -151,9 +148,7 @@ def _rating(config: Any, context: HeadContext) -> RatingHead:
     """``config``: a ``RatingConfig`` (its head fields)."""
     return RatingHead.from_rating_config(config, context.num_users, context.num_items,
                                          global_mean=context.global_mean,
-                                         rating_range=context.rating_range,
-                                         new_user_item_bias=context.new_user_rows,
-                                         new_users_from=context.new_users_from)
+                                         rating_range=context.rating_range)
 
 
 @register_head("retrieval")
