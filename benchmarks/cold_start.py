@@ -139,13 +139,14 @@ def with_release_year(table: Interactions) -> Interactions:
                        "movie_year": "categorical"})
 
 
-def carve_new_items(table: Interactions, fraction: float, seed: int
-                    ) -> tuple[Interactions, Interactions, np.ndarray]:
-    """(rows of the other items, rows of the new items, the new item IDs sorted)."""
-    items = np.unique(table.item_id)
-    new = np.sort(np.random.default_rng(seed).permutation(items)[:int(round(fraction
-                                                                           * len(items)))])
-    is_new = np.isin(table.item_id, new)
+def carve_new(table: Interactions, column: str, fraction: float, seed: int
+              ) -> tuple[Interactions, Interactions, np.ndarray]:
+    """A seeded ``fraction`` of the IDs in ``column`` (``item_id`` / ``user_id``) made new:
+    (rows of the other IDs, rows of the new ones, the new IDs sorted)."""
+    ids = np.unique(table.columns[column])
+    new = np.sort(np.random.default_rng(seed).permutation(ids)[:int(round(fraction
+                                                                         * len(ids)))])
+    is_new = np.isin(table.columns[column], new)
     return table.take(np.flatnonzero(~is_new)), table.take(np.flatnonzero(is_new)), new
 
 
@@ -245,11 +246,11 @@ def warm_metrics(trained, train: Interactions, warm_test: Interactions) -> dict[
 
 def run_seed(table: Interactions, seed: int, arms: list[str], validation: bool,
              epochs: int | None, train_seeds: int = 1) -> dict:
-    warm, cold, new_items = carve_new_items(table, NEW_FRACTION, seed)
+    warm, cold, new_items = carve_new(table, "item_id", NEW_FRACTION, seed)
     split = data.random_split(warm, 0.8, seed=seed)
     train, warm_test = split.train, split.test
     if validation:  # the same protocol inside the training part: test is never read
-        train, cold, new_items = carve_new_items(train, NEW_FRACTION, seed + 1000)
+        train, cold, new_items = carve_new(train, "item_id", NEW_FRACTION, seed + 1000)
         warm_test = None
     task = ColdTask(table, train, cold, new_items)
     out = {"new_items": int(len(new_items)), "train_rows": int(len(train)),
@@ -410,16 +411,6 @@ def with_zip_prefix(table: Interactions) -> Interactions:
                                               "user_zip1": "categorical"})
 
 
-def carve_new_users(table: Interactions, fraction: float, seed: int
-                    ) -> tuple[Interactions, Interactions, np.ndarray]:
-    """(rows of the other users, rows of the new users, the new user IDs sorted)."""
-    users = np.unique(table.user_id)
-    new = np.sort(np.random.default_rng(seed).permutation(users)[:int(round(fraction
-                                                                           * len(users)))])
-    is_new = np.isin(table.user_id, new)
-    return table.take(np.flatnonzero(~is_new)), table.take(np.flatnonzero(is_new)), new
-
-
 def item_bias_fit(train: Interactions, l2: float) -> tuple[float, dict[str, float]]:
     """Global mean and ridge item biases ``sum(r - mean) / (n_i + l2)`` by item ID."""
     mean = float(np.mean(train.rating))
@@ -503,7 +494,7 @@ def _key_join(parts: list[np.ndarray]) -> np.ndarray:
 def choose_baselines(train: Interactions, users: Interactions, seed: int) -> dict:
     """The item-bias lambda (new-user RMSE) and the segment definition (new-user
     Recall@10) chosen on a carve of ``train``: a seeded 20 % of its users made new."""
-    fit, cold, _ = carve_new_users(train, NEW_USER_FRACTION, seed)
+    fit, cold, _ = carve_new(train, "user_id", NEW_USER_FRACTION, seed)
     task = NewUserTask(fit, cold, users)
     rmse = {l2: task.rating(item_bias_predict(item_bias_fit(fit, l2), cold))
             for l2 in ITEM_BIAS_GRID}
@@ -527,11 +518,11 @@ def train_user_arm(name: str, train: Interactions, users: Interactions, seed: in
 
 def run_users_seed(table: Interactions, seed: int, arms: list[str], validation: bool,
                    epochs: int | None) -> dict:
-    warm, cold, new_users = carve_new_users(table, NEW_USER_FRACTION, seed)
+    warm, cold, new_users = carve_new(table, "user_id", NEW_USER_FRACTION, seed)
     split = data.random_split(warm, 0.8, seed=seed)
     train, warm_test = split.train, split.test
     if validation:  # the same protocol inside the training part: test is never read
-        train, cold, new_users = carve_new_users(train, NEW_USER_FRACTION, seed + 1000)
+        train, cold, new_users = carve_new(train, "user_id", NEW_USER_FRACTION, seed + 1000)
         split = data.random_split(train, 0.9, seed=seed + 1000)
         train, warm_test = split.train, split.test
     users = table.user_rows()       # what u.user lists: every user's demographics

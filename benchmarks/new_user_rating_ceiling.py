@@ -91,10 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {}
     for part in ("validation", "test"):
         for seed in (0, 1, 2):
-            warm, cold, _ = cs.carve_new_users(table, cs.NEW_USER_FRACTION, seed)
+            warm, cold, _ = cs.carve_new(table, "user_id", cs.NEW_USER_FRACTION, seed)
             train = data.random_split(warm, 0.8, seed=seed).train
             if part == "validation":
-                train, cold, _ = cs.carve_new_users(train, cs.NEW_USER_FRACTION, seed + 1000)
+                train, cold, _ = cs.carve_new(train, "user_id", cs.NEW_USER_FRACTION,
+                                              seed + 1000)
                 train = data.random_split(train, 0.9, seed=seed + 1000).train
             l2_item = cs.choose_baselines(train, users, seed + 2000)["item_bias_l2"]
             base = rmse(cs.item_bias_predict(cs.item_bias_fit(train, l2_item), cold), cold)

@@ -14,14 +14,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from _cli import run
+from _cli import run, run_tf_only
 
 import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
 from tfrec_p5.data import Interactions
@@ -117,12 +115,7 @@ CHILD = textwrap.dedent("""
 
 def _bare_tensorflow(version_dir, histories: list[list[str]]) -> dict:
     """Call the version's signatures in a process that imports only TensorFlow."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(version_dir),
-                          json.dumps(histories)],
-                         capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_tf_only(CHILD, version_dir, json.dumps(histories))
 
 
 def test_add_items_serves_new_items_in_next_items(worlds, tmp_path):
