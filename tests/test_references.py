@@ -16,7 +16,7 @@ from _cli import SMALL, run
 
 from tfrec_p5 import data
 from tfrec_p5.cli.registry import get_task
-from tfrec_p5.cli.train import _beaten
+from tfrec_p5.cli.train import _beaten, _winner
 from tfrec_p5.evaluation import served
 from tfrec_p5.evaluation.signatures import decode_strings
 
@@ -97,10 +97,16 @@ def test_train_prints_references_fitted_without_the_test_rows(monkeypatch, tmp_p
         set(metrics)
     assert "test: bias baseline" in stderr and "note: reference bias baseline: l2=" in stderr
     split = data.random_split(data.load(SMALL), 0.8, seed=42)
-    (fitted,) = fitted_rows
+    # First the validation race (fitted without the model's carved validation rows), then
+    # the references scored on test (fitted on every training row).
+    race_fit, fitted = fitted_rows
+    carve = data.random_split(split.train, 0.9, seed=42)
+    assert len(race_fit) == len(carve.train) and len(fitted) == len(split.train)
     test_pairs = set(zip(split.test.user_id, split.test.item_id, strict=True))
-    assert len(fitted) == len(split.train)
+    carved_pairs = set(zip(carve.test.user_id, carve.test.item_id, strict=True))
     assert not test_pairs & set(zip(fitted.user_id, fitted.item_id, strict=True))
+    assert not (test_pairs | carved_pairs) & set(zip(race_fit.user_id, race_fit.item_id,
+                                                     strict=True))
 
 
 def test_no_references_option(tmp_path):
@@ -119,3 +125,49 @@ def test_a_reference_that_wins_on_a_headline_metric_is_named():
     assert _beaten(retrieval, "EASE", "test", {"recall@10": 0.2}, {"recall@10": 0.1})
     assert not _beaten(retrieval, "EASE", "test", {"recall@10": 0.1}, {"recall@10": 0.2})
 
+
+
+def test_the_bias_baseline_is_served_when_it_wins_on_validation(tmp_path):
+    """A model that learns nothing (a learning rate of 1e-9) loses to the bias baseline on
+    validation: train exports the baseline, says so, and reports the model's test row."""
+    config = tmp_path / "frozen.json"
+    config.write_text(json.dumps({"learning_rate": 1e-9}))
+    args = ["train", "--data", SMALL, "--epochs", "2", "--json", "--config", str(config)]
+    status, stdout, stderr = run([*args, "--out", str(tmp_path / "best")])
+    assert status == 0, stderr
+    metrics = json.loads(stdout.strip().splitlines()[-1])
+    assert "note: serving the bias baseline reference: it beats the model on validation " \
+        "(rmse " in stderr
+    assert metrics["reference_bias_baseline_validation_rmse"] < metrics["validation_rmse"]
+    assert metrics["test_rmse"] == pytest.approx(metrics["reference_bias_baseline_test_rmse"])
+    assert metrics["model_test_rmse"] > metrics["test_rmse"]
+    # The export is the baseline itself: its predict_rating equals the numpy reference's.
+    split = data.random_split(data.load(SMALL), 0.8, seed=42)
+    ref = served.bias_baseline(split.train, seed=42)
+    loaded = tf.saved_model.load(str(tmp_path / "best" / "1"))
+    users, items = split.test.user_id[:50], split.test.item_id[:50]
+    got = loaded.signatures["predict_rating"](user_id=tf.constant(users.astype(str)),
+                                              item_id=tf.constant(items.astype(str)))
+    want = ref.signature("predict_rating")(users.astype(str), items.astype(str))
+    np.testing.assert_allclose(got["rating"].numpy(), want["rating"], rtol=1e-5)
+    meta = json.loads((tmp_path / "best" / "1" / "assets.extra" / "metadata.json").read_text())
+    assert meta["served"] == "bias baseline"
+
+    status, stdout, stderr = run([*args, "--serve", "model", "--out", str(tmp_path / "m")])
+    assert status == 0, stderr
+    metrics = json.loads(stdout.strip().splitlines()[-1])
+    assert "beats the model on validation" in stderr and "serving the model (--serve model)" \
+        in stderr
+    assert metrics["test_rmse"] > metrics["reference_bias_baseline_test_rmse"]
+    assert "model_test_rmse" not in metrics
+
+
+def test_the_validation_race_needs_a_strict_win():
+    rating, retrieval = get_task("rating"), get_task("retrieval")
+    race = {"model": {"rmse": 0.90}, "bias baseline": {"rmse": 0.90}}
+    assert _winner(rating, race) == "model"
+    race["bias baseline"]["rmse"] = 0.89
+    assert _winner(rating, race) == "bias baseline"
+    assert _winner(retrieval, {"model": {"recall@10": 0.2}, "EASE": {"recall@10": 0.3},
+                               "most popular": {"recall@10": 0.25}}) == "EASE"
+    assert _winner(retrieval, {"model": {}, "EASE": {"recall@10": 0.3}}) == "model"

@@ -70,5 +70,8 @@ def test_early_stopping_waits_for_min_epochs(min_epochs, epochs_run):
 
 def test_time_budget_ends_training_after_the_epoch_that_spends_it():
     model, data = _model_and_data()
-    history = fit(model, data, epochs=5, max_minutes=0.0, verbose=0)
+    with pytest.warns(UserWarning, match="time budget of 0 min reached: training stopped "
+                      "after epoch 1"):
+        history = fit(model, data, epochs=5, max_minutes=0.0, verbose=0)
     assert history.epoch == [0] and len(history.epoch_seconds) == 1
+    assert history.budget_stopped == 1

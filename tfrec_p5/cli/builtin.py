@@ -116,7 +116,37 @@ def _train_rating(request: TrainRequest) -> TrainResult:
     metadata = {"rating_range": rating_range,
                 "epochs_run": len(history.get("loss", [])),
                 "stopped_epoch": int(getattr(trained, "stopped_epoch", 0) or 0)}
-    return TrainResult(module, config=config_dict, metadata=metadata)
+    return TrainResult(module, config=config_dict, metadata=metadata,
+                       **_rating_validation(request, config, history))
+
+
+def _rating_validation(request: TrainRequest, config, history: Mapping) -> dict:
+    """The search's best validation RMSE / MAE and the carved rows they were measured on
+    (``train_rating`` carves with the same rule and seed), or nothing without a search."""
+    from tfrec_p5.data.splits import carve_validation
+
+    rmse = history.get("search_val_rmse") or (history.get("val_rmse")
+                                               if request.validation is None else None)
+    if not rmse or request.validation is not None:
+        return {}
+    prefix = "search_" if "search_val_rmse" in history else ""
+    best = min(range(len(rmse)), key=rmse.__getitem__)
+    fit_rows, carved = carve_validation(request.train, None, config.validation_fraction,
+                                        request.seed)
+    return {"validation_metrics": {"rmse": float(rmse[best]),
+                                   "mae": float(history[prefix + "val_mae"][best])},
+            "validation_split": (fit_rows, carved)}
+
+
+def _serve_rating_reference(reference, request: TrainRequest):
+    """The bias baseline behind ``predict_rating``, clipped like the model."""
+    from tfrec_p5.export.serving import ServingModule, add_rating_signatures
+
+    train = request.train
+    rating_range = train.rating_range or (float(train.rating.min()),
+                                          float(train.rating.max()))
+    return add_rating_signatures(ServingModule(reference.vocabs), reference.model,
+                                 rating_range)
 
 
 def _plan_rating(request: TrainRequest) -> str:
@@ -384,7 +414,8 @@ _RECOMMEND_OPTIONS = frozenset({"top_k", "include_seen", "index", "items", "user
 register_task(Task("rating", "explicit ratings (RMSE/MAE); signature predict_rating",
                    train=_train_rating, evaluate=_evaluate_rating, signature="predict_rating",
                    fold_validation=True, config=_rating_config, plan=_plan_rating,
-                   references=_rating_references, headline=(("rmse", False),)))
+                   references=_rating_references, headline=(("rmse", False),),
+                   serve_reference=_serve_rating_reference))
 register_task(Task("retrieval", "two-tower top-k retrieval (implicit feedback is enough); "
                    "signatures recommend (default) and rank", train=_train_unified("retrieval"),
                    evaluate=_evaluate_unified("retrieval"), config=_unified_config("retrieval"),

@@ -355,8 +355,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
                 "outputs": {k: _spec(v) for k, v in fn.structured_outputs.items()}}
         report = {"kind": "export", "path": version_dir, "bytes": _folder_bytes(version_dir),
                   "signatures": signatures,
-                  **{k: meta.get(k) for k in ("tasks", "data", "data_resolved", "split",
-                                               "seed", "test_data", "vocab_sizes",
+                  **{k: meta.get(k) for k in ("tasks", "served", "data", "data_resolved",
+                                               "split", "seed", "test_data", "vocab_sizes",
                                                "rating_range", "metrics", "training_data",
                                                "package_version", "tensorflow_version",
                                                "created_utc") if meta.get(k) is not None}}

@@ -68,6 +68,10 @@ class TrainResult:
     #: Validation metrics measured before a final refit folded the validation part into
     #: training (sequential); reported instead of re-scoring what is now training data.
     validation_metrics: Mapping[str, float] | None = None
+    #: ``(fit rows, validation rows)`` when the model carved its own validation slice
+    #: (``validation_metrics`` were measured on it): ``train`` races the references on the
+    #: same rows. ``None``: the split's validation part, if any.
+    validation_split: tuple[Interactions, Interactions] | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,10 @@ class Task:
     #: ``((metric, higher_is_better), ...)``: where ``train`` says a reference beats the
     #: model.
     headline: tuple[tuple[str, bool], ...] = ()
+    #: ``serve_reference(reference, request)`` → a ``ServingModule`` with the task's
+    #: signatures backed by the reference (its ``model``), exported when the reference
+    #: beats the model on validation; ``None``: the task always serves its model.
+    serve_reference: Callable[[Any, TrainRequest], ServingModule] | None = None
 
 
 _TASKS: dict[str, Task] = {}

@@ -112,37 +112,69 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
         result = task.train(request)
 
     module = result.module
-    rows, metrics = [], {}
-    parts = [("validation", validation, (train,)), ("test", test, (train, validation)),
-             ("test_data", test_data, (table,))]
-    for part, part_table, before in parts:
-        if part_table is None or len(part_table) == 0:
-            continue
-        if part == "validation" and result.validation_metrics is not None:
-            values = dict(result.validation_metrics)
-        else:
-            values = run_evaluate(task, module.signature, part_table, before)
-        rows.append((part, len(part_table), values))
-        metrics.update(flat(part, len(part_table), values))
-
     # Every row the model was fit on (a refit folds the validation part in): the export
     # keeps their hashes, so `evaluate` can refuse them as test rows later.
     fitted = train if validation is None else Interactions.concat(train, validation)
-    notes, beaten = [], []
-    if task.references is not None and not args.no_references:
-        model_rows = {part: values for part, _, values in rows}
-        for ref in task.references(fitted, getattr(module, "recommend_k", None) or 100,
-                                   args.seed):
-            if ref.choice:
-                notes.append(f"reference {ref.name}: {ref.choice}")
-            for part, part_table, before in parts[1:]:
-                if part_table is None or len(part_table) == 0:
-                    continue
-                values = run_evaluate(task, ref.signature, part_table, before)
-                rows.append((f"{part}: {ref.name}", len(part_table), values))
-                metrics.update(flat(f"reference_{ref.name.replace(' ', '_')}_{part}",
-                                    len(part_table), values))
-                beaten.extend(_beaten(task, ref.name, part, values, model_rows.get(part, {})))
+    rows, metrics, notes = [], {}, []
+    parts = [("test", test, (train, validation)), ("test_data", test_data, (table,))]
+    part_values = {}  # part -> the served module's metrics
+    k = getattr(module, "recommend_k", None) or 100
+    use_refs = task.references is not None and not args.no_references
+    # The validation race: the model against each reference on the rows the model was
+    # validated on (references fitted on the rows the model saw before its validation).
+    val_fit, val_rows = result.validation_split or (train, validation)
+    race = {}
+    if val_rows is not None and len(val_rows):
+        values = (dict(result.validation_metrics) if result.validation_metrics is not None
+                  else run_evaluate(task, module.signature, val_rows, (val_fit,)))
+        rows.append(("validation", len(val_rows), values))
+        metrics.update(flat("validation", len(val_rows), values))
+        race["model"] = values
+        for ref in task.references(val_fit, k, args.seed) if use_refs else ():
+            values = run_evaluate(task, ref.signature, val_rows, (val_fit,))
+            rows.append((f"validation: {ref.name}", len(val_rows), values))
+            metrics.update(flat(f"reference_{ref.name.replace(' ', '_')}_validation",
+                                len(val_rows), values))
+            race[ref.name] = values
+    winner = _winner(task, race)
+    refs = task.references(fitted, k, args.seed) if use_refs else []
+    served, model_module = "model", module
+    if winner != "model":
+        ref = next(r for r in refs if r.name == winner)
+        better = _compare(task, race[winner], race["model"])
+        if args.serve == "model":
+            notes.append(f"the {winner} reference beats the model on validation ({better}); "
+                         "serving the model (--serve model)")
+        elif task.serve_reference is None or ref.model is None:
+            notes.append(f"the {winner} reference beats the model on validation ({better}) "
+                         f"but cannot be served by --task {task.name}; serving the model")
+        else:
+            module, served = task.serve_reference(ref, request), winner
+            notes.append(f"serving the {winner} reference: it beats the model on validation "
+                         f"({better}); --serve model exports the model instead")
+    for part, part_table, before in parts:
+        if part_table is None or len(part_table) == 0:
+            continue
+        values = part_values[part] = run_evaluate(task, module.signature, part_table, before)
+        rows.append((part, len(part_table), values))
+        metrics.update(flat(part, len(part_table), values))
+        if served != "model":
+            values = run_evaluate(task, model_module.signature, part_table, before)
+            rows.append((f"{part}: model (not served)", len(part_table), values))
+            metrics.update(flat(f"model_{part}", len(part_table), values))
+    beaten = []
+    for ref in refs:
+        if ref.choice:
+            notes.append(f"reference {ref.name}: {ref.choice}")
+        for part, part_table, before in parts:
+            if part_table is None or len(part_table) == 0:
+                continue
+            values = run_evaluate(task, ref.signature, part_table, before)
+            rows.append((f"{part}: {ref.name}", len(part_table), values))
+            metrics.update(flat(f"reference_{ref.name.replace(' ', '_')}_{part}",
+                                len(part_table), values))
+            if ref.name != served:
+                beaten.extend(_beaten(task, ref.name, part, values, part_values[part]))
     record = TrainingRecord.from_table(fitted)
     metadata = {
         "data": args.data, "data_resolved": resolve_spec(args.data),
@@ -160,6 +192,7 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
         "config": {task.name: dict(result.config)},
         "strategy": getattr(args, "strategy", None) or "default",
         **dict(result.metadata),
+        "served": served,
     }
     # multi_worker: every worker saves (saving may run collective ops), only the chief
     # into --out; the others into a temporary folder that is removed.
@@ -178,6 +211,25 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
     if args.json:
         print(json.dumps(metrics, sort_keys=True, allow_nan=False))
     return 0
+
+
+def _winner(task, race: dict[str, dict]) -> str:
+    """``"model"``, or the reference strictly better than the model and every other
+    reference on the task's first headline metric (``race``: name → validation metrics)."""
+    if not task.headline or task.headline[0][0] not in race.get("model", {}):
+        return "model"
+    metric, higher = task.headline[0]
+    sign = 1.0 if higher else -1.0
+    best = "model"
+    for name, values in race.items():
+        if metric in values and sign * values[metric] > sign * race[best][metric]:
+            best = name
+    return best
+
+
+def _compare(task, ref: dict, model: dict) -> str:
+    metric = task.headline[0][0]
+    return f"{metric} {ref[metric]:.4f} vs {model[metric]:.4f}"
 
 
 def _beaten(task, name: str, part: str, ref: dict, model: dict) -> list[str]:
@@ -220,6 +272,11 @@ def add_parser(sub, task_names: list[str]) -> None:
                    help="skip the simple references (bias baseline, most popular, EASE / "
                    "item-KNN) that are fitted on the same rows and scored beside the model "
                    "(default: shown in the table and the JSON as reference_*)")
+    p.add_argument("--serve", choices=("best", "model"), default="best",
+                   help="what to export: best (default) = the model, or a simple reference "
+                   "that beats it on validation where the task can serve one (rating: the "
+                   "bias baseline); model = always the model. Either way the table shows "
+                   "both and a note says which was served")
     p.add_argument("--json", action="store_true", help="print the metrics JSON on stdout "
                    "(progress goes to stderr)")
     p.add_argument("--weights", metavar="TASK=W,...", help="--task all: loss weight per head, "

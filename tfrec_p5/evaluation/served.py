@@ -34,6 +34,7 @@ from tfrec_p5.data.splits import random_split
 from tfrec_p5.evaluation.rating import rating_metrics
 from tfrec_p5.evaluation.references import EASE
 from tfrec_p5.evaluation.signatures import decode_strings, evaluate_recommend
+from tfrec_p5.models.bias import BiasFit, build_bias_model
 
 __all__ = ["EASE_MAX_ITEMS", "KNN_MAX_ITEMS", "ServedReference", "bias_baseline",
            "next_item_references", "retrieval_references"]
@@ -85,6 +86,9 @@ class ServedReference:
       popularity: ``[I]`` fitted counts, the answer for an unknown user.
       choice: what validation chose (``"l2=10 (RMSE 0.9312 on a 10% validation carve
         of the fitted rows)"``), or ``""``.
+      model: the reference as a Keras model with the task model's inputs, which ``train``
+        can export in the model's place when the reference wins on validation (``None``:
+        it cannot be served).
     """
 
     name: str
@@ -96,6 +100,7 @@ class ServedReference:
     seen: tuple[np.ndarray, np.ndarray] | None = None
     popularity: np.ndarray | None = None
     choice: str = ""
+    model: tf.keras.Model | None = None
     tokens: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -206,19 +211,6 @@ def _popularity(items: np.ndarray, num_items: int) -> np.ndarray:
     return counts
 
 
-def _fit_biases(users, items, ratings, num_users, num_items, l2: float, sweeps: int = 15):
-    """Ridge user / item biases around the mean, by alternating exact updates."""
-    mean = float(np.mean(ratings))
-    bu, bi = np.zeros(num_users), np.zeros(num_items)
-    nu = np.bincount(users, minlength=num_users)
-    ni = np.bincount(items, minlength=num_items)
-    for _ in range(sweeps):
-        bi = np.bincount(items, ratings - mean - bu[users], num_items) / (l2 + ni)
-        bu = np.bincount(users, ratings - mean - bi[items], num_users) / (l2 + nu)
-    bu[0] = bi[0] = 0.0  # unknown IDs: the mean (and the other side's bias)
-    return mean, bu, bi
-
-
 def bias_baseline(fitted: Interactions, *, seed: int = 42, fraction: float = 0.1,
                   grid: Sequence[float] = _BIAS_GRID) -> ServedReference:
     """``mean + b_user + b_item`` (clipped to the fitted ratings' range), λ by validation.
@@ -234,18 +226,17 @@ def bias_baseline(fitted: Interactions, *, seed: int = 42, fraction: float = 0.1
     vu, vi = _indices(carve.test, vocabs)
     scores = {}
     for l2 in grid:
-        mean, bu, bi = _fit_biases(u, i, carve.train.rating.astype(np.float64),
-                                   len(vocabs.user), len(vocabs.item), l2)
-        pred = np.clip(mean + bu[vu] + bi[vi], low, high)
+        fit = BiasFit.fit(u, i, carve.train.rating, len(vocabs.user), len(vocabs.item), l2)
+        pred = np.clip(fit.predict(vu, vi), low, high)
         scores[l2] = rating_metrics(pred, carve.test.rating)["rmse"]
     best = min(scores, key=scores.get)
     vocabs = Vocabularies.build(fitted)
     u, i = _indices(fitted, vocabs)
-    mean, bu, bi = _fit_biases(u, i, fitted.rating.astype(np.float64), len(vocabs.user),
-                               len(vocabs.item), best)
+    fit = BiasFit.fit(u, i, fitted.rating, len(vocabs.user), len(vocabs.item), best)
     return ServedReference(
         "bias baseline", vocabs,
-        rate=lambda users, items: np.clip(mean + bu[users] + bi[items], low, high),
+        rate=lambda users, items: np.clip(fit.predict(users, items), low, high),
+        model=build_bias_model(fit),
         choice=f"l2={best:g} (RMSE {scores[best]:.4f} on a {fraction:.0%} validation carve of "
                "the fitted rows)")
 

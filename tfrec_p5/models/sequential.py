@@ -80,7 +80,7 @@ class SequentialConfig(Config):
     epochs: int = 200                 # upper bound; early stopping ends sooner
     patience: int = 5                 # epochs without validation NDCG@10 gain
     min_epochs: int = 1
-    max_minutes: float | None = 25.0  # wall-clock budget for fitting (None: no limit)
+    max_minutes: float | None = None  # wall-clock budget for fitting (None: no limit)
     steps_per_execution: int = 16
     refit: bool = True                # after selection: retrain on train + validation
     top_k: int = 100                  # items returned by the next_items signature

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -80,13 +81,16 @@ class FitHistory(tf.keras.callbacks.History):
     """Keras' ``History`` (``epoch`` holds the real epoch numbers, later ones after a
     resume) plus ``epoch_seconds`` (validation included) and ``stopped_epoch`` (the
     0-based epoch early stopping ended at; 0 if it did not). Last in the callback list,
-    it also ends training once ``max_minutes`` of fitting are spent."""
+    it also ends training once ``max_minutes`` of fitting are spent, and says so with a
+    warning (``budget_stopped``: the epoch count it stopped after): such a result depends
+    on the machine's speed, so no default sets a time budget."""
 
     def __init__(self, max_minutes: float | None = None) -> None:
         super().__init__()
         self.max_minutes = max_minutes
         self.epoch_seconds: list[float] = []
         self.stopped_epoch = 0
+        self.budget_stopped = 0
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
@@ -100,7 +104,12 @@ class FitHistory(tf.keras.callbacks.History):
         now = time.perf_counter()
         self.epoch_seconds.append(now - self._epoch_started)
         if self.max_minutes is not None and now - self._fit_started > 60 * self.max_minutes:
-            log.info("time budget of %.1f min reached", self.max_minutes)
+            if not self.model.stop_training:  # early stopping did not end it anyway
+                self.budget_stopped = epoch + 1
+                warnings.warn(f"time budget of {self.max_minutes:g} min reached: training "
+                              f"stopped after epoch {epoch + 1} (this result depends on the "
+                              "machine's speed; max_minutes=None trains to the end)",
+                              stacklevel=2)
             self.model.stop_training = True
 
 
