@@ -50,7 +50,8 @@ def test_bad_fields_are_refused_naming_them(cls, values, message):
     (UnifiedConfig, {"list_size": 8}, "list_size does nothing with listwise=None"),
     (UnifiedConfig, {"history": False, "leave_target_out": True},
      "leave_target_out does nothing with history=False"),
-    (SequentialConfig, {"num_negatives": 50}, "num_negatives does nothing with loss='softmax'"),
+    (SequentialConfig, {"loss": "softmax", "num_negatives": 50},
+     "num_negatives does nothing with loss='softmax'"),
 ])
 def test_an_option_the_chosen_variant_ignores_cannot_be_set(cls, values, message):
     with pytest.raises(ValueError, match=message):

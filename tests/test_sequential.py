@@ -304,3 +304,37 @@ def test_cli_train_and_evaluate_sequential(tmp_path, capsys):
                  "--json"]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])[",".join(history)]
     assert len(got) == 5 and not set(history) & {g["item_id"] for g in got}
+
+
+def _histories(lengths: list[int]) -> Interactions:
+    users = np.repeat([f"u{i}" for i in range(len(lengths))], lengths)
+    items = np.concatenate([np.arange(n) for n in lengths]).astype(str)
+    return Interactions.from_columns({"user_id": users, "item_id": items})
+
+
+def test_auto_max_len_follows_the_histories_within_its_range():
+    short = _histories([5] * 95 + [21] * 5)          # Beauty-like: 95 % at most 5-21 items
+    config, notes = SequentialConfig().for_data(short, num_items=12_101)
+    assert config.max_len == 50 and config.loss == "softmax"
+    assert notes[0].startswith("max_len 50 (auto: 95 % of the training histories have at "
+                               "most 5 items")
+    medium = _histories([120] * 100)
+    assert SequentialConfig().for_data(medium, 1_000)[0].max_len == 120
+    long = _histories([400] * 100)
+    assert SequentialConfig().for_data(long, 1_000)[0].max_len == 200
+    # A length the user gives is kept, and says nothing.
+    config, notes = SequentialConfig(max_len=8, loss="softmax").for_data(long, 1_000)
+    assert (config.max_len, notes) == (8, ())
+
+
+def test_auto_loss_switches_to_sampled_when_full_logits_get_large():
+    config, notes = SequentialConfig(max_len=50).for_data(_histories([10] * 10), 1_000_000)
+    assert config.loss == "sampled"
+    assert "loss sampled (auto: a batch's logits over the 1,000,000 items take up to " \
+        "47.68 GiB, over the 1 GiB of the full softmax)" in notes
+    assert SequentialConfig(max_len=50).for_data(_histories([10] * 10), 12_101)[0].loss \
+        == "softmax"
+    with pytest.raises(ValueError, match="max_len must be a length or 'auto'"):
+        SequentialConfig(max_len="long")
+    with pytest.raises(ValueError, match="loss must be one of"):
+        SequentialConfig(loss="bce")

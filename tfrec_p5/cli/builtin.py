@@ -358,13 +358,14 @@ def _train_sequential(request: TrainRequest) -> TrainResult:
     metadata = {"epochs_run": trained.epochs_run, "best_epoch": trained.best_epoch,
                 "train_seconds": round(trained.train_seconds, 1),
                 "best_validation": trained.best_metrics, "top_k": config.top_k,
-                "max_len": config.max_len}
+                "max_len": trained.config.max_len, "loss": trained.config.loss}
     refit = config.refit and request.validation is not None and trained.best_epoch > 0
     metadata["refit_on_validation"] = refit
     if items is not None:
         metadata["catalog"] = _catalog_record(items, request.train, trained.vocabs)
-    return TrainResult(module, config=config.to_dict(), metadata=metadata,
-                       validation_metrics=trained.best_metrics if refit else None)
+    return TrainResult(module, config=trained.config.to_dict(), metadata=metadata,
+                       validation_metrics=trained.best_metrics if refit else None,
+                       notes=trained.data_rules)
 
 
 def _plan_sequential(request: TrainRequest) -> str:

@@ -72,6 +72,9 @@ class TrainResult:
     #: (``validation_metrics`` were measured on it): ``train`` races the references on the
     #: same rows. ``None``: the split's validation part, if any.
     validation_split: tuple[Interactions, Interactions] | None = None
+    #: What the defaults decided from the data (``max_len 50 (auto: ...)``): ``train``
+    #: prints each as a ``note:`` line.
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

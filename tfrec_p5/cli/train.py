@@ -115,7 +115,7 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
     # Every row the model was fit on (a refit folds the validation part in): the export
     # keeps their hashes, so `evaluate` can refuse them as test rows later.
     fitted = train if validation is None else Interactions.concat(train, validation)
-    rows, metrics, notes = [], {}, []
+    rows, metrics, notes = [], {}, list(result.notes)
     parts = [("test", test, (train, validation)), ("test_data", test_data, (table,))]
     part_values = {}  # part -> the served module's metrics
     k = getattr(module, "recommend_k", None) or 100

@@ -42,11 +42,19 @@ from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import Vocabularies, catalog_items, user_histories
 from tfrec_p5.evaluation.ranking import group_by_row
 from tfrec_p5.models.unified import UnifiedModel
-from tfrec_p5.tasks.next_item import HISTORY, NEXT_ITEM, NextItemTask
+from tfrec_p5.tasks.next_item import HISTORY, LOSSES, NEXT_ITEM, NextItemTask
 from tfrec_p5.tasks.registry import HeadContext, build_heads
 from tfrec_p5.towers import ItemTower, SideFeatures
 from tfrec_p5.training import best_epochs, fit, optimizer, search_then_refit
 from tfrec_p5.training import validation_plan as describe_plan
+
+AUTO = "auto"
+MAX_LEN_RANGE = (50, 200)
+"""Where ``max_len="auto"`` stays: 50 is the SASRec length (Beauty's default), 200 the
+SASRec paper's MovieLens-1M length (attention costs grow with its square)."""
+SOFTMAX_MAX_BYTES = 2**30
+"""Largest batch of full-softmax logits ``loss="auto"`` accepts (``4 * batch_size *
+max_len * num_items`` bytes); above it the sampled softmax trains instead."""
 
 
 @dataclass
@@ -60,11 +68,11 @@ class SequentialConfig(Config):
 
     #: ``num_negatives`` is the sampled softmax's; setting it for the full softmax is refused.
     INERT_UNLESS: ClassVar[Mapping[str, tuple[str, tuple]]] = {
-        "num_negatives": ("loss", ("sampled",)),
+        "num_negatives": ("loss", ("sampled", "auto")),
         "item_id_dropout": ("use_item_features", (True,))}
 
     embedding_dim: int = 64
-    max_len: int = 50
+    max_len: int | str = "auto"       # or a length; "auto": from the histories (for_data)
     encoder: str = "transformer"      # or "gru"
     num_blocks: int = 2
     num_heads: int = 1
@@ -72,7 +80,8 @@ class SequentialConfig(Config):
     use_item_features: bool = True    # the data's item side features (Beauty: attributes)
     item_id_dropout: float = 0.0      # cold start: drop the item ID embedding while training
     dropout: float = 0.2
-    loss: str = "softmax"             # or "sampled" (logQ-corrected, large catalogs)
+    loss: str = "auto"                # "softmax", "sampled" (logQ-corrected), "auto": by
+                                      # the catalog's size (for_data)
     num_negatives: int = 1000         # for loss="sampled"
     learning_rate: float = 2e-3
     weight_decay: float = 0.0         # AdamW when > 0
@@ -85,6 +94,51 @@ class SequentialConfig(Config):
     refit: bool = True                # after selection: retrain on train + validation
     top_k: int = 100                  # items returned by the next_items signature
     eval_batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_len, str) and self.max_len != AUTO:
+            raise ValueError(f"SequentialConfig.max_len must be a length or 'auto', got "
+                             f"{self.max_len!r}")
+        if self.loss not in (*LOSSES, AUTO):
+            raise ValueError(f"SequentialConfig.loss must be one of {[*LOSSES, AUTO]}, got "
+                             f"{self.loss!r}")
+        super().__post_init__()
+
+    def for_data(self, train: Interactions, num_items: int
+                 ) -> tuple[SequentialConfig, tuple[str, ...]]:
+        """This config with its ``"auto"`` values decided by the data, and one note per
+        decision (the rules are documented in ``docs/sequential.md``).
+
+        * ``max_len``: the 95th percentile of the users' training history lengths, rounded
+          up to a multiple of 10 and kept within ``MAX_LEN_RANGE`` (50-200): short
+          histories (Amazon Beauty: 95 % have at most 21 items) keep 50, long ones
+          (MovieLens) get up to 200 positions.
+        * ``loss``: the full softmax while a batch's logits (``batch_size x max_len x
+          num_items`` floats) fit in ``SOFTMAX_MAX_BYTES`` (1 GiB), else the sampled
+          softmax with logQ correction.
+
+            config, notes = SequentialConfig().for_data(train, num_items=12_101)
+        """
+        changes, notes = {}, []
+        max_len = self.max_len
+        if max_len == AUTO:
+            _, lengths = np.unique(train.user_id, return_counts=True)
+            p95 = float(np.percentile(lengths, 95, method="inverted_cdf")) if len(lengths) \
+                else 0.0
+            max_len = int(np.clip(math.ceil(p95 / 10) * 10, *MAX_LEN_RANGE))
+            changes["max_len"] = max_len
+            notes.append(f"max_len {max_len} (auto: 95 % of the training histories have at "
+                         f"most {p95:.0f} items; kept within {MAX_LEN_RANGE[0]}-"
+                         f"{MAX_LEN_RANGE[1]})")
+        if self.loss == AUTO:
+            size = 4 * self.batch_size * int(max_len) * int(num_items)
+            full = size <= SOFTMAX_MAX_BYTES
+            changes["loss"] = "softmax" if full else "sampled"
+            notes.append(f"loss {changes['loss']} (auto: a batch's logits over the "
+                         f"{num_items:,} items take up to {size / 2**30:.2f} GiB, "
+                         f"{'within' if full else 'over'} the "
+                         f"{SOFTMAX_MAX_BYTES / 2**30:g} GiB of the full softmax)")
+        return (self.replace(**changes) if changes else self), tuple(notes)
 
 
 # ---------------------------------------------------------------------- examples
@@ -295,6 +349,8 @@ class TrainedSequential:
     #: The item side features the item tower was built with (their vocabularies and
     #: statistics encode a new item's raw values in the export: ``score_new_items``).
     side_features: SideFeatures | None = None
+    #: What ``SequentialConfig.for_data`` decided for the ``"auto"`` values, one note each.
+    data_rules: tuple[str, ...] = ()
 
     @property
     def head(self) -> NextItemTask:
@@ -365,7 +421,9 @@ def train_sequential(train: Interactions, validation: Interactions | None,
     ``validation`` (one item per user).
 
     The vocabularies come from ``train`` only. With ``validation=None`` the model trains
-    for ``config.epochs`` (or the time budget) with no model selection.
+    for ``config.epochs`` (or the time budget) with no model selection. ``"auto"`` config
+    values are decided from ``train`` first (``SequentialConfig.for_data``; the notes are
+    the result's ``data_rules``).
 
     ``config.refit``: once the best epoch count is known, train a fresh model on ``train +
     validation`` for exactly that many epochs and return it (the usual final fit: the
@@ -383,12 +441,16 @@ def train_sequential(train: Interactions, validation: Interactions | None,
     item nobody has chosen yet; ``config.item_id_dropout`` trains the features to stand in
     for the ID.
     """
-    config = config or SequentialConfig()
+    items = train.item_id if catalog is None else np.concatenate([train.item_id,
+                                                                   catalog.item_id])
+    config, rules = (config or SequentialConfig()).for_data(train, len(np.unique(items)))
     started = time.perf_counter()
     kwargs = {"seed": seed, "verbose": verbose, "log_dir": log_dir, "callbacks": callbacks,
               "catalog": catalog}
     if not (config.refit and validation is not None and len(validation)):
-        return _train_once(train, validation, config, backup_dir=backup_dir, **kwargs)[0]
+        trained = _train_once(train, validation, config, backup_dir=backup_dir, **kwargs)[0]
+        trained.data_rules = rules
+        return trained
 
     def refit(record: dict, refit_dir: str | None) -> TrainedSequential:
         final = train_sequential(
@@ -396,6 +458,7 @@ def train_sequential(train: Interactions, validation: Interactions | None,
             config.replace(refit=False, epochs=record["best_epochs"], max_minutes=None),
             backup_dir=refit_dir, **kwargs)
         final.config, final.train_seconds = config, time.perf_counter() - started
+        final.data_rules = rules
         return with_selection(final, record)
 
     return search_then_refit(

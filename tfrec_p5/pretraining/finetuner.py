@@ -407,7 +407,7 @@ def _finetune_next_item(grown: Backbone, fit_table: Interactions,
     vocabs = work.vocabs
     _freeze(work.item_tower, config.freeze)
     source = work.next_item_head
-    seq = config.sequential
+    seq = config.sequential.for_data(fit_table, len(vocabs.item))[0]
     if source is not None:  # the pretrained head's shape
         shape = source.head_config()
         seq = seq.replace(encoder=shape.pop("kind"), **shape)

@@ -378,6 +378,9 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
     if "next_item" in active and data.timestamp is None:
         log.warning("pretrain: no timestamps; next_item reads each user's rows in table "
                     "order")
+    if "next_item" in active:  # "auto" max_len / loss from these histories
+        config = config.replace(sequential=config.sequential.for_data(data,
+                                                                      len(vocabs.item))[0])
     options = {"retrieval": config.retrieval_options(), "rating": config.rating,
                "next_item": config.sequential}
     context = HeadContext.from_table(data, vocabs, user_dim=backbone.user_tower.dim,
