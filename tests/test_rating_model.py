@@ -94,3 +94,28 @@ def test_tensorboard_logs(split, tmp_path):
     train_rating(small, None, RatingConfig(**{**FAST, "epochs": 1}), verbose=0,
                  log_dir=tmp_path / "tb")
     assert any((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_users_without_training_rows_get_the_item_bias_answer():
+    """The unknown-user row is never trained: the model answers those users with
+    ``mean + b_item`` of the ridge bias fit (``UnknownUserRating``), and users it knows
+    with its own prediction. ``unknown_users="model"`` (the tutorial) keeps the row."""
+    from tfrec_p5.models.bias import select_bias_fit
+
+    table = data.load("synthetic?num_users=120&num_items=60&num_interactions=3000&seed=5")
+    config = RatingConfig(**{**FAST, "epochs": 2})
+    trained = train_rating(table, None, config, seed=3, verbose=0)
+    fit, _ = select_bias_fit(table, trained.vocabs, seed=3)
+    items = np.arange(1, 11)
+    unknown = trained.model({"user_id": tf.zeros(10, tf.int64),
+                             "item_id": tf.constant(items)}, training=False)
+    np.testing.assert_allclose(np.reshape(unknown, -1),
+                               np.clip(fit.mean + fit.item_bias[items], 1.0, 5.0), rtol=1e-5)
+    known = trained.model({"user_id": tf.ones(10, tf.int64), "item_id": tf.constant(items)},
+                          training=False)
+    assert not np.allclose(np.reshape(known, -1), np.reshape(unknown, -1))
+    plain = train_rating(table, None, config.replace(unknown_users="model"), seed=3,
+                         verbose=0)
+    assert "unknown_users" not in [layer.name for layer in plain.model.layers]
+    with pytest.raises(ValueError, match="unknown_users must be 'bias' or 'model'"):
+        RatingConfig(unknown_users="mean")

@@ -124,6 +124,7 @@ def _rating_validation(request: TrainRequest, config, history: Mapping) -> dict:
     """The search's best validation RMSE / MAE and the carved rows they were measured on
     (``train_rating`` carves with the same rule and seed), or nothing without a search."""
     from tfrec_p5.data.splits import carve_validation
+    from tfrec_p5.training import carves_by_time
 
     rmse = history.get("search_val_rmse") or (history.get("val_rmse")
                                                if request.validation is None else None)
@@ -132,7 +133,7 @@ def _rating_validation(request: TrainRequest, config, history: Mapping) -> dict:
     prefix = "search_" if "search_val_rmse" in history else ""
     best = min(range(len(rmse)), key=rmse.__getitem__)
     fit_rows, carved = carve_validation(request.train, None, config.validation_fraction,
-                                        request.seed)
+                                        request.seed, by_time=carves_by_time(config))
     return {"validation_metrics": {"rmse": float(rmse[best]),
                                    "mae": float(history[prefix + "val_mae"][best])},
             "validation_split": (fit_rows, carved)}

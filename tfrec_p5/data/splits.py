@@ -79,16 +79,20 @@ def random_split(table: Interactions, fraction: float = 0.8, seed: int = 42,
 
 
 def carve_validation(train: Interactions, validation: Interactions | None, fraction: float,
-                     seed: int = 42) -> tuple[Interactions, Interactions | None]:
+                     seed: int = 42, by_time: bool = False
+                     ) -> tuple[Interactions, Interactions | None]:
     """``(fit, validation)``: the given validation, or ``fraction`` of ``train``'s pairs
     carved off with ``random_split(seed)`` for early stopping (none when ``fraction`` is 0).
+    ``by_time``: the latest ``fraction`` of the events instead (``temporal_split``), so a
+    model tested on the future is also validated on it (new users and drift included).
 
     Every trainer uses this one rule, so two models given the same seed stop on the same
     rows and their numbers compare.
     """
     if validation is not None or fraction <= 0:
         return train, validation
-    carved = random_split(train, 1.0 - fraction, seed=seed)
+    carved = (temporal_split(train, 1.0 - fraction) if by_time
+              else random_split(train, 1.0 - fraction, seed=seed))
     log.info("carved %d validation rows from %d training rows", len(carved.test), len(train))
     return carved.train, carved.test
 

@@ -31,10 +31,9 @@ import tensorflow as tf
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import Vocabularies
 from tfrec_p5.data.splits import random_split
-from tfrec_p5.evaluation.rating import rating_metrics
 from tfrec_p5.evaluation.references import EASE
 from tfrec_p5.evaluation.signatures import decode_strings, evaluate_recommend
-from tfrec_p5.models.bias import BiasFit, build_bias_model
+from tfrec_p5.models.bias import BIAS_GRID, build_bias_model, select_bias_fit
 
 __all__ = ["EASE_MAX_ITEMS", "KNN_MAX_ITEMS", "ServedReference", "bias_baseline",
            "next_item_references", "retrieval_references"]
@@ -43,7 +42,6 @@ EASE_MAX_ITEMS = 5_000
 """Largest catalog EASE is fitted on (one dense ``I x I`` inverse per λ tried)."""
 KNN_MAX_ITEMS = 20_000
 """Largest catalog the dense item-KNN similarity is built for (``I x I`` float32)."""
-_BIAS_GRID = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0)
 _EASE_GRID = (10.0, 50.0, 200.0, 500.0, 1000.0)
 #: ``[B]`` user indices → ``[B, I]`` scores of every item index (column 0 = OOV).
 UserScorer = Callable[[np.ndarray], np.ndarray]
@@ -212,33 +210,24 @@ def _popularity(items: np.ndarray, num_items: int) -> np.ndarray:
 
 
 def bias_baseline(fitted: Interactions, *, seed: int = 42, fraction: float = 0.1,
-                  grid: Sequence[float] = _BIAS_GRID) -> ServedReference:
+                  grid: Sequence[float] = BIAS_GRID) -> ServedReference:
     """``mean + b_user + b_item`` (clipped to the fitted ratings' range), λ by validation.
 
     Why this reference: it is what a rating model must beat to have learned anything
     about *pairs*; on sparse data it is hard to beat. λ is chosen on a random
-    ``fraction`` of ``fitted`` (seeded), then the biases are refit on all of it.
+    ``fraction`` of ``fitted`` (seeded), then the biases are refit on all of it
+    (``tfrec_p5.models.bias.select_bias_fit``).
     """
     low, high = float(np.min(fitted.rating)), float(np.max(fitted.rating))
-    carve = random_split(fitted, 1.0 - fraction, seed=seed)
-    vocabs = Vocabularies.build(carve.train)
-    u, i = _indices(carve.train, vocabs)
-    vu, vi = _indices(carve.test, vocabs)
-    scores = {}
-    for l2 in grid:
-        fit = BiasFit.fit(u, i, carve.train.rating, len(vocabs.user), len(vocabs.item), l2)
-        pred = np.clip(fit.predict(vu, vi), low, high)
-        scores[l2] = rating_metrics(pred, carve.test.rating)["rmse"]
-    best = min(scores, key=scores.get)
     vocabs = Vocabularies.build(fitted)
-    u, i = _indices(fitted, vocabs)
-    fit = BiasFit.fit(u, i, fitted.rating, len(vocabs.user), len(vocabs.item), best)
+    fit, scores = select_bias_fit(fitted, vocabs, seed=seed, fraction=fraction,
+                                  grid=tuple(grid))
     return ServedReference(
         "bias baseline", vocabs,
         rate=lambda users, items: np.clip(fit.predict(users, items), low, high),
         model=build_bias_model(fit),
-        choice=f"l2={best:g} (RMSE {scores[best]:.4f} on a {fraction:.0%} validation carve of "
-               "the fitted rows)")
+        choice=f"l2={fit.l2:g} (RMSE {scores[fit.l2]:.4f} on a {fraction:.0%} validation carve "
+               "of the fitted rows)")
 
 
 def _pair_reference(name: str, fitted: Interactions, vocabs: Vocabularies, k: int,

@@ -39,11 +39,13 @@ from tfrec_p5.data.interactions import ITEM, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, normalize_hash_buckets, pointwise_dataset
 from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.evaluation.rating import rating_metrics
+from tfrec_p5.models.bias import UnknownUserRating, select_bias_fit
 from tfrec_p5.tasks.rating import RatingHead
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
 from tfrec_p5.towers.side_features import HISTORY_FEATURES, side_features_for
 from tfrec_p5.training import (
     OPTIMIZERS,
+    carves_by_time,
     fit,
     optimizer,
     search_record,
@@ -86,6 +88,12 @@ class RatingConfig(Config):
     patience: int = 3
     steps_per_execution: int = 16
     validation_fraction: float = 0.1  # carved from train when no validation is given
+    # The carved slice: "random" pairs, or "time" = the latest events (on a temporal
+    # MovieLens-100K split it picked 1 epoch instead of 4 and a worse model: RESULTS.md)
+    validation_carve: str = "random"
+    # Users without training rows: "bias" = mean + item bias (UnknownUserRating; not with
+    # hashed user IDs), "model" = the model's untrained row (the TFRS tutorial's answer).
+    unknown_users: str = "bias"
     refit: bool = True  # after early stopping on the carved slice, retrain on all
     min_count: int = 1          # IDs seen fewer times in train map to the OOV row
     # {"user_id": N, "item_id": M}: hash that side into N buckets (no vocabulary)
@@ -101,6 +109,12 @@ class RatingConfig(Config):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, tuple(value))
+        if self.validation_carve not in ("random", "time"):
+            raise ValueError(f"RatingConfig.validation_carve must be 'random' or 'time', got "
+                             f"{self.validation_carve!r}")
+        if self.unknown_users not in ("bias", "model"):
+            raise ValueError(f"RatingConfig.unknown_users must be 'bias' or 'model', got "
+                             f"{self.unknown_users!r}")
         if self.optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use one of "
                              f"{sorted(OPTIMIZERS)}")
@@ -114,7 +128,7 @@ class RatingConfig(Config):
                    use_biases=False, use_dot=False, use_side_features=False, history_len=0,
                    refit=False,
                    clip_predictions=False, optimizer="adagrad", learning_rate=0.1,
-                   batch_size=8192, epochs=3, patience=0)
+                   batch_size=8192, epochs=3, patience=0, unknown_users="model")
         return base.replace(**changes)
 
 
@@ -141,11 +155,13 @@ class ClipRating(tf.keras.layers.Layer):
 
 def build_rating_model(vocabs: Vocabularies, side_features: SideFeatures | None,
                        config: RatingConfig, *, global_mean: float = 0.0,
-                       rating_range: tuple[float, float] | None = None) -> tf.keras.Model:
+                       rating_range: tuple[float, float] | None = None,
+                       unknown_users: UnknownUserRating | None = None) -> tf.keras.Model:
     """The functional rating model (see the ``tfrec_p5.models.rating`` module).
 
     ``global_mean`` initializes the output bias (training starts at the mean rating
-    instead of 0); ``rating_range`` enables ``ClipRating`` when ``config.clip_predictions``.
+    instead of 0); ``rating_range`` enables ``ClipRating`` when ``config.clip_predictions``;
+    ``unknown_users`` answers the users without training rows (``unknown_user_gate``).
     """
     side = side_features
     if side is not None and not config.use_side_features:  # keep only the ID-derived ones
@@ -167,10 +183,26 @@ def build_rating_model(vocabs: Vocabularies, side_features: SideFeatures | None,
                                          len(vocabs.user), len(vocabs.item),
                                          global_mean=global_mean)
     out = head.predict({USER: user_in, ITEM: item_in}, user_vec, item_vec, training=None)
+    if unknown_users is not None:
+        out = unknown_users([user_in, item_in, out])
     if config.clip_predictions and rating_range is not None:
         out = ClipRating(*rating_range, name="clip")(out)
     return tf.keras.Model(inputs={USER: user_in, ITEM: item_in}, outputs=out,
                           name="rating_model")
+
+
+def unknown_user_gate(config: RatingConfig, fit_table: Interactions, vocabs: Vocabularies,
+                      seed: int = 42) -> UnknownUserRating | None:
+    """The ``UnknownUserRating`` layer of a model fit on ``fit_table`` (``None`` with
+    ``config.unknown_users="model"`` or hashed user IDs, where index 0 is a real bucket):
+    a ``BiasFit`` of ``fit_table`` (λ by ``select_bias_fit``) for the users it has no rows
+    of."""
+    if config.unknown_users != "bias" or USER in config.hash_buckets:
+        return None
+    fit, _ = select_bias_fit(fit_table, vocabs, seed=seed)
+    trained = np.bincount(vocabs.user.lookup(fit_table.user_id), minlength=len(vocabs.user))
+    trained[0] = 0
+    return UnknownUserRating(fit, trained > 0, name="unknown_users")
 
 
 def compile_rating_model(model: tf.keras.Model, config: RatingConfig) -> tf.keras.Model:
@@ -241,7 +273,9 @@ def _fit_rating(train, fit_table, validation, config, *, vocabs, seed, callbacks
                                           float(np.max(train.rating)))
     with distribute.scope(strategy):
         model = build_rating_model(vocabs, side, config, global_mean=global_mean,
-                                   rating_range=rating_range)
+                                   rating_range=rating_range,
+                                   unknown_users=unknown_user_gate(config, fit_table, vocabs,
+                                                                   seed))
         per_call = distribute.steps_per_execution(strategy, config.steps_per_execution)
         compile_rating_model(model, config.replace(steps_per_execution=per_call))
 
@@ -261,7 +295,9 @@ def _fit_rating(train, fit_table, validation, config, *, vocabs, seed, callbacks
     if distribute.is_parameter_server(strategy):  # serve / evaluate from plain variables
         def rebuild() -> tf.keras.Model:
             plain = build_rating_model(vocabs, side, config, global_mean=global_mean,
-                                       rating_range=rating_range)
+                                       rating_range=rating_range,
+                                       unknown_users=unknown_user_gate(config, fit_table,
+                                                                       vocabs, seed))
             return compile_rating_model(plain, config)
         probe_x = next(iter(pointwise_dataset(fit_table, vocabs, 256)))[0]
         model = distribute.unsharded_copy(model, rebuild,
@@ -280,7 +316,7 @@ def validation_plan(train: Interactions, validation: Interactions | None,
     starts, and it must follow the same rules (carved slice, early stopping, refit).
     """
     fit_table, validation = carve_validation(train, validation, config.validation_fraction,
-                                             seed)
+                                             seed, by_time=carves_by_time(config))
     carved = fit_table is not train
     refit = config.refit and carved
     # val_rmse picks the epoch when early stopping is on or when the refit needs a count.
@@ -290,7 +326,8 @@ def validation_plan(train: Interactions, validation: Interactions | None,
                          validation_rows=len(validation) if validation is not None else 0,
                          carved_fraction=config.validation_fraction if carved else None,
                          monitor=monitor, patience=config.patience,
-                         refit_rows=len(train) if refit else None)
+                         refit_rows=len(train) if refit else None,
+                         by_time=carves_by_time(config))
 
 
 def predict_ratings(model: tf.keras.Model, table: Interactions, vocabs: Vocabularies,

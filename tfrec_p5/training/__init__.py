@@ -38,6 +38,7 @@ from tfrec_p5.training.loop import (
 from tfrec_p5.training.progress import plural, validation_plan
 from tfrec_p5.training.refit import (
     best_epochs,
+    carves_by_time,
     load_search,
     refit_backup_dir,
     resume_message,
@@ -51,6 +52,7 @@ from tfrec_p5.training.refit import (
 __all__ = [
     "LOCK_FILE", "OPTIMIZERS", "RECORD_FILE", "FitHistory", "OutLock", "RunGuard",
     "RunRefused", "WeightAverage", "backup_epochs", "best_epochs", "build_variables",
+    "carves_by_time",
     "check_training_data", "command_line", "data_fingerprint", "fit", "has_progress",
     "load_search", "lower_is_better", "optimizer", "plural", "refit_backup_dir",
     "resume_message", "save_search", "search_record", "search_then_refit", "train_with_refit",

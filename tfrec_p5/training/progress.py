@@ -27,7 +27,7 @@ def plural(count: int, noun: str) -> str:
 
 def validation_plan(*, epochs: int, validation_rows: int, carved_fraction: float | None,
                     monitor: str | None, patience: int, refit_rows: int | None,
-                    refit_what: str = "training rows") -> str:
+                    refit_what: str = "training rows", by_time: bool = False) -> str:
     """What training does with validation data, as one phrase.
 
     Args:
@@ -40,12 +40,13 @@ def validation_plan(*, epochs: int, validation_rows: int, carved_fraction: float
       patience: epochs without improvement before early stopping (0: no early stopping).
       refit_rows: rows of the refit pass that follows the search (``None``: no refit).
       refit_what: what those rows are, e.g. ``"training + validation rows"``.
+      by_time: the carved share is the latest events, not a random one.
     """
     if validation_rows <= 0:
         return f"none (fixed {plural(epochs, 'epoch')})"
     if carved_fraction is not None:
-        source = (f"{carved_fraction * 100:g} % of train ({plural(validation_rows, 'row')}) "
-                  "carved")
+        source = (f"{'the latest ' if by_time else ''}{carved_fraction * 100:g} % of train "
+                  f"({plural(validation_rows, 'row')}) carved")
     else:
         source = f"{plural(validation_rows, 'row')}"
     if monitor is None:

@@ -28,12 +28,18 @@ from tfrec_p5.data.splits import carve_validation
 from tfrec_p5.training.loop import backup_epochs, lower_is_better
 from tfrec_p5.training.progress import plural
 
-__all__ = ["best_epochs", "load_search", "refit_backup_dir", "resume_message",
+__all__ = ["best_epochs", "carves_by_time", "load_search", "refit_backup_dir", "resume_message",
            "save_search", "search_record", "search_then_refit", "train_with_refit",
            "with_search_history"]
 
 _RECORD = "search.json"
 T = TypeVar("T")
+
+
+def carves_by_time(config: Any) -> bool:
+    """Whether ``config`` carves its validation slice by time (``validation_carve="time"``;
+    configs without that field carve at random)."""
+    return getattr(config, "validation_carve", "random") == "time"
 
 
 def best_epochs(history: dict[str, list[float]], monitor: str,
@@ -129,7 +135,7 @@ def train_with_refit(trainer: Callable[..., T], run: Callable[..., tuple[T, dict
     """
     tf.keras.utils.set_random_seed(seed)
     fit_table, validation = carve_validation(train, validation, config.validation_fraction,
-                                             seed)
+                                             seed, by_time=carves_by_time(config))
     kwargs.update(seed=seed, verbose=verbose)
 
     def search() -> tuple[T, dict | None]:
