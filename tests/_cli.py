@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
 from tfrec_p5 import cli
 
 SMALL = "synthetic?num_users=200&num_items=100&num_interactions=5000"
@@ -30,3 +32,21 @@ def run_tf_only(script: str, *args: str) -> dict:
                          capture_output=True, text=True, env=env, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def two_world_log(tmp_path) -> tuple[str, str]:
+    """A log where users 0-29 like genre x (8 of items i0-i19 each) and 30-59 genre y
+    (i20-i39): popularity says nothing about a user, the genre almost everything; plus a
+    catalog (``item_id,genre``) with two items nobody interacted with, one of each genre.
+    Returns the two CSV paths."""
+    rng = np.random.default_rng(0)
+    rows = ["user_id,item_id"]
+    for u in range(60):
+        pool = range(0, 20) if u < 30 else range(20, 40)
+        rows += [f"u{u},i{i}" for i in rng.choice(list(pool), 8, replace=False)]
+    log = tmp_path / "log.csv"
+    log.write_text("\n".join(rows) + "\n")
+    items = tmp_path / "items.csv"
+    items.write_text("item_id,genre\n" + "".join(
+        f"i{i},{'x' if i < 20 else 'y'}\n" for i in range(40)) + "new_x,x\nnew_y,y\n")
+    return str(log), str(items)

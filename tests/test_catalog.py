@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from _cli import run
+from _cli import run, two_world_log
 
 from tfrec_p5.data import DataError, Interactions, load
 from tfrec_p5.data.catalog import Catalog, attach_features, load_catalog, read_entities
@@ -111,24 +111,8 @@ def test_amazon_catalog_from_attributes(tmp_path):
     assert not load_catalog("synthetic")
 
 
-def _log_csv(tmp_path) -> tuple[str, str]:
-    """A log where users 0-29 like genre x and 30-59 genre y, plus a catalog with two
-    items nobody interacted with: one of each genre."""
-    rng = np.random.default_rng(0)
-    rows = ["user_id,item_id"]
-    for u in range(60):
-        pool = range(0, 20) if u < 30 else range(20, 40)
-        rows += [f"u{u},i{i}" for i in rng.choice(list(pool), 8, replace=False)]
-    log = tmp_path / "log.csv"
-    log.write_text("\n".join(rows) + "\n")
-    items = tmp_path / "items.csv"
-    items.write_text("item_id,genre\n" + "".join(
-        f"i{i},{'x' if i < 20 else 'y'}\n" for i in range(40)) + "new_x,x\nnew_y,y\n")
-    return str(log), str(items)
-
-
 def test_train_items_serves_new_items_from_their_features(tmp_path):
-    log, items = _log_csv(tmp_path)
+    log, items = two_world_log(tmp_path)
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"use_side_features": True, "item_id_dropout": 0.5,
                                   "epochs": 8}))
@@ -159,7 +143,7 @@ def test_train_items_serves_new_items_from_their_features(tmp_path):
 
 
 def test_items_refused_where_it_does_nothing(tmp_path):
-    log, items = _log_csv(tmp_path)
+    log, items = two_world_log(tmp_path)
     status, stdout, stderr = run(["train", "--task", "rating", "--data", f"csv:{log}",
                                   "--items", items, "--out", str(tmp_path / "o")])
     assert status == 2 and "--items does nothing for --task rating" in stderr + stdout
@@ -244,7 +228,7 @@ def test_movielens_derived_features(ml100k_dir):
 
 
 def test_train_users_serves_new_users_from_their_features(tmp_path):
-    log, _ = _log_csv(tmp_path)
+    log, _ = two_world_log(tmp_path)
     users = tmp_path / "users.csv"
     users.write_text("user_id,taste\n" + "".join(
         f"u{u},{'x' if u < 30 else 'y'}\n" for u in range(60)) + "nu_x,x\nnu_y,y\n")

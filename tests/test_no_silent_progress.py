@@ -75,11 +75,14 @@ def small_table():
     ("rating", {"validation_fraction": 0.2}, "20 % of train", None),
     ("rating", {"refit": False}, "carved for early stopping", "refit"),
     ("rating", {"validation_fraction": 0.0}, "none (fixed 2 epochs)", None),
-    ("retrieval", {}, "none (fixed 2 epochs)", None),
+    ("retrieval", {}, "10 % of train (247 rows) carved for early stopping on val_recall@10 "
+     "(patience 3, up to 2 epochs), then a refit on all 2,470 training rows", None),
+    ("retrieval", {"validation_fraction": 0.0}, "none (fixed 2 epochs)", None),
+    ("ranking", {}, "none (fixed 2 epochs)", None),
     ("all", {"validation_fraction": 0.1, "refit": True, "patience": 1},
      "early stopping on val_rmse (patience 1, up to 2 epochs), then a refit", None),
-    ("retrieval", {"validation_fraction": 0.1, "patience": 2},
-     "early stopping on val_recall@10", "refit"),
+    ("retrieval", {"patience": 2, "refit": False},
+     "early stopping on val_recall@10 (patience 2", "refit"),
 ])
 def test_validation_plan_follows_the_config(small_table, task, config, expected, absent):
     request = registry.TrainRequest(train=small_table, validation=None, epochs=2,

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from _cli import SMALL, run
+from _cli import SMALL, run, two_world_log
 
 from tfrec_p5 import data
 from tfrec_p5.cli.registry import get_task
@@ -171,3 +171,203 @@ def test_the_validation_race_needs_a_strict_win():
     assert _winner(retrieval, {"model": {"recall@10": 0.2}, "EASE": {"recall@10": 0.3},
                                "most popular": {"recall@10": 0.25}}) == "EASE"
     assert _winner(retrieval, {"model": {}, "EASE": {"recall@10": 0.3}}) == "model"
+
+
+# ---------------------------------------------------------------------- retrieval race
+def _recommend_and_rank(signatures, users, items) -> dict:
+    rec = signatures("recommend")(user_id=tf.constant(users))
+    rank = signatures("rank")(user_id=tf.constant(users),
+                              item_ids=tf.constant([list(items)] * len(users)))
+    return {"ids": decode_strings(rec["item_ids"]), "scores": np.asarray(rec["scores"]),
+            "rank_ids": decode_strings(rank["item_ids"]),
+            "rank_scores": np.asarray(rank["scores"])}
+
+
+def _assert_same_answers(got: dict, want: dict) -> None:
+    """The served item-item module answers like the numpy reference (padding: the
+    reference's "" scores -inf, the export's PAD_SCORE)."""
+    np.testing.assert_array_equal(got["ids"], want["ids"])
+    real = want["ids"] != ""
+    np.testing.assert_allclose(got["scores"][real], want["scores"][real], rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_array_equal(got["rank_ids"], want["rank_ids"])
+    finite = np.isfinite(want["rank_scores"])
+    np.testing.assert_allclose(got["rank_scores"][finite], want["rank_scores"][finite],
+                               rtol=1e-5, atol=1e-6)
+    assert not np.isfinite(got["rank_scores"][~finite]).any()
+
+
+@pytest.mark.parametrize("name", ["most popular", "EASE", "item-KNN"])
+def test_item_item_references_are_served_exactly(table, monkeypatch, name):
+    """EASE, item-KNN (above EASE_MAX_ITEMS items) and most popular exported through
+    item_item_module answer recommend and rank as the references do: seen items excluded,
+    an unknown user gets the most popular items, an unknown item scores -inf."""
+    from tfrec_p5.export.retrieval import item_item_module
+
+    if name == "item-KNN":
+        monkeypatch.setattr(served, "EASE_MAX_ITEMS", 10)
+    ref = next(r for r in served.retrieval_references(table, k=15, seed=1) if r.name == name)
+    module = item_item_module(ref.model, ref.vocabs, ref.popularity, k=15)
+    users = [*np.unique(table.user_id)[:25].tolist(), "nobody"]
+    items = [*np.unique(table.item_id)[:6].tolist(), "nothing"]
+    got = _recommend_and_rank(module.signature, users, items)
+    _assert_same_answers(got, _recommend_and_rank(ref.signature, users, items))
+    assert module.signature_names() == ["rank", "recommend", "serving_default"]
+    assert module.tasks == ["retrieval"] and module.recommend_k == 15
+
+
+RETRIEVAL = ["train", "--task", "retrieval", "--data", SMALL, "--epochs", "2", "--json"]
+
+CHILD = """
+import json, sys
+import tensorflow as tf
+path, users, items = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+m = tf.saved_model.load(path)
+rec = m.signatures["recommend"](user_id=tf.constant(users))
+rank = m.signatures["rank"](user_id=tf.constant(users),
+                            item_ids=tf.constant([items] * len(users)))
+print(json.dumps({"ids": rec["item_ids"].numpy().astype(str).tolist(),
+                  "scores": rec["scores"].numpy().tolist(),
+                  "rank_ids": rank["item_ids"].numpy().astype(str).tolist(),
+                  "rank_scores": [[x if x > -1e30 else None for x in row]
+                                  for row in rank["scores"].numpy().tolist()],
+                  "dtypes": [rec["item_ids"].dtype.name, rec["scores"].dtype.name],
+                  "modules": sorted(n for n in sys.modules if n.startswith("tfrec_p5"))}))
+"""
+
+
+def test_ease_is_served_when_it_wins_the_retrieval_race(tmp_path):
+    """A retrieval model that learns nothing (a learning rate of 1e-9) loses to EASE on
+    its validation carve: train exports EASE behind recommend / rank, says so, and keeps
+    the model's test row; the export answers like the numpy EASE in bare TensorFlow."""
+    from _cli import run_tf_only
+
+    from tfrec_p5.cli.common import split_parts
+
+    config = tmp_path / "frozen.json"
+    config.write_text(json.dumps({"learning_rate": 1e-9}))
+    args = [*RETRIEVAL, "--config", str(config), "--top-k", "20"]
+    status, stdout, stderr = run([*args, "--out", str(tmp_path / "best")])
+    assert status == 0, stderr
+    metrics = json.loads(stdout.strip().splitlines()[-1])
+    assert "note: serving the EASE reference: it beats the model on validation " \
+        "(recall@10 " in stderr
+    assert "validation: EASE" in stderr and "test: model (not served)" in stderr
+    assert metrics["reference_EASE_validation_recall@10"] > metrics["validation_recall@10"]
+    assert metrics["test_recall@10"] == pytest.approx(metrics["reference_EASE_test_recall@10"])
+    assert metrics["model_test_recall@10"] < metrics["test_recall@10"]
+    meta = json.loads((tmp_path / "best" / "1" / "assets.extra" / "metadata.json").read_text())
+    assert meta["served"] == "EASE" and meta["tasks"] == ["retrieval"]
+    assert meta["recommend"] == {"k": 20, "exclude_seen": True}
+    # EASE fitted on every training row, as train fits it; its numpy answers.
+    train, validation, _, _ = split_parts(data.load(SMALL), "random:0.8", 42)
+    fitted = data.Interactions.concat(train, validation)
+    ease = served.retrieval_references(fitted, k=20, seed=42)[1]
+    users = [*np.unique(fitted.user_id)[:40].tolist(), "nobody"]
+    items = [*np.unique(fitted.item_id)[:5].tolist(), "nothing"]
+    want = _recommend_and_rank(ease.signature, users, items)
+    got = run_tf_only(CHILD, tmp_path / "best" / "1", json.dumps(users), json.dumps(items))
+    assert got["modules"] == [] and got["dtypes"] == ["string", "float32"]
+    got = {"ids": np.array(got["ids"]), "scores": np.array(got["scores"]),
+           "rank_ids": np.array(got["rank_ids"]),
+           "rank_scores": np.array([[-np.inf if x is None else x for x in row]
+                                    for row in got["rank_scores"]])}
+    _assert_same_answers(got, want)
+
+    status, stdout, stderr = run([*args, "--serve", "model", "--out", str(tmp_path / "m")])
+    assert status == 0, stderr
+    metrics = json.loads(stdout.strip().splitlines()[-1])
+    assert "beats the model on validation" in stderr and "serving the model (--serve model)" \
+        in stderr
+    assert metrics["test_recall@10"] < metrics["reference_EASE_test_recall@10"]
+    assert "model_test_recall@10" not in metrics
+    meta = json.loads((tmp_path / "m" / "1" / "assets.extra" / "metadata.json").read_text())
+    assert meta["served"] == "model"
+
+
+def test_the_model_is_kept_when_it_wins_the_retrieval_race(tmp_path, monkeypatch):
+    """Against most popular alone (EASE left out) on data where popularity says nothing,
+    the model wins on validation and is what gets exported."""
+    real = served.retrieval_references
+    monkeypatch.setattr(served, "retrieval_references",
+                        lambda fitted, **kwargs: real(fitted, **kwargs)[:1])
+    log, _ = two_world_log(tmp_path)
+    status, stdout, stderr = run(["train", "--task", "retrieval", "--data", f"csv:{log}",
+                                  "--epochs", "8", "--json", "--out", str(tmp_path / "m")])
+    assert status == 0, stderr
+    metrics = json.loads(stdout.strip().splitlines()[-1])
+    assert metrics["validation_recall@10"] > \
+        metrics["reference_most_popular_validation_recall@10"] + 0.2
+    assert "serving the" not in stderr and "beats the model on validation" not in stderr
+    assert "model_test_recall@10" not in metrics and "test: model (not served)" not in stderr
+    meta = json.loads((tmp_path / "m" / "1" / "assets.extra" / "metadata.json").read_text())
+    assert meta["served"] == "model" and meta["search_epochs_run"] >= meta["epochs_run"]
+
+
+def test_a_winner_that_cannot_serve_what_the_model_serves_is_not_exported(tmp_path):
+    """A model that scores catalog items by their features (score_new_items, items
+    without training rows) keeps its export even when a reference wins on validation."""
+    config = tmp_path / "features.json"
+    config.write_text(json.dumps({"use_side_features": True, "learning_rate": 1e-9}))
+    log, items = two_world_log(tmp_path)
+    status, stdout, stderr = run(["train", "--task", "retrieval", "--data", f"csv:{log}",
+                                  "--items", f"{items}?multi=genre", "--epochs", "2",
+                                  "--config", str(config), "--json",
+                                  "--out", str(tmp_path / "m")])
+    assert status == 0, stderr
+    assert "reference beats the model on validation (recall@10 " in stderr
+    assert "but cannot serve the model's score_new_items signature; serving the model" \
+        in stderr
+    meta = json.loads((tmp_path / "m" / "1" / "assets.extra" / "metadata.json").read_text())
+    assert meta["served"] == "model" and meta["catalog"]["new_items"] == 2
+
+
+def test_lacks_names_what_only_the_model_serves():
+    from tfrec_p5.cli.train import _lacks
+
+    class Module:
+        def __init__(self, names, users=5, items=7, custom_ops=None):
+            self.names, self.custom_ops = names, custom_ops
+            self.vocab_sizes = {"user_id": users, "item_id": items}
+
+        def signature_names(self):
+            return self.names
+
+    ref = Module(["rank", "recommend", "serving_default"])
+    assert _lacks(Module(["rank", "recommend", "serving_default"]), ref) == ""
+    assert _lacks(Module(["rank", "recommend", "score_new_items"]), ref) == \
+        "the model's score_new_items signature"
+    assert _lacks(Module(["rank", "recommend"], users=8, items=9), ref) == \
+        "the 3 users and 2 items without training rows the model serves"
+    assert _lacks(Module(["rank", "recommend"], items=3), ref) == ""  # min_count: fewer
+    assert _lacks(Module(["recommend"], custom_ops=["scann"]), ref) == \
+        "the ScaNN index (--index scann)"
+
+
+def test_the_race_reads_the_best_epoch_of_the_search():
+    """The model's validation metrics are the selected epoch's (the search's, before the
+    refit), measured on the rows carve_validation carves with the same seed."""
+    from tfrec_p5.cli.builtin import _carved_validation
+    from tfrec_p5.cli.registry import TrainRequest
+
+    table = data.load(SMALL)
+    request = TrainRequest(train=table, validation=None, seed=7, epochs=None,
+                           batch_size=None, config={})
+    history = {"search_val_recall@10": [0.1, 0.3, 0.3, 0.2],
+               "search_val_recall@100": [0.5, 0.6, 0.9, 0.7],
+               "search_val_ndcg@10": [0.1, 0.2, 0.25, 0.2], "loss": [1.0, 0.5]}
+    out = _carved_validation(request, 0.1, history, "recall@10",
+                             ("recall@10", "recall@100", "ndcg@10"), higher=True)
+    assert out["validation_metrics"] == {"recall@10": 0.3, "recall@100": 0.6, "ndcg@10": 0.2}
+    fit_rows, carved = out["validation_split"]
+    want = data.random_split(table, 0.9, seed=7)
+    assert len(carved) == len(want.test) and len(fit_rows) == len(want.train)
+    # --top-k 5: no recall@10 to race on, the epoch is still the selected one
+    assert _carved_validation(request, 0.1, history, "recall@10", ("ndcg@10",),
+                              higher=True)["validation_metrics"] == {"ndcg@10": 0.2}
+    assert _carved_validation(request, 0.1, {"loss": [1.0]}, "recall@10", ("recall@10",),
+                              higher=True) == {}
+    given = TrainRequest(train=table, validation=table, seed=7, epochs=None,
+                         batch_size=None, config={})
+    assert _carved_validation(given, 0.1, history, "recall@10", ("recall@10",),
+                              higher=True) == {}

@@ -117,25 +117,32 @@ def _train_rating(request: TrainRequest) -> TrainResult:
                 "epochs_run": len(history.get("loss", [])),
                 "stopped_epoch": int(getattr(trained, "stopped_epoch", 0) or 0)}
     return TrainResult(module, config=config_dict, metadata=metadata,
-                       **_rating_validation(request, config, history))
+                       **_carved_validation(request, config.validation_fraction, history,
+                                            "rmse", ("rmse", "mae"), higher=False,
+                                            by_time=config.validation_carve == "time"))
 
 
-def _rating_validation(request: TrainRequest, config, history: Mapping) -> dict:
-    """The search's best validation RMSE / MAE and the carved rows they were measured on
-    (``train_rating`` carves with the same rule and seed), or nothing without a search."""
+def _carved_validation(request: TrainRequest, fraction: float, history: Mapping,
+                       monitor: str, names: tuple[str, ...], *, higher: bool,
+                       by_time: bool = False) -> dict:
+    """The validation metrics ``names`` (``history["val_" + name]``, or the search's
+    before a refit) of the epoch with the best ``monitor`` (``higher`` or lower is
+    better) and the carved rows they were measured on (the trainers carve ``fraction``
+    with ``carve_validation``'s rule and ``request.seed``): ``TrainResult`` fields for
+    ``train``'s validation race, or nothing when the model carved no validation slice."""
     from tfrec_p5.data.splits import carve_validation
-    from tfrec_p5.training import carves_by_time
 
-    rmse = history.get("search_val_rmse") or (history.get("val_rmse")
-                                               if request.validation is None else None)
-    if not rmse or request.validation is not None:
+    if request.validation is not None:
         return {}
-    prefix = "search_" if "search_val_rmse" in history else ""
-    best = min(range(len(rmse)), key=rmse.__getitem__)
-    fit_rows, carved = carve_validation(request.train, None, config.validation_fraction,
-                                        request.seed, by_time=carves_by_time(config))
-    return {"validation_metrics": {"rmse": float(rmse[best]),
-                                   "mae": float(history[prefix + "val_mae"][best])},
+    prefix = "search_val_" if f"search_val_{monitor}" in history else "val_"
+    values = history.get(prefix + monitor)
+    if not values:
+        return {}
+    best = (max if higher else min)(range(len(values)), key=values.__getitem__)
+    fit_rows, carved = carve_validation(request.train, None, fraction, request.seed,
+                                        by_time=by_time)
+    return {"validation_metrics": {name: float(history[prefix + name][best])
+                                   for name in names if prefix + name in history},
             "validation_split": (fit_rows, carved)}
 
 
@@ -166,7 +173,7 @@ def _evaluate_rating(signatures: SignatureGetter, table) -> dict[str, float]:
 # ---------------------------------------------------------------------- retrieval / ranking / all
 def _unified_config(task: str):
     def config(request: TrainRequest):
-        from tfrec_p5.models.unified import UnifiedConfig
+        from tfrec_p5.models.unified import RETRIEVAL_SELECTION, UnifiedConfig
 
         values = dict(request.config)
         options = dict(request.options or {})
@@ -177,7 +184,10 @@ def _unified_config(task: str):
             weights = {k: float(v) for k, v in values.pop("weights").items()}
         if task == "ranking" and weights.get("ranking", 0) <= 0:
             raise CliError("--task ranking needs a positive ranking weight", status=2)
-        values = _config_values(UnifiedConfig().to_dict(), request, values)
+        defaults = UnifiedConfig().to_dict()
+        if task == "retrieval":  # carve, pick the epochs, refit: the validation race
+            defaults.update(RETRIEVAL_SELECTION)
+        values = _config_values(defaults, request, values)
         values["weights"] = weights
         unified = _from_dict(UnifiedConfig, values)
         _check_index(task, options.get("index"), unified.active())
@@ -239,6 +249,8 @@ def _train_unified(task: str):
                     "top_k": module.recommend_k, "exclude_seen": module.exclude_seen,
                     "epochs_run": len(trained.history.get("loss", [])),
                     "epoch_seconds": [round(s, 3) for s in trained.epoch_seconds]}
+        if "search_loss" in trained.history:  # the epoch search before the refit
+            metadata["search_epochs_run"] = len(trained.history["search_loss"])
         if trained.rating_range is not None:
             metadata["rating_range"] = list(trained.rating_range)
         if items is not None:
@@ -247,8 +259,27 @@ def _train_unified(task: str):
             metadata["user_catalog"] = {
                 "users": len(users), "source": users.source,
                 "new_users": int(len(catalog_users(request.train, trained.vocabs)))}
-        return TrainResult(module, config=config.to_dict(), metadata=metadata)
+        # Recall@K as `evaluate` reports it: only for K up to the exported list's length.
+        validation = {} if task != "retrieval" else _carved_validation(
+            request, config.validation_fraction, trained.history, "recall@10",
+            tuple(m for m in ("recall@10", "recall@100") if int(m[7:]) <= module.recommend_k)
+            + ("ndcg@10",), higher=True)
+        return TrainResult(module, config=config.to_dict(), metadata=metadata, **validation)
     return train
+
+
+def _serve_retrieval_reference(reference, request: TrainRequest):
+    """An item-item reference (EASE, item-KNN, most popular) behind ``recommend`` and
+    ``rank``, with the model's ``--top-k`` and seen-item rule and the data's titles."""
+    from tfrec_p5.export.retrieval import item_item_module
+    from tfrec_p5.export.unified import item_titles
+
+    options = dict(request.options or {})
+    top_k = options.get("top_k")
+    return item_item_module(reference.model, reference.vocabs, reference.popularity,
+                            k=100 if top_k is None else int(top_k),
+                            exclude_seen=not options.get("include_seen", False),
+                            titles=item_titles(request.train, reference.vocabs))
 
 
 def _item_catalog(request: TrainRequest, features: bool):
@@ -424,7 +455,8 @@ register_task(Task("retrieval", "two-tower top-k retrieval (implicit feedback is
                    plan=_plan_unified("retrieval"),
                    options=_RECOMMEND_OPTIONS, signature="recommend",
                    fold_validation=True, references=_pair_references("retrieval"),
-                   headline=(("recall@10", True),)))
+                   headline=(("recall@10", True),),
+                   serve_reference=_serve_retrieval_reference))
 register_task(Task("ranking", "ranking head (pointwise MSE or listwise softmax / ListMLE); "
                    "signature rank", train=_train_unified("ranking"),
                    evaluate=_evaluate_unified("ranking"), config=_unified_config("ranking"),

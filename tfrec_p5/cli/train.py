@@ -149,9 +149,16 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
             notes.append(f"the {winner} reference beats the model on validation ({better}) "
                          f"but cannot be served by --task {task.name}; serving the model")
         else:
-            module, served = task.serve_reference(ref, request), winner
-            notes.append(f"serving the {winner} reference: it beats the model on validation "
-                         f"({better}); --serve model exports the model instead")
+            candidate = task.serve_reference(ref, request)
+            lacks = _lacks(module, candidate)
+            if lacks:
+                notes.append(f"the {winner} reference beats the model on validation "
+                             f"({better}) but cannot serve {lacks}; serving the model")
+            else:
+                module, served = candidate, winner
+                notes.append(f"serving the {winner} reference: it beats the model on "
+                             f"validation ({better}); --serve model exports the model "
+                             "instead")
     for part, part_table, before in parts:
         if part_table is None or len(part_table) == 0:
             continue
@@ -227,6 +234,24 @@ def _winner(task, race: dict[str, dict]) -> str:
     return best
 
 
+def _lacks(model, reference) -> str:
+    """What the ``model`` module serves that the ``reference`` module cannot (``""``:
+    nothing): a signature it lacks (``score_new_items``), users or items known only from
+    a catalog file (a larger vocabulary), or a ScaNN index."""
+    missing = sorted(set(model.signature_names()) - set(reference.signature_names()))
+    if missing:
+        return f"the model's {', '.join(missing)} signature" + ("s" if len(missing) > 1
+                                                                 else "")
+    more = [f"{model.vocab_sizes[k] - reference.vocab_sizes[k]:,} {k.removesuffix('_id')}s"
+            for k in ("user_id", "item_id")
+            if model.vocab_sizes.get(k, 0) > reference.vocab_sizes.get(k, 0)]
+    if more:
+        return f"the {' and '.join(more)} without training rows the model serves"
+    if getattr(model, "custom_ops", None) and not getattr(reference, "custom_ops", None):
+        return "the ScaNN index (--index scann)"
+    return ""
+
+
 def _compare(task, ref: dict, model: dict) -> str:
     metric = task.headline[0][0]
     return f"{metric} {ref[metric]:.4f} vs {model[metric]:.4f}"
@@ -260,8 +285,8 @@ def add_parser(sub, task_names: list[str]) -> None:
                    "says what the task does with it)")
     p.add_argument("--seed", type=int, default=42, help="split and training seed")
     p.add_argument("--epochs", type=positive_int, metavar="N", help="override the config's "
-                   "epochs (default: the task's config; rating: 40, an upper bound for early "
-                   "stopping)")
+                   "epochs (default: the task's config; rating: 40, retrieval: 20, upper bounds "
+                   "for early stopping)")
     p.add_argument("--batch-size", type=positive_int, metavar="N", help="override the "
                    "config's batch size (default: the task's config)")
     p.add_argument("--config", metavar="FILE.json", help="hyper-parameters (JSON object)")
@@ -275,8 +300,9 @@ def add_parser(sub, task_names: list[str]) -> None:
     p.add_argument("--serve", choices=("best", "model"), default="best",
                    help="what to export: best (default) = the model, or a simple reference "
                    "that beats it on validation where the task can serve one (rating: the "
-                   "bias baseline); model = always the model. Either way the table shows "
-                   "both and a note says which was served")
+                   "bias baseline; retrieval: EASE, item-KNN or most popular); model = "
+                   "always the model. Either way the table shows both and a note says "
+                   "which was served")
     p.add_argument("--json", action="store_true", help="print the metrics JSON on stdout "
                    "(progress goes to stderr)")
     p.add_argument("--weights", metavar="TASK=W,...", help="--task all: loss weight per head, "

@@ -14,7 +14,10 @@ like with like:
 * next item: **most popular** and **item-KNN** over the history's items.
 
 Every reference excludes the user's fitted items from ``recommend`` (as the export does)
-and answers an unknown user with the most popular items.
+and answers an unknown user with the most popular items. The bias baseline and the
+retrieval references also carry what ``train`` exports when they beat the model on
+validation (``ServedReference.model``): a Keras bias model, or an
+``models.item_item.ItemItemModel`` whose ``score`` is the one the reference serves.
 
     for ref in retrieval_references(fitted, k=100, seed=42):
         print(ref.name, ref.choice, evaluate_recommend(ref.signature, test))
@@ -34,6 +37,7 @@ from tfrec_p5.data.splits import random_split
 from tfrec_p5.evaluation.references import EASE
 from tfrec_p5.evaluation.signatures import decode_strings, evaluate_recommend
 from tfrec_p5.models.bias import BIAS_GRID, build_bias_model, select_bias_fit
+from tfrec_p5.models.item_item import ItemItemModel
 
 __all__ = ["EASE_MAX_ITEMS", "KNN_MAX_ITEMS", "ServedReference", "bias_baseline",
            "next_item_references", "retrieval_references"]
@@ -84,9 +88,10 @@ class ServedReference:
       popularity: ``[I]`` fitted counts, the answer for an unknown user.
       choice: what validation chose (``"l2=10 (RMSE 0.9312 on a 10% validation carve
         of the fitted rows)"``), or ``""``.
-      model: the reference as a Keras model with the task model's inputs, which ``train``
-        can export in the model's place when the reference wins on validation (``None``:
-        it cannot be served).
+      model: what ``train`` can export in the model's place when the reference wins on
+        validation: the bias baseline as a Keras model with the rating model's inputs,
+        a retrieval reference as its ``ItemItemModel`` (``score_users`` is its
+        ``score``); ``None``: it cannot be served.
     """
 
     name: str
@@ -98,7 +103,7 @@ class ServedReference:
     seen: tuple[np.ndarray, np.ndarray] | None = None
     popularity: np.ndarray | None = None
     choice: str = ""
-    model: tf.keras.Model | None = None
+    model: tf.keras.Model | ItemItemModel | None = None
     tokens: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -231,18 +236,23 @@ def bias_baseline(fitted: Interactions, *, seed: int = 42, fraction: float = 0.1
 
 
 def _pair_reference(name: str, fitted: Interactions, vocabs: Vocabularies, k: int,
-                    score: UserScorer | None, choice: str = "") -> ServedReference:
+                    weights: np.ndarray | None, choice: str = "") -> ServedReference:
+    """A retrieval reference scoring ``x_u · weights`` (``None``: most popular)."""
     users, items = _indices(fitted, vocabs)
     pop = _popularity(items, len(vocabs.item))
-    return ServedReference(name, vocabs, k=k, score_users=score,
+    model = ItemItemModel.from_rows(
+        users, items, len(vocabs.user), len(vocabs.item), weights=weights,
+        item_bias=None if weights is not None else np.where(np.isfinite(pop), pop, 0.0))
+    return ServedReference(name, vocabs, k=k,
+                           score_users=model.score if weights is not None else None,
                            seen=_seen(users, items, len(vocabs.user)), popularity=pop,
-                           choice=choice)
+                           choice=choice, model=model)
 
 
-def _ease(fitted: Interactions, vocabs: Vocabularies, l2: float) -> UserScorer:
+def _ease(fitted: Interactions, vocabs: Vocabularies, l2: float) -> np.ndarray:
+    """EASE's ``[I, I]`` item-item weights ``B`` on ``fitted``."""
     users, items = _indices(fitted, vocabs)
-    model = EASE.fit(users, items, len(vocabs.user), len(vocabs.item), l2=l2)
-    return model.score
+    return EASE.fit(users, items, len(vocabs.user), len(vocabs.item), l2=l2).weights
 
 
 def _cosine_knn(users: np.ndarray, items: np.ndarray, num_users: int,
@@ -287,11 +297,7 @@ def retrieval_references(fitted: Interactions, *, k: int = 100, seed: int = 42,
     elif num_items <= KNN_MAX_ITEMS:
         users, items = _indices(fitted, vocabs)
         sim = _cosine_knn(users, items, len(vocabs.user), num_items)
-        splits, seen = _seen(users, items, len(vocabs.user))
-
-        def knn(q: np.ndarray) -> np.ndarray:
-            return np.stack([sim[seen[splits[u]:splits[u + 1]]].sum(axis=0) for u in q])
-        refs.append(_pair_reference("item-KNN", fitted, vocabs, k, knn))
+        refs.append(_pair_reference("item-KNN", fitted, vocabs, k, sim))
     return refs
 
 

@@ -11,11 +11,14 @@ Later tasks add signatures to the same export through ``ServingModule`` (see
 ``tfrec_p5.export.serving``). Items known only by their features are scored by an
 export's ``score_new_items`` (``export.new_items``) and added to its next version,
 without retraining, by ``add_items`` (``export.add_items``; ``tfrec-p5 add-items``).
+``item_item_module`` serves an item-item model (EASE, item-KNN, most popular:
+``models.item_item``) under a retrieval model's ``recommend`` / ``rank``.
 """
 
 from tfrec_p5.export.add_items import AddItemsRefused, NewItems, add_items, read_new_items
 from tfrec_p5.export.boundary import PAD_ITEM_ID, PAD_SCORE, drop_padding
 from tfrec_p5.export.new_items import ItemFeatureEncoder
+from tfrec_p5.export.retrieval import item_item_module
 from tfrec_p5.export.saved_model import (
     EXTRA_DIR,
     METADATA_FILE,
@@ -45,7 +48,7 @@ __all__ = [
     "IdLookup", "ItemFeatureEncoder", "METADATA_FILE", "METRICS_FILE", "NewItems",
     "PAD_ITEM_ID", "PAD_SCORE", "ScannOptions", "ServingModule", "TrainingRecord",
     "USER_ID_SPEC", "add_items", "add_rating_signatures", "build_module", "drop_padding",
-    "export", "item_titles", "list_versions", "load_export",
+    "export", "item_item_module", "item_titles", "list_versions", "load_export",
     "load_metadata", "next_version", "read_new_items", "resolve_export",
     "serving_module",
 ]

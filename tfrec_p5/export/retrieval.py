@@ -30,6 +30,12 @@ for the user with that head (``recommend_scorer``), so the list is still the mod
   fallback rules. Brute force stays the default because stock TF Serving has no ScaNN
   ops: a ScaNN export needs TF Serving built with them, or ``import scann`` before
   loading it in Python.
+
+An item-item model (``models.item_item.ItemItemModel``: EASE, item-KNN, most popular)
+is served the same way (``item_item_module``): its ``ItemItemIndex`` holds ``W`` instead
+of vectors, and a user's scores are ``x_u · W + b`` with ``x_u`` the user's fitted items
+(the stored seen items), so the export answers like the numpy reference it was fit as --
+what ``tfrec-p5 train`` exports when such a reference beats the model on validation.
 """
 
 from __future__ import annotations
@@ -39,10 +45,12 @@ from collections.abc import Callable
 import numpy as np
 import tensorflow as tf
 
+from tfrec_p5.data.pipeline import Vocabularies
 from tfrec_p5.data.vocabulary import EMPTY_BUCKET
 from tfrec_p5.export.boundary import top_k_or_pad
 from tfrec_p5.export.scann_index import SCANN_OPS, ScannIndex, ScannOptions, scann_recommend
 from tfrec_p5.export.serving import USER_ID_SPEC, ServingModule
+from tfrec_p5.models.item_item import ItemItemModel
 
 ITEM_LIST_SPEC = tf.TensorSpec([None, None], tf.string, name="item_ids")
 #: Export metadata key: ``{"k": list size, "exclude_seen": bool}`` of ``recommend``.
@@ -89,6 +97,8 @@ class RetrievalIndex(tf.Module):
             raise ValueError("pass both user_vectors and item_vectors, or neither")
         self.num_items = len(item_tokens)
         self.has_vectors = item_vectors is not None
+        #: Whether ``dot_scores`` / ``pair_scores`` score users without a head's help.
+        self.scores_users = self.has_vectors
         if self.has_vectors:
             item_vectors = np.asarray(item_vectors, np.float32)
             if len(item_tokens) != len(item_vectors) - 1:
@@ -166,6 +176,51 @@ class RetrievalIndex(tf.Module):
         return tf.einsum("bd,bnd->bn", q, c) + tf.gather(self.item_prior, cols)
 
 
+class ItemItemIndex(RetrievalIndex):
+    """The index of an ``ItemItemModel`` (EASE, item-KNN, most popular): scores
+    ``x_u · W + b``, ``x_u`` = user ``u``'s fitted items (the stored seen items).
+
+    ``recommend`` and ``rank`` follow the reference it was fit as
+    (``evaluation.served.ServedReference``): seen items excluded, an unknown user gets the
+    popularity fallback in both, an unknown item scores ``-inf`` in ``rank``. ``W`` is
+    stored as one ``[I, I - 1]`` variable (4 · I² bytes); a request multiplies the batch's
+    ``[B, I]`` binary rows by it.
+    """
+
+    def __init__(self, model: ItemItemModel, item_tokens: np.ndarray, popularity: np.ndarray,
+                 name: str = "retrieval_index", item_titles: np.ndarray | None = None) -> None:
+        if len(item_tokens) != model.num_items - 1:
+            raise ValueError("item_tokens must name item indices 1..I-1 of the model")
+        super().__init__(None, None, item_tokens, popularity, model.history_splits,
+                         model.history_items, item_prior=model.item_bias, name=name,
+                         item_titles=item_titles)
+        self.scores_users = True
+        self.item_weights = None if model.weights is None else tf.Variable(
+            np.asarray(model.weights, np.float32)[:, 1:], trainable=False,
+            name="item_weights")                                        # [I, I-1]
+
+    def dot_scores(self, user_index: tf.Tensor) -> tf.Tensor:
+        """``[B, I-1]`` ``x_u · W`` of ``user_index [B]`` (zeros without ``W``)."""
+        batch = tf.shape(user_index, out_type=tf.int64)[0]
+        if self.item_weights is None:
+            return tf.zeros(tf.stack([batch, self.num_items]), tf.float32)
+        starts = tf.gather(self.seen_splits, user_index)
+        ends = tf.gather(self.seen_splits, user_index + 1)
+        pos = tf.ragged.range(starts, ends)
+        items = tf.gather(self.seen_values, pos.flat_values)
+        rows = tf.scatter_nd(tf.stack([pos.value_rowids(), items], axis=1),
+                             tf.ones(tf.shape(items), tf.float32),
+                             tf.stack([batch, self.num_items + 1]))          # [B, I]
+        return tf.matmul(rows, self.item_weights)
+
+    def pair_scores(self, user_index: tf.Tensor, item_index: tf.Tensor) -> tf.Tensor:
+        """Scores of ``user_index [B]`` × ``item_index [B, n]`` (unknown user: popularity)."""
+        full = self.dot_scores(user_index) + self.item_prior[None, :]
+        full = tf.where((user_index > 0)[:, None], full,
+                        tf.broadcast_to(self.popularity[None, :], tf.shape(full)))
+        return tf.gather(full, tf.maximum(item_index - 1, 0), batch_dims=1)
+
+
 def catalog_scores(scorer: PairScorer, user_index: tf.Tensor, num_items: int) -> tf.Tensor:
     """``[B, num_items]`` scores of every item index ``1..num_items`` for each user.
 
@@ -206,7 +261,7 @@ def add_retrieval_signatures(module: ServingModule, index: RetrievalIndex, k: in
                                  recommend_scorer=rate, recommend_task="rating",
                                  rank_task="rating")          # a rating-only model
     """
-    if not index.has_vectors and (recommend_scorer is None or pair_scorer is None):
+    if not index.scores_users and (recommend_scorer is None or pair_scorer is None):
         raise ValueError("an index without vectors needs recommend_scorer and pair_scorer "
                          "(a signature the model cannot back is left out, never faked)")
     if ann is not None and (not index.has_vectors or recommend_scorer is not None):
@@ -256,3 +311,24 @@ def add_retrieval_signatures(module: ServingModule, index: RetrievalIndex, k: in
     module.recommend_k = k
     module.exclude_seen = bool(exclude_seen)
     module.extra_metadata[RECOMMEND_KEY] = {"k": k, "exclude_seen": bool(exclude_seen)}
+
+
+def item_item_module(model: ItemItemModel, vocabs: Vocabularies, popularity: np.ndarray, *,
+                     k: int = 100, exclude_seen: bool = True,
+                     titles: list[str] | None = None) -> ServingModule:
+    """A ``ServingModule`` whose ``recommend`` (= ``serving_default``) and ``rank`` are
+    ``model``'s, with the outputs of a two-tower export (``item_ids`` string / ``scores``
+    float32 ``[B, k]``, padded alike).
+
+    ``vocabs``: the rows ``model`` was fit on; ``popularity``: ``[I]`` their item counts
+    (the unknown-user answer); ``titles``: of item rows ``1..I-1`` (``tfrec-p5
+    recommend`` prints them).
+
+        module = item_item_module(ref.model, ref.vocabs, ref.popularity, k=100)
+    """
+    module = ServingModule(vocabs)
+    index = ItemItemIndex(model, vocabs.item.tokens, popularity,
+                          item_titles=None if titles is None else np.asarray(titles, object))
+    add_retrieval_signatures(module, index, k=k, exclude_seen=exclude_seen,
+                             recommend_task="retrieval", rank_task="retrieval")
+    return module
