@@ -195,11 +195,11 @@ def unknown_user_gate(config: RatingConfig, fit_table: Interactions, vocabs: Voc
                       seed: int = 42) -> UnknownUserRating | None:
     """The ``UnknownUserRating`` layer of a model fit on ``fit_table`` (``None`` with
     ``config.unknown_users="model"`` or hashed user IDs, where index 0 is a real bucket):
-    a ``BiasFit`` of ``fit_table`` (λ by ``select_bias_fit``) for the users it has no rows
-    of."""
+    item-only ridge biases of ``fit_table`` (λ by ``select_bias_fit``) for the users it
+    has no rows of."""
     if config.unknown_users != "bias" or USER in config.hash_buckets:
         return None
-    fit, _ = select_bias_fit(fit_table, vocabs, seed=seed)
+    fit, _ = select_bias_fit(fit_table, vocabs, seed=seed, user_biases=False)
     trained = np.bincount(vocabs.user.lookup(fit_table.user_id), minlength=len(vocabs.user))
     trained[0] = 0
     return UnknownUserRating(fit, trained > 0, name="unknown_users")
