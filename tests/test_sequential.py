@@ -176,6 +176,19 @@ def test_evaluate_next_items_both_protocols_with_ties():
     assert out["sampled_ndcg@5"] == pytest.approx(1 / np.log2(5))
 
 
+def test_evaluate_next_items_scores_the_first_held_out_event_in_time():
+    # A temporal split leaves several held-out events per user, in file order: the next
+    # item is the earliest (x3 at time 3), not the first row (x5 at time 5).
+    hist = Interactions.from_columns({"user_id": ["a", "a"], "item_id": ["x0", "x1"],
+                                      "timestamp": [0, 1]})
+    held = Interactions.from_columns({"user_id": ["a", "a"], "item_id": ["x5", "x3"],
+                                      "timestamp": [5, 3]})
+
+    def signatures(name):
+        return lambda history: {"item_ids": tf.constant([["x3", "x2"]])}
+    assert evaluate_next_items(signatures, held, hist, protocol="full")["hr@5"] == 1.0
+
+
 # ---------------------------------------------------------------------- training
 def test_training_beats_most_popular(trained):
     split, model = trained

@@ -181,9 +181,13 @@ def evaluate_next_items(signatures: Signatures,
     ``N`` (default 99) items drawn uniformly (``numpy`` seed ``seed``) from the
     ``catalog`` (default: every item of ``history`` and ``held_out``) minus everything the
     user interacted with (history + held-out), via ``score_items``; keys ``sampled_*``;
-    ``"all"`` — both. Ties rank the held-out item last.
+    ``"all"`` — both. Ties rank the held-out item last. A user with several held-out
+    events (a temporal split) is scored on the first in time (table order breaks ties):
+    the item that comes next after the history.
     """
     kind, num_negatives = parse_protocol(protocol, num_negatives)
+    if held_out.timestamp is not None:
+        held_out = held_out.take(np.argsort(held_out.timestamp, kind="stable"))
     users, first = np.unique(held_out.user_id, return_index=True)
     targets = held_out.item_id[first]
     hists = _histories(history, users)
