@@ -116,8 +116,15 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
     # keeps their hashes, so `evaluate` can refuse them as test rows later.
     fitted = train if validation is None else Interactions.concat(train, validation)
     rows, metrics, notes = [], {}, list(result.notes)
-    parts = [("test", test, (train, validation)), ("test_data", test_data, (table,))]
-    part_values = {}  # part -> the served module's metrics
+
+    def report(label: str, key: str, part_table, values: dict) -> dict:
+        rows.append((label, len(part_table), values))
+        metrics.update(flat(key, len(part_table), values))
+        return values
+
+    parts = [(part, t, before) for part, t, before in
+             [("test", test, (train, validation)), ("test_data", test_data, (table,))]
+             if t is not None and len(t)]
     k = getattr(module, "recommend_k", None) or 100
     use_refs = task.references is not None and not args.no_references
     # The validation race: the model against each reference on the rows the model was
@@ -125,63 +132,34 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
     val_fit, val_rows = result.validation_split or (train, validation)
     race = {}
     if val_rows is not None and len(val_rows):
-        values = (dict(result.validation_metrics) if result.validation_metrics is not None
-                  else run_evaluate(task, module.signature, val_rows, (val_fit,)))
-        rows.append(("validation", len(val_rows), values))
-        metrics.update(flat("validation", len(val_rows), values))
-        race["model"] = values
+        race["model"] = report(
+            "validation", "validation", val_rows,
+            dict(result.validation_metrics) if result.validation_metrics is not None
+            else run_evaluate(task, module.signature, val_rows, (val_fit,)))
         for ref in task.references(val_fit, k, args.seed) if use_refs else ():
-            values = run_evaluate(task, ref.signature, val_rows, (val_fit,))
-            rows.append((f"validation: {ref.name}", len(val_rows), values))
-            metrics.update(flat(f"reference_{ref.name.replace(' ', '_')}_validation",
-                                len(val_rows), values))
-            race[ref.name] = values
-    winner = _winner(task, race)
+            race[ref.name] = report(f"validation: {ref.name}", _ref_key(ref, "validation"),
+                                    val_rows, run_evaluate(task, ref.signature, val_rows,
+                                                           (val_fit,)))
     refs = task.references(fitted, k, args.seed) if use_refs else []
-    served, model_module = "model", module
-    if winner != "model":
-        ref = next(r for r in refs if r.name == winner)
-        better = _compare(task, race[winner], race["model"])
-        if args.serve == "model":
-            notes.append(f"the {winner} reference beats the model on validation ({better}); "
-                         "serving the model (--serve model)")
-        elif task.serve_reference is None or ref.model is None:
-            notes.append(f"the {winner} reference beats the model on validation ({better}) "
-                         f"but cannot be served by --task {task.name}; serving the model")
-        else:
-            candidate = task.serve_reference(ref, request)
-            lacks = _lacks(module, candidate)
-            if lacks:
-                notes.append(f"the {winner} reference beats the model on validation "
-                             f"({better}) but cannot serve {lacks}; serving the model")
-            else:
-                module, served = candidate, winner
-                notes.append(f"serving the {winner} reference: it beats the model on "
-                             f"validation ({better}); --serve model exports the model "
-                             "instead")
+    model_module = module
+    module, served, note = _serve(task, args.serve, request, module, refs, race)
+    notes += [note] if note else []
+    served_values = {}  # part -> the served module's metrics
     for part, part_table, before in parts:
-        if part_table is None or len(part_table) == 0:
-            continue
-        values = part_values[part] = run_evaluate(task, module.signature, part_table, before)
-        rows.append((part, len(part_table), values))
-        metrics.update(flat(part, len(part_table), values))
+        served_values[part] = report(part, part, part_table,
+                                     run_evaluate(task, module.signature, part_table, before))
         if served != "model":
-            values = run_evaluate(task, model_module.signature, part_table, before)
-            rows.append((f"{part}: model (not served)", len(part_table), values))
-            metrics.update(flat(f"model_{part}", len(part_table), values))
+            report(f"{part}: model (not served)", f"model_{part}", part_table,
+                   run_evaluate(task, model_module.signature, part_table, before))
     beaten = []
     for ref in refs:
         if ref.choice:
             notes.append(f"reference {ref.name}: {ref.choice}")
         for part, part_table, before in parts:
-            if part_table is None or len(part_table) == 0:
-                continue
-            values = run_evaluate(task, ref.signature, part_table, before)
-            rows.append((f"{part}: {ref.name}", len(part_table), values))
-            metrics.update(flat(f"reference_{ref.name.replace(' ', '_')}_{part}",
-                                len(part_table), values))
+            values = report(f"{part}: {ref.name}", _ref_key(ref, part), part_table,
+                            run_evaluate(task, ref.signature, part_table, before))
             if ref.name != served:
-                beaten.extend(_beaten(task, ref.name, part, values, part_values[part]))
+                beaten.extend(_beaten(task, ref.name, part, values, served_values[part]))
     record = TrainingRecord.from_table(fitted)
     metadata = {
         "data": args.data, "data_resolved": resolve_spec(args.data),
@@ -218,6 +196,36 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
     if args.json:
         print(json.dumps(metrics, sort_keys=True, allow_nan=False))
     return 0
+
+
+def _ref_key(ref, part: str) -> str:
+    return f"reference_{ref.name.replace(' ', '_')}_{part}"
+
+
+def _serve(task, serve: str, request, module, refs: list, race: dict[str, dict]
+           ) -> tuple[object, str, str]:
+    """``(module to export, what it is, note)`` after the validation ``race``: the model,
+    or the winning reference when ``serve`` is ``"best"``, the task can serve it and it
+    serves everything the model does; the note says what happened (``""``: the model won).
+    """
+    winner = _winner(task, race)
+    if winner == "model":
+        return module, "model", ""
+    ref = next(r for r in refs if r.name == winner)
+    better = f"beats the model on validation ({_compare(task, race[winner], race['model'])})"
+    if serve == "model":
+        return module, "model", f"the {winner} reference {better}; serving the model " \
+            "(--serve model)"
+    if task.serve_reference is None or ref.model is None:
+        return module, "model", f"the {winner} reference {better} but cannot be served by " \
+            f"--task {task.name}; serving the model"
+    candidate = task.serve_reference(ref, request)
+    lacks = _lacks(module, candidate)
+    if lacks:
+        return module, "model", f"the {winner} reference {better} but cannot serve " \
+            f"{lacks}; serving the model"
+    return candidate, winner, f"serving the {winner} reference: it {better}; --serve " \
+        "model exports the model instead"
 
 
 def _winner(task, race: dict[str, dict]) -> str:
