@@ -30,7 +30,7 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir build/site
 
 test: $(STAMP) lint docs
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 3 --dist loadfile
 
 # Execute every example notebook at full size; executed copies go to build/notebooks/.
 notebooks: $(STAMP)
