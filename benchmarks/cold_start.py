@@ -631,7 +631,7 @@ def merge_users(paths: list[str], out: str | None) -> int:
         per_seed[seed] = merged
     summary = summarize_users(per_seed)
     print_users_table(summary, f"{runs[0]['part']}: new users, merged from {paths}")
-    _write(out, {**runs[0], "arms": {a: v for r in runs for a, v in r["arms"].items()},
+    write_json(out, {**runs[0], "arms": {a: v for r in runs for a, v in r["arms"].items()},
                  "summary": summary, "per_seed": per_seed,
                  "seconds": round(sum(r["seconds"] for r in runs), 1),
                  "load_average": [r["load_average"] for r in runs],
@@ -653,7 +653,7 @@ def main_users(args, table: Interactions, how: str) -> int:
     seconds = time.perf_counter() - start
     print_users_table(summary, f"{'validation' if args.validation else 'test'}: new users, "
                       f"seeds {args.seeds}, mean ± std ({seconds:.0f} s)")
-    _write(args.out, {
+    write_json(args.out, {
         "protocol": USERS_PROTOCOL, "part": "validation" if args.validation else "test",
         "data": how, "seeds": args.seeds, "arms": {a: USER_ARMS[a] for a in arms},
         "epochs": args.epochs, "chosen": USER_CHOSEN, "summary": summary,
@@ -667,7 +667,8 @@ def _machine() -> dict:
             "cpus": os.cpu_count()}
 
 
-def _write(path: str | None, result: dict) -> None:
+def write_json(path: str | None, result: dict) -> None:
+    """``result`` as indented JSON at ``path`` (folders made), said on stdout."""
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
@@ -713,7 +714,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - start
     print_table(summary, f"{'validation' if args.validation else 'test'}: new items, "
                 f"seeds {args.seeds}, mean ± std ({seconds:.0f} s)")
-    _write(args.out, {
+    write_json(args.out, {
         "protocol": next(p for p in __doc__.split("\n\n") if p.startswith("Protocol")),
         "part": "validation" if args.validation else "test",
         "data": how, "seeds": args.seeds, "arms": {a: ARMS[a] for a in arms},

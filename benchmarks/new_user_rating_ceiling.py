@@ -15,7 +15,6 @@ writes them to JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -110,9 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             best = min((k for k in row if k != "item_bias_rmse"), key=row.get)
             print(f"{part} seed {seed}: item-bias {base:.4f}; best {best} "
                   f"{row[best] * 100:+.2f} %", flush=True)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    cs.write_json(args.out, result)
     return 0
 
 

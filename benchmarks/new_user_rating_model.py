@@ -12,7 +12,6 @@ compares with the benchmark's item-bias baseline (its own λ choice) and writes 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -50,9 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         result[str(seed)] = {"item_bias": base, "rating_model": rmse(pred, cold.rating)}
         print(f"seed {seed}: item-bias {base:.4f}, rating model "
               f"{result[str(seed)]['rating_model']:.4f}", flush=True)
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
+    cs.write_json(args.out, result)
     return 0
 
 
