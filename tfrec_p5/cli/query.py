@@ -96,7 +96,8 @@ def _check_test_rows(record, meta: dict, test, *, same_run: bool, allow_overlap:
         counts = {k: round(v * len(test)) for k, v in unknown.items()}
         print(f"note: unknown to the model: the user of {counts['users']:,} and the item of "
               f"{counts['items']:,} of the {len(test):,} test rows ({unknown['users']:.1%} / "
-              f"{unknown['items']:.1%}; scored from the out-of-vocabulary rows)", file=info)
+              f"{unknown['items']:.1%}; scored as unknown IDs: the out-of-vocabulary rows, "
+              "or for a rating model's unknown users each item's mean rating)", file=info)
     if unknown["items"] == 1.0 or (not by_history and unknown["users"] == 1.0):
         raise CliError("the test rows share no IDs with the model (every "
                        + ("item" if unknown["items"] == 1.0 else "user")
