@@ -128,8 +128,10 @@ def test_cli_train_all_then_recommend_and_evaluate(tmp_path, capsys):
     assert status == 0, captured.err
     metrics = json.loads(captured.out.strip().splitlines()[-1])
     assert {"test_recall@10", "test_ndcg@10", "test_rating_rmse"} <= set(metrics)
+    # a random split holds out random pairs, not each user's last event: no next-item head
     meta = load_metadata(out / "1")
     assert meta["weights"] == {"rating": 1.0, "retrieval": 1.0} and meta["top_k"] == 15
+    assert "next_items" not in meta["signatures"]
     assert "recommend" in meta["signatures"] and "predict_rating" in meta["signatures"]
 
     status = cli.main(["recommend", "--model", str(out), "--user", "u1", "-k", "5"])

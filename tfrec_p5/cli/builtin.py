@@ -359,6 +359,133 @@ def _evaluate_unified(task: str):
     return evaluate
 
 
+# ---------------------------------------------------------------------- all, joint
+#: Splits whose held-out part is each user's last events (or nothing): ``--task all``
+#: adds the next-item head there, so every task is scored on the same test events.
+JOINT_SPLITS = ("leave-one-out", "leave_one_out", "loo", "none")
+
+
+def _joint(request: TrainRequest) -> bool:
+    """Whether ``--task all`` trains the joint model (``tfrec_p5.models.joint``): on a
+    ``JOINT_SPLITS`` split, unless ``--weights`` leaves the next-item head out."""
+    if request.split.partition(":")[0] not in JOINT_SPLITS:
+        return False
+    weights = dict(request.options or {}).get("weights")
+    return weights is None or parse_weights(weights).get("next_item", 0.0) > 0
+
+
+def _joint_config(request: TrainRequest):
+    """``JointConfig`` ← ``--config`` (``{"weights", "pairs", "sequential"}``) ←
+    ``--weights``; ``--epochs`` bounds the epochs (``sequential.epochs``),
+    ``--batch-size`` is the pair batch (``pairs.batch_size``)."""
+    from tfrec_p5.models.joint import JointConfig
+
+    values = dict(request.config)
+    unknown = sorted(set(values) - {"weights", "pairs", "sequential"})
+    if unknown:
+        raise CliError(f"unknown config key(s) {unknown} for --task all with the next-item "
+                       "head; known: ['pairs', 'sequential', 'weights']", status=2)
+    weights = dict(request.options or {}).get("weights")
+    if weights:
+        values["weights"] = parse_weights(weights)
+    if request.epochs is not None:
+        values["sequential"] = {**values.get("sequential", {}), "epochs": request.epochs}
+    if request.batch_size is not None:
+        values["pairs"] = {**values.get("pairs", {}), "batch_size": request.batch_size}
+    return _from_dict(JointConfig, values)
+
+
+def _train_joint(request: TrainRequest) -> TrainResult:
+    from tfrec_p5.export.unified import build_module, item_titles
+    from tfrec_p5.models.joint import joint_validation, train_joint
+
+    config = _joint_config(request)
+    options = dict(request.options or {})
+    items = _item_catalog(request, config.sequential.use_item_features)
+    fit_rows, validation = joint_validation(request.train)
+    trained = train_joint(request.train, config, seed=request.seed, verbose=request.verbose,
+                          log_dir=request.log_dir, backup_dir=request.backup_dir,
+                          catalog=items)
+    top_k = options.get("top_k")
+    module = build_module(trained, k=100 if top_k is None else int(top_k),
+                          exclude_seen=not options.get("include_seen", False),
+                          titles=item_titles(request.train, trained.vocabs))
+    metadata = {"weights": {t: config.weights[t] for t in trained.tasks},
+                "heads": trained.tasks, "top_k": module.recommend_k,
+                "exclude_seen": module.exclude_seen, "best_epoch": trained.best_epoch,
+                "epochs_run": len(trained.records), "max_len": trained.sequential.max_len,
+                "train_seconds": round(trained.train_seconds, 1)}
+    if trained.rating_range is not None:
+        metadata["rating_range"] = list(trained.rating_range)
+    if items is not None:
+        metadata["catalog"] = _catalog_record(items, request.train, trained.vocabs)
+    # The validation numbers under the names `evaluate` gives them; recommend's are those
+    # of the head that answers it (one event per user: its HR@10 is the Recall@10).
+    best = trained.best_metrics
+    values = {f"next_item_{k}": v for k, v in best.items() if k.startswith(("hr@", "ndcg@"))}
+    values.update({k: v for k, v in best.items() if k.startswith("rating_")})
+    if trained.recommend_head == "next_item":
+        values.update({"recall@10": best["hr@10"], "ndcg@10": best["ndcg@10"]})
+    elif "retrieval_recall@10" in best:
+        values.update({"recall@10": best["retrieval_recall@10"],
+                       "ndcg@10": best["retrieval_ndcg@10"]})
+    refit = config.sequential.refit and trained.best_epoch > 0
+    return TrainResult(module, config=config.to_dict(), metadata=metadata,
+                       validation_metrics=values if refit else None,
+                       validation_split=(fit_rows, validation), notes=trained.notes)
+
+
+def _train_all(request: TrainRequest) -> TrainResult:
+    if _joint(request):
+        return _train_joint(request)
+    if not dict(request.options or {}).get("weights"):
+        print(f"note: --task all trains the next-item head too with --split leave-one-out "
+              f"or none (each user's last event held out); --split {request.split} trains "
+              "the pair heads only")
+    return _train_unified("all")(request)
+
+
+def _all_config(request: TrainRequest):
+    if _joint(request):
+        return _joint_config(request)
+    weights = dict(request.options or {}).get("weights")
+    if weights and parse_weights(weights).get("next_item", 0.0) > 0:
+        raise CliError(f"--weights next_item: the next-item head trains with --split "
+                       f"leave-one-out or none (each user's last event held out), not "
+                       f"--split {request.split}", status=2)
+    return _unified_config("all")(request)
+
+
+def _plan_all(request: TrainRequest) -> str:
+    if not _joint(request):
+        return _plan_unified("all")(request)
+    from tfrec_p5.models.joint import joint_validation
+
+    config = _joint_config(request)
+    _, validation = joint_validation(request.train)
+    head = "next-item NDCG@10" if config.weights.get("next_item", 0) > 0 else "Recall@10"
+    return (f"each user's last training event ({len(validation):,} rows): early stopping "
+            f"on the {head} (patience {config.sequential.patience}, at most "
+            f"{config.sequential.epochs} epochs)"
+            + (", then a refit on every training row" if config.sequential.refit else ""))
+
+
+def _evaluate_all(signatures: SignatureGetter, table, *, history=None,
+                  protocol: str | None = None) -> dict[str, float]:
+    """The pair heads' metrics (``recommend``, ``predict_rating``) and, for a joint
+    model, the next-item head's after each user's ``history`` (``next_item_`` keys)."""
+    from tfrec_p5.evaluation.signatures import evaluate_after_history
+
+    out = _evaluate_unified("all")(signatures, table)
+    try:
+        signatures("next_items")
+    except (KeyError, CliError):  # a pair-heads model (in memory / loaded export)
+        return out
+    values = evaluate_after_history(signatures, table, history=history, protocol=protocol)
+    out.update({f"next_item_{k}": v for k, v in values.items()})
+    return out
+
+
 # ---------------------------------------------------------------------- sequential
 def _sequential_config(request: TrainRequest):
     """``SequentialConfig`` defaults ← ``--config`` ← ``--epochs``/``--batch-size``;
@@ -464,10 +591,11 @@ register_task(Task("ranking", "ranking head (pointwise MSE or listwise softmax /
                    options=_RECOMMEND_OPTIONS, signature="rank",
                    fold_validation=True, references=_pair_references("ranking"),
                    headline=(("ndcg@10", True),)))
-register_task(Task("all", "unified multi-task model (--weights rating=1,retrieval=1,"
-                   "ranking=0); recommend, rank, predict_rating", train=_train_unified("all"),
-                   evaluate=_evaluate_unified("all"), config=_unified_config("all"),
-                   plan=_plan_unified("all"),
+register_task(Task("all", "one model for every task the data support (--weights rating=1,"
+                   "retrieval=1,next_item=1; next_item with --split leave-one-out or none); "
+                   "recommend, rank, predict_rating, next_items", train=_train_all,
+                   evaluate=_evaluate_all, config=_all_config, plan=_plan_all,
+                   wants_history=True,
                    options=_RECOMMEND_OPTIONS | {"weights"}, signature="recommend",
                    fold_validation=True, references=_pair_references("all"),
                    headline=(("recall@10", True), ("rating_rmse", False))))

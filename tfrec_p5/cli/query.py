@@ -154,7 +154,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         values = run_evaluate(task, getter, test, () if split is None else
                               (split.train, split.validation), protocol=args.protocol)
         rows.append((f"test ({task.name})" if len(tasks) > 1 else "test", len(test), values))
-        metrics.update(flat("test", len(test), values))
+        # Tasks may name a metric alike (ndcg@10 of recommend and of next_items): a key an
+        # earlier task already holds carries the task's name (test_sequential_ndcg@10).
+        row = flat("test", len(test), values)
+        clash = (set(row) & set(metrics)) - {"test_examples"}
+        metrics.update({f"test_{task.name}_{k[len('test_'):]}" if k in clash else k: v
+                        for k, v in row.items()})
     if args.json:
         print(json.dumps(metrics, sort_keys=True, allow_nan=False))
     else:

@@ -56,6 +56,9 @@ class TrainRequest:
     options: Mapping[str, Any] = field(default_factory=dict)  # --weights, --top-k, ...
     #: Who exists beyond ``train`` (the data's own metadata, ``--items`` / ``--users``).
     catalog: Catalog | None = None
+    #: The ``--split`` spec the parts came from (``--task all`` trains its next-item head
+    #: on splits that hold out each user's last events: ``leave-one-out``, ``none``).
+    split: str = "random:0.8"
 
 
 @dataclass

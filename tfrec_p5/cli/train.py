@@ -54,6 +54,7 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
     request = TrainRequest(train=None, validation=None, seed=args.seed, epochs=args.epochs,
                            batch_size=args.batch_size, config=read_config(args.config),
                            log_dir=args.log_dir, verbose=0 if args.quiet else 1,
+                           split=args.split,
                            options={k: v for k, v in options.items() if v is not None})
     if task.config is not None:
         task.config(request)

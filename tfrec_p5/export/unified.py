@@ -10,7 +10,9 @@ say). Each signature is scored by the best head the model has for it:
 * ``rank``: ranking, else retrieval, else rating;
 * ``predict_rating``: rating (absent without a rating head);
 * ``score_new_items``: retrieval, for items described by their features (absent without
-  a retrieval head or item side features; ``export.new_items``).
+  a retrieval head or item side features; ``export.new_items``); else next-item;
+* ``next_items`` / ``score_items``: the next-item head of a joint model
+  (``tfrec_p5.models.joint``; ``export.sequential``).
 
 (An unknown user still gets the most popular items from ``recommend``: the model has
 nothing to say about an ID it never saw, and the fallback is documented.)
@@ -43,7 +45,11 @@ import tensorflow as tf
 from tfrec_p5.export.new_items import add_feature_scoring
 from tfrec_p5.export.retrieval import PairScorer, RetrievalIndex, add_retrieval_signatures
 from tfrec_p5.export.scann_index import INDEX_KINDS, ScannOptions, scann_unavailable
-from tfrec_p5.export.sequential import sequential_module
+from tfrec_p5.export.sequential import (
+    add_next_item_feature_scoring,
+    add_next_item_signatures,
+    sequential_module,
+)
 from tfrec_p5.export.serving import ServingModule, add_rating_signatures
 from tfrec_p5.models.sequential import TrainedSequential
 
@@ -117,12 +123,20 @@ def build_module(trained, *, k: int = 100, exclude_seen: bool = True,
             scorers[head] = module.track(f"{head}_scorer", _HeadScorer(trained.model, head))
         return scorers[head].pairs
 
-    recommend_head = _first(RECOMMEND_HEADS, heads)
+    recommend_head = getattr(trained, "recommend_head", None) or _first(RECOMMEND_HEADS,
+                                                                        heads)
     rank_head = _first(RANK_HEADS, heads)
+    if recommend_head == "next_item":  # a joint model: the query after each user's history
+        rank_head = "ranking" if "ranking" in heads else "retrieval"  # "retrieval": the index
+        counts = np.bincount(trained.seen_values, minlength=len(trained.vocabs.item))
+        catalog = RetrievalIndex(*trained.next_item_vectors(), trained.vocabs.item.tokens,
+                                 counts.astype(np.float32), trained.seen_splits,
+                                 trained.seen_values)
+        module.extra_metadata["recommend_head"] = "next_item"
     if recommend_head is not None:
         if recommend_head == "retrieval":
             catalog = RetrievalIndex.from_trained(trained)
-        else:  # no vectors to precompute: the head scores the catalog per request
+        elif recommend_head != "next_item":  # no vectors: the head scores per request
             counts = np.bincount(trained.seen_values, minlength=len(trained.vocabs.item))
             catalog = RetrievalIndex(None, None, trained.vocabs.item.tokens,
                                    counts.astype(np.float32), trained.seen_splits,
@@ -133,15 +147,22 @@ def build_module(trained, *, k: int = 100, exclude_seen: bool = True,
         add_retrieval_signatures(
             module, catalog, k=k, exclude_seen=exclude_seen,
             pair_scorer=None if rank_head == "retrieval" else scorer(rank_head),
-            recommend_scorer=None if recommend_head == "retrieval" else scorer(recommend_head),
+            recommend_scorer=None if catalog.has_vectors else scorer(recommend_head),
             default="retrieval" in heads or "rating" not in heads,
-            recommend_task=recommend_head, rank_task=rank_head,
+            # evaluated as recommend is, whichever head's vectors answer it
+            recommend_task="retrieval" if catalog.has_vectors else recommend_head,
+            rank_task=rank_head,
             ann=(scann_options or ScannOptions()) if index == "scann" else None)
         if recommend_head == "retrieval":  # items described by features: when it can
             add_feature_scoring(module, trained)
     if "rating" in heads:  # added last: serving_default stays recommend when it exists
         add_rating_signatures(module, scorers.get("rating") or module.track(
             "rating_scorer", _HeadScorer(trained.model, "rating")), trained.rating_range)
+    if "next_item" in heads:  # the joint model (tfrec_p5.models.joint)
+        head = trained.model.heads["next_item"]
+        add_next_item_signatures(module, head, trained.vocabs.item.tokens, top_k=k)
+        if "score_new_items" not in module.signature_names():  # retrieval's comes first
+            add_next_item_feature_scoring(module, head, trained.side_features)
     return module
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import tensorflow as tf
@@ -487,10 +487,12 @@ class RetrievalValidation(tf.keras.callbacks.Callback):
     """
 
     def __init__(self, table: Interactions, vocabs: Vocabularies, seen_splits: np.ndarray,
-                 seen_values: np.ndarray, ks: Sequence[int] = (10, 100)) -> None:
+                 seen_values: np.ndarray, ks: Sequence[int] = (10, 100),
+                 prefix: str = "val_") -> None:
         super().__init__()
         self.table, self.vocabs, self.ks = table, vocabs, tuple(ks)
         self.seen_splits, self.seen_values = seen_splits, seen_values
+        self.prefix = prefix  # "val_retrieval_" beside another head's val_ndcg@10
 
     def on_epoch_end(self, epoch, logs=None):
         trained = TrainedUnified(self.model, self.vocabs, UnifiedConfig(), None, {},
@@ -500,24 +502,27 @@ class RetrievalValidation(tf.keras.callbacks.Callback):
                                     self.seen_splits, self.seen_values, self.ks, ())
         if logs is not None:
             for k in self.ks:
-                logs[f"val_recall@{k}"] = metrics[f"recall@{k}"]
-            logs["val_ndcg@10"] = metrics.get("ndcg@10", 0.0)
+                logs[f"{self.prefix}recall@{k}"] = metrics[f"recall@{k}"]
+            logs[f"{self.prefix}ndcg@10"] = metrics.get("ndcg@10", 0.0)
 
 
 def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConfig, *,
                   fit_table: Interactions | None = None,
                   catalog: Interactions | None = None,
-                  users: Interactions | None = None) -> tuple[UnifiedModel, dict]:
+                  users: Interactions | None = None, next_item: Any = None,
+                  weights: Mapping[str, float] | None = None) -> tuple[UnifiedModel, dict]:
     """The model for ``config`` and the tables it was built from (side features, ...).
 
     ``fit_table`` (default ``train``) is what the model trains on: histories, item
     frequencies and the rating mean come from it, vocabularies / side features from train.
     ``catalog`` / ``users``: the tables describing items / users beyond ``train``
-    (``train_unified``).
+    (``train_unified``). ``next_item``: the options (a ``SequentialConfig``) of a
+    next-item head on the same item tower, and ``weights`` the loss weight of every head
+    (default ``config.weights``): the joint model (``tfrec_p5.models.joint``).
     """
     fit_table = fit_table if fit_table is not None else train
     active = config.active()
-    if not active:
+    if not active and next_item is None:
         raise ValueError("no task has a positive weight")
     side = side_features_for(config, train, vocabs, fit_table, catalog, users)
     if side is not None and not config.use_side_features:
@@ -558,9 +563,15 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
                           probs, global_mean, rating_range,
                           untrained if len(untrained) else None,
                           int(new_users[0]) if len(new_users) else None)
-    heads = build_heads({task: options[task] for task in active}, context)
-    model = UnifiedModel(user_tower, item_tower, heads, config.weights,
+    options = {task: options[task] for task in active}
+    if next_item is not None:
+        options["next_item"] = next_item
+    heads = build_heads(options, context)
+    model = UnifiedModel(user_tower, item_tower, heads,
+                         config.weights if weights is None else weights,
                          user_id_dropout=config.user_id_dropout)
+    if next_item is not None:  # its encoder's variables, before any restore
+        heads["next_item"].score_history(tf.zeros((1, next_item.max_len), tf.int64))
     tables = {"side_features": side, "seen_splits": splits, "seen_values": values,
               "item_probabilities": probs, "global_mean": global_mean,
               "rating_range": rating_range}
