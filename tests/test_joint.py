@@ -24,7 +24,7 @@ import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
 from tfrec_p5 import data
 from tfrec_p5.export import export
 from tfrec_p5.export.unified import build_module
-from tfrec_p5.models.joint import JointConfig, joint_validation, train_joint
+from tfrec_p5.models.joint import JointConfig, train_joint
 from tfrec_p5.models.sequential import SequentialConfig
 from tfrec_p5.models.unified import UnifiedConfig
 
@@ -53,13 +53,23 @@ def test_config_refuses_what_the_joint_model_does_not_read():
 
 def test_validation_is_each_users_last_training_event():
     table = data.load(SPEC)
-    fit_rows, validation = joint_validation(table)
+    fit_rows, validation = data.hold_out_last(table)
+    assert len(fit_rows) + len(validation) == len(table)
     assert len(np.unique(validation.user_id)) == len(validation)
     last = {}
     for u, t in zip(fit_rows.user_id.tolist(), fit_rows.timestamp.tolist(), strict=True):
         last[u] = max(last.get(u, t), t)
     assert all(t >= last[u] for u, t in zip(validation.user_id.tolist(),
                                             validation.timestamp.tolist(), strict=True))
+    # on a leave-one-out split's training + validation parts: that split's validation
+    # events, for every user it held one out for (those with three or more events)
+    split = data.leave_one_out(table)
+    _, validation = data.hold_out_last(data.Interactions.concat(split.train,
+                                                                split.validation))
+    ours = dict(zip(validation.user_id.tolist(), validation.item_id.tolist(), strict=True))
+    theirs = dict(zip(split.validation.user_id.tolist(), split.validation.item_id.tolist(),
+                      strict=True))
+    assert theirs and all(ours[u] == i for u, i in theirs.items())
 
 
 def test_an_epoch_is_one_pass_over_the_histories_and_the_pairs():

@@ -396,13 +396,14 @@ def _joint_config(request: TrainRequest):
 
 
 def _train_joint(request: TrainRequest) -> TrainResult:
+    from tfrec_p5.data import hold_out_last
     from tfrec_p5.export.unified import build_module, item_titles
-    from tfrec_p5.models.joint import joint_validation, train_joint
+    from tfrec_p5.models.joint import train_joint
 
     config = _joint_config(request)
     options = dict(request.options or {})
     items = _item_catalog(request, config.sequential.use_item_features)
-    fit_rows, validation = joint_validation(request.train)
+    fit_rows, validation = hold_out_last(request.train)
     trained = train_joint(request.train, config, seed=request.seed, verbose=request.verbose,
                           log_dir=request.log_dir, backup_dir=request.backup_dir,
                           catalog=items)
@@ -459,10 +460,10 @@ def _all_config(request: TrainRequest):
 def _plan_all(request: TrainRequest) -> str:
     if not _joint(request):
         return _plan_unified("all")(request)
-    from tfrec_p5.models.joint import joint_validation
+    from tfrec_p5.data import hold_out_last
 
     config = _joint_config(request)
-    _, validation = joint_validation(request.train)
+    _, validation = hold_out_last(request.train)
     head = "next-item NDCG@10" if config.weights.get("next_item", 0) > 0 else "Recall@10"
     return (f"each user's last training event ({len(validation):,} rows): early stopping "
             f"on the {head} (patience {config.sequential.patience}, at most "
@@ -504,12 +505,16 @@ def _sequential_config(request: TrainRequest):
 
 
 def _train_sequential(request: TrainRequest) -> TrainResult:
+    from tfrec_p5.data import hold_out_last
     from tfrec_p5.export.sequential import sequential_module
     from tfrec_p5.models.sequential import train_sequential
 
     config = _sequential_config(request)
     items = _item_catalog(request, config.use_item_features)
-    trained = train_sequential(request.train, request.validation, config, seed=request.seed,
+    # Validation: each user's last training event, whatever the split (the split's own
+    # validation part under leave-one-out), never random pairs.
+    fit_rows, validation = hold_out_last(request.train)
+    trained = train_sequential(fit_rows, validation, config, seed=request.seed,
                                verbose=request.verbose, log_dir=request.log_dir,
                                backup_dir=request.backup_dir, catalog=items)
     module = sequential_module(trained.vocabs, trained.head, top_k=config.top_k,
@@ -518,19 +523,22 @@ def _train_sequential(request: TrainRequest) -> TrainResult:
                 "train_seconds": round(trained.train_seconds, 1),
                 "best_validation": trained.best_metrics, "top_k": config.top_k,
                 "max_len": trained.config.max_len, "loss": trained.config.loss}
-    refit = config.refit and request.validation is not None and trained.best_epoch > 0
+    refit = config.refit and len(validation) > 0 and trained.best_epoch > 0
     metadata["refit_on_validation"] = refit
     if items is not None:
         metadata["catalog"] = _catalog_record(items, request.train, trained.vocabs)
     return TrainResult(module, config=trained.config.to_dict(), metadata=metadata,
                        validation_metrics=trained.best_metrics if refit else None,
-                       notes=trained.data_rules)
+                       validation_split=(fit_rows, validation), notes=trained.data_rules)
 
 
 def _plan_sequential(request: TrainRequest) -> str:
+    from tfrec_p5.data import hold_out_last
     from tfrec_p5.models.sequential import validation_plan
 
-    return validation_plan(request.train, request.validation, _sequential_config(request))
+    fit_rows, validation = hold_out_last(request.train)
+    return "each user's last training event: " + validation_plan(
+        fit_rows, validation, _sequential_config(request))
 
 
 def _evaluate_sequential(signatures: SignatureGetter, table, *, history=None,
@@ -602,6 +610,7 @@ register_task(Task("all", "one model for every task the data support (--weights 
 register_task(Task("sequential", "next-item prediction from a history (SASRec, "
                    "leave-one-out); signature next_items", train=_train_sequential,
                    evaluate=_evaluate_sequential, signature="next_items", wants_history=True,
+                   fold_validation=True,
                    config=_sequential_config, options=frozenset({"top_k", "items"}),
                    plan=_plan_sequential, references=_sequential_references,
                    headline=(("ndcg@10", True),)))

@@ -30,6 +30,7 @@ from tfrec_p5.data.pipeline import (
 from tfrec_p5.data.sources import load, parse_spec, register, synthetic
 from tfrec_p5.data.splits import (
     Split,
+    hold_out_last,
     leave_one_out,
     parse_split,
     random_split,
@@ -42,7 +43,8 @@ from tfrec_p5.data.vocabulary import OOV_INDEX, Vocabulary
 __all__ = [
     "OOV_INDEX", "Catalog", "DataError", "Interactions", "Split", "Vocabularies",
     "Vocabulary", "attach_features", "batched_dataset", "catalog_items", "catalog_users",
-    "history_dataset", "leave_one_out", "load", "load_catalog", "parse_spec", "parse_split",
-    "pointwise_dataset", "random_split", "read_entities", "register", "register_tfds",
+    "history_dataset", "hold_out_last", "leave_one_out", "load", "load_catalog",
+    "parse_spec", "parse_split", "pointwise_dataset", "random_split", "read_entities",
+    "register", "register_tfds",
     "retrieval_dataset", "synthetic", "temporal_split", "tfrs_split", "user_histories",
 ]

@@ -160,6 +160,29 @@ def leave_one_out(table: Interactions) -> Split:
     return Split(table.take(train), table.take(test), table.take(val), method="leave-one-out")
 
 
+def hold_out_last(table: Interactions) -> tuple[Interactions, Interactions]:
+    """``(rest, last)``: each user's last event by time (ties: file order) held out, the
+    rest kept -- the next-item rule of validation, used by ``--task sequential`` and the
+    joint model on splits that hold out no such event themselves.
+
+    A user with a single event keeps it, and so does a user whose last item repeats an
+    earlier event of theirs (it would be a training item, never ranked). On a
+    ``leave_one_out`` split's training + validation parts it holds out that split's
+    validation event of every user the split held one out for.
+
+        fit, validation = hold_out_last(split.train)
+    """
+    n = len(table)
+    ts = table.timestamp if table.timestamp is not None else np.arange(n)
+    order = np.lexsort((np.arange(n), ts, table.user_id))
+    users = table.user_id[order]
+    change = users[1:] != users[:-1]
+    hold = np.r_[change, True] & ~np.r_[True, change]  # last of two or more
+    codes = _pair_codes(table)[order]
+    hold &= np.bincount(codes, minlength=int(codes.max(initial=-1)) + 1)[codes] == 1
+    return table.take(np.sort(order[~hold])), table.take(np.sort(order[hold]))
+
+
 #: What the CLI prints when ``uses_file_order`` is true.
 FILE_ORDER_NOTE = "leave-one-out: the data have no timestamps; using file order as time"
 _LEAVE_ONE_OUT = ("leave-one-out", "leave_one_out", "loo")

@@ -37,7 +37,7 @@ import tensorflow as tf
 from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import Vocabularies, retrieval_dataset, user_histories
-from tfrec_p5.data.splits import leave_one_out
+from tfrec_p5.data.splits import hold_out_last
 from tfrec_p5.evaluation import rating_metrics
 from tfrec_p5.models.sequential import (
     NextItemValidation,
@@ -56,8 +56,8 @@ from tfrec_p5.models.unified import (
 from tfrec_p5.tasks.next_item import HISTORY, NEXT_ITEM, NextItemTask
 from tfrec_p5.training import best_epochs, fit, optimizer, search_then_refit
 
-__all__ = ["JOINT_PAIRS", "JOINT_TASKS", "JointConfig", "TrainedJoint", "joint_validation",
-           "recommend_choice", "train_joint"]
+__all__ = ["JOINT_PAIRS", "JOINT_TASKS", "JointConfig", "TrainedJoint", "recommend_choice",
+           "train_joint"]
 
 JOINT_TASKS = ("rating", "retrieval", "ranking", "next_item")
 PAIR_TASKS = ("rating", "retrieval", "ranking")
@@ -174,14 +174,6 @@ class TrainedJoint(TrainedUnified):
         return users, head.encoder.item_table().numpy().astype(np.float32)
 
 
-def joint_validation(train: Interactions) -> tuple[Interactions, Interactions]:
-    """``(fit, validation)``: each user's last training event (by time, ties in file
-    order) as validation, the rest to fit on -- ``leave_one_out``'s rule, so a user with
-    fewer than 3 events stays wholly in ``fit`` and a repeated pair counts once."""
-    split = leave_one_out(train)
-    return Interactions.concat(split.train, split.validation), split.test
-
-
 def train_joint(train: Interactions, config: JointConfig | None = None, *,
                 validation: Interactions | None = None, seed: int = 42, verbose: int = 0,
                 log_dir: str | os.PathLike | None = None,
@@ -191,7 +183,7 @@ def train_joint(train: Interactions, config: JointConfig | None = None, *,
     """Train every head of ``config`` that ``train`` can feed, as one model.
 
     ``validation``: one event per user to select the epoch count on; default: each
-    user's last training event (``joint_validation``). With ``config.sequential.refit``
+    user's last training event (``data.hold_out_last``). With ``config.sequential.refit``
     the returned model is a fresh one trained on ``train`` (+ ``validation`` when given)
     for the best epoch count; ``best_metrics`` stay the selection run's validation
     numbers. ``backup_dir``: a rerun after a kill resumes (the search, then the refit).
@@ -209,7 +201,7 @@ def train_joint(train: Interactions, config: JointConfig | None = None, *,
     notes = (*notes, *rules)
     started = time.perf_counter()
     if validation is None:
-        fit_table, validation = joint_validation(train)
+        fit_table, validation = hold_out_last(train)
         full = train
     else:
         fit_table, full = train, Interactions.concat(train, validation)
