@@ -396,6 +396,8 @@ def _joint_config(request: TrainRequest):
 
 
 def _train_joint(request: TrainRequest) -> TrainResult:
+    """``--task all`` as the joint model: one export with every signature its heads back,
+    raced on each user's last training event (``data.hold_out_last``)."""
     from tfrec_p5.data import hold_out_last
     from tfrec_p5.export.unified import build_module, item_titles
     from tfrec_p5.models.joint import train_joint
@@ -437,6 +439,7 @@ def _train_joint(request: TrainRequest) -> TrainResult:
 
 
 def _train_all(request: TrainRequest) -> TrainResult:
+    """The joint model where the split allows it (``_joint``), else the pair heads."""
     if _joint(request):
         return _train_joint(request)
     if not dict(request.options or {}).get("weights"):
@@ -447,6 +450,8 @@ def _train_all(request: TrainRequest) -> TrainResult:
 
 
 def _all_config(request: TrainRequest):
+    """``--task all``'s config, checked before the data load: a ``JointConfig``, or the
+    pair heads' ``UnifiedConfig`` (a next-item weight there is a usage error)."""
     if _joint(request):
         return _joint_config(request)
     weights = dict(request.options or {}).get("weights")
