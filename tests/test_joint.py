@@ -78,9 +78,11 @@ def test_an_epoch_is_one_pass_over_the_histories_and_the_pairs():
 
     table = data.load(SPEC)
     vocabs = Vocabularies.build(table)
-    epoch = list(_batches(table, vocabs, UnifiedConfig(batch_size=256),
-                          SequentialConfig(max_len=10, batch_size=64), ["retrieval", "rating"],
-                          True, seed=0))
+    batches, pair_batch = _batches(table, vocabs, UnifiedConfig(batch_size=256),
+                                   SequentialConfig(max_len=10, batch_size=64),
+                                   ["retrieval", "rating"], True, seed=0)
+    epoch = list(batches)
+    assert pair_batch == max(int(b["user_id"].shape[0]) for b in epoch)
     users = len(np.unique(table.user_id))
     assert len(epoch) == -(-len(table) // 256)  # the pairs have more batches: they set it
     seen_users = sum(int(b["history"].shape[0]) for b in epoch)

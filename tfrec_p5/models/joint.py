@@ -271,14 +271,15 @@ def _fit_joint(table: Interactions, validation: Interactions | None, config: Joi
     pairs = _pair_config(config, heads)
     pair_heads = [t for t in heads if t in PAIR_TASKS]
     vocabs = Vocabularies.build(table, pairs.min_count, pairs.hash_buckets, catalog=catalog)
-    weights = {t: config.weights[t] / _loss_scale(t, pairs) for t in heads}
+    data, pair_batch = _batches(table, vocabs, pairs, seq, pair_heads, "next_item" in heads,
+                                seed)
+    weights = {t: config.weights[t] / _loss_scale(t, pairs, pair_batch) for t in heads}
     model, tables = build_unified(table, vocabs, pairs, catalog=catalog,
                                   next_item=seq if "next_item" in heads else None,
                                   weights=weights)
     model.compile(optimizer=optimizer("adamw" if seq.weight_decay > 0 else "adam",
                                       seq.learning_rate, seq.weight_decay),
                   steps_per_execution=seq.steps_per_execution)
-    data = _batches(table, vocabs, pairs, seq, pair_heads, "next_item" in heads, seed)
     validated = validation is not None and len(validation) > 0
     report = None  # the next-item head's per-epoch record (and validation metrics)
     if "next_item" in heads:
@@ -327,40 +328,42 @@ def _fit_joint(table: Interactions, validation: Interactions | None, config: Joi
     return trained, record
 
 
-def _loss_scale(task: str, pairs: UnifiedConfig) -> float:
+def _loss_scale(task: str, pairs: UnifiedConfig, pair_batch: int) -> float:
     """How many examples a head's loss adds up: the softmax retrieval loss
-    (``tfrs.tasks.Retrieval``) is a sum over the pair batch, every other head's a mean;
-    dividing by it makes ``JointConfig.weights`` weigh per-example means."""
-    return float(pairs.batch_size) if task == "retrieval" and \
+    (``tfrs.tasks.Retrieval``) is a sum over the ``pair_batch`` pairs of a step, every
+    other head's a mean; dividing by it makes ``JointConfig.weights`` weigh per-example
+    means."""
+    return float(pair_batch) if task == "retrieval" and \
         pairs.retrieval_loss == "softmax" else 1.0
 
 
 def _batches(table: Interactions, vocabs: Vocabularies, pairs: UnifiedConfig,
              seq: SequentialConfig, pair_heads: Sequence[str], next_item: bool,
-             seed: int) -> tf.data.Dataset:
+             seed: int) -> tuple[tf.data.Dataset, int]:
     """One epoch of merged batches: one pass over the user histories (length-bucketed, at
     most ``seq.batch_size`` per step) and one over the (user, item[, rating]) pairs (at
     most ``pairs.batch_size`` per step). The stream with more batches sets the step count;
     the other is cut into as many smaller batches, so an epoch costs what the two heads'
-    epochs would cost alone."""
+    epochs would cost alone. Returns the dataset and the pairs per step."""
     with_rating = any(t in pair_heads for t in ("rating", "ranking"))
     if not next_item:
         return retrieval_dataset(table, vocabs, pairs.batch_size, shuffle=True, seed=seed,
-                                 with_rating=with_rating)
+                                 with_rating=with_rating), pairs.batch_size
     examples = next_item_examples(table, vocabs, seq.max_len)
     users = len(examples["user_id"])
     if not users:
         raise ValueError("no training sequence has two or more items")
     examples = {HISTORY: examples[HISTORY], NEXT_ITEM: examples[NEXT_ITEM]}
     if not pair_heads:
-        return length_bucketed_dataset(examples, seq.batch_size, seed=seed)
+        return length_bucketed_dataset(examples, seq.batch_size, seed=seed), 0
     steps = max(math.ceil(users / seq.batch_size), math.ceil(len(table) / pairs.batch_size))
     histories = length_bucketed_dataset(examples, math.ceil(users / steps), seed=seed)
-    pair_batches = retrieval_dataset(table, vocabs, math.ceil(len(table) / steps),
-                                     shuffle=True, seed=seed, with_rating=with_rating)
+    pair_batch = math.ceil(len(table) / steps)
+    pair_batches = retrieval_dataset(table, vocabs, pair_batch, shuffle=True, seed=seed,
+                                     with_rating=with_rating)
     # Rounding can leave one stream a batch short; zip then ends with it, and the other
     # stream's last batch is skipped this epoch (a different one each epoch: reshuffled).
     steps = min(int(histories.cardinality().numpy()), int(pair_batches.cardinality().numpy()))
     merged = tf.data.Dataset.zip((histories, pair_batches)).map(lambda h, p: {**p, **h})
     return merged.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(
-        tf.data.AUTOTUNE)
+        tf.data.AUTOTUNE), pair_batch
