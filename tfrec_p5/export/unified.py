@@ -126,21 +126,19 @@ def build_module(trained, *, k: int = 100, exclude_seen: bool = True,
     recommend_head = getattr(trained, "recommend_head", None) or _first(RECOMMEND_HEADS,
                                                                         heads)
     rank_head = _first(RANK_HEADS, heads)
-    if recommend_head == "next_item":  # a joint model: the query after each user's history
-        rank_head = "ranking" if "ranking" in heads else "retrieval"  # "retrieval": the index
-        counts = np.bincount(trained.seen_values, minlength=len(trained.vocabs.item))
-        catalog = RetrievalIndex(*trained.next_item_vectors(), trained.vocabs.item.tokens,
-                                 counts.astype(np.float32), trained.seen_splits,
-                                 trained.seen_values)
-        module.extra_metadata["recommend_head"] = "next_item"
     if recommend_head is not None:
+        counts = np.bincount(trained.seen_values,
+                             minlength=len(trained.vocabs.item)).astype(np.float32)
+        tables = (trained.vocabs.item.tokens, counts, trained.seen_splits,
+                  trained.seen_values)  # tokens, popularity, seen items
         if recommend_head == "retrieval":
             catalog = RetrievalIndex.from_trained(trained)
-        elif recommend_head != "next_item":  # no vectors: the head scores per request
-            counts = np.bincount(trained.seen_values, minlength=len(trained.vocabs.item))
-            catalog = RetrievalIndex(None, None, trained.vocabs.item.tokens,
-                                   counts.astype(np.float32), trained.seen_splits,
-                                   trained.seen_values)
+        elif recommend_head == "next_item":  # joint model: the query after each history
+            catalog = RetrievalIndex(*trained.next_item_vectors(), *tables)
+            rank_head = "ranking" if "ranking" in heads else "retrieval"  # i.e. the index
+            module.extra_metadata["recommend_head"] = "next_item"
+        else:  # no vectors to precompute: the head scores the catalog per request
+            catalog = RetrievalIndex(None, None, *tables)
         if titles is not None:
             catalog.item_titles = tf.Variable(np.asarray(titles, dtype=object), trainable=False,
                                             dtype=tf.string, name="item_titles")
