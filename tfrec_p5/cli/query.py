@@ -19,6 +19,7 @@ import sys
 
 from tfrec_p5.cli.common import flat, format_table, positive_int
 from tfrec_p5.cli.registry import CliError, SignatureGetter, get_task, run_evaluate
+from tfrec_p5.cli.stream import cmd_evaluate_stream
 
 __all__ = ["add_parsers", "cmd_evaluate", "cmd_inspect", "cmd_predict", "cmd_recommend"]
 
@@ -119,6 +120,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise CliError(str(err), status=2) from err
     loaded, version_dir, meta = _load(args.model)
+    if meta.get("stream"):
+        return cmd_evaluate_stream(args, loaded, version_dir, meta)
     names = meta.get("tasks") or (["rating"] if "predict_rating" in loaded.signatures else [])
     if args.task:
         names = [args.task]

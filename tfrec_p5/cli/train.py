@@ -31,6 +31,7 @@ from tfrec_p5.cli.common import (
     split_parts,
 )
 from tfrec_p5.cli.registry import PROG, CliError, TrainRequest, get_task, run_evaluate
+from tfrec_p5.cli.stream import check_stream_args, train_streamed
 
 __all__ = ["add_parser", "cmd_train"]
 
@@ -68,6 +69,9 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
     validate_export_dir(args.out)  # a bad --out fails now, not after training
 
     info = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
+    if args.stream:
+        check_stream_args(args, task.name, strategy)
+        return train_streamed(args, guard, request, info)
     from tfrec_p5.training import check_training_data, command_line
 
     guard.lock(args.out, command_line(PROG, args), enabled=distribute.is_chief(strategy),
@@ -300,6 +304,9 @@ def add_parser(sub, task_names: list[str]) -> None:
                    "config's batch size (default: the task's config)")
     p.add_argument("--config", metavar="FILE.json", help="hyper-parameters (JSON object)")
     p.add_argument("--log-dir", metavar="DIR", help="TensorBoard log folder")
+    p.add_argument("--stream", action="store_true", help="--task rating on a Parquet log "
+                   "larger than memory (--data parquet:GLOB): counted once, split by a hash "
+                   "of each row's position, read batch by batch on every epoch")
     p.add_argument("--test-data", metavar="SPEC", help="also evaluate on this data after "
                    "training (e.g. a separate test file with --split none)")
     p.add_argument("--no-references", action="store_true",

@@ -37,13 +37,15 @@ from tfrec_p5.data.splits import (
     temporal_split,
     tfrs_split,
 )
+from tfrec_p5.data.stream import LogScan, LogSplit, ParquetLog, open_log
 from tfrec_p5.data.tfds_register import register_tfds
 from tfrec_p5.data.vocabulary import OOV_INDEX, Vocabulary
 
 __all__ = [
-    "OOV_INDEX", "Catalog", "DataError", "Interactions", "Split", "Vocabularies",
+    "OOV_INDEX", "Catalog", "DataError", "Interactions", "LogScan", "LogSplit", "ParquetLog",
+    "Split", "Vocabularies",
     "Vocabulary", "attach_features", "batched_dataset", "catalog_items", "catalog_users",
-    "history_dataset", "hold_out_last", "leave_one_out", "load", "load_catalog",
+    "history_dataset", "hold_out_last", "leave_one_out", "load", "load_catalog", "open_log",
     "parse_spec", "parse_split", "pointwise_dataset", "random_split", "read_entities",
     "register", "register_tfds",
     "retrieval_dataset", "synthetic", "temporal_split", "tfrs_split", "user_histories",

@@ -17,7 +17,7 @@ from tfrec_p5.evaluation.ranking import (
     sample_negatives,
     sampled_ranking_metrics,
 )
-from tfrec_p5.evaluation.rating import rating_metrics
+from tfrec_p5.evaluation.rating import RatingErrors, rating_metrics
 from tfrec_p5.evaluation.references import (
     EASE,
     FeaturePopularity,
@@ -42,14 +42,20 @@ from tfrec_p5.evaluation.signatures import (
     parse_protocol,
     predict_ratings,
 )
+from tfrec_p5.evaluation.streamed import (
+    StreamedBiasBaseline,
+    evaluate_signature_stream,
+    streamed_bias_baseline,
+)
 
 __all__ = [
     "EASE", "FeatureProfile", "FeaturePopularity", "ItemKNN", "MostPopular", "PROTOCOLS",
     "decode_strings", "evaluate_after_history", "expected_ranking_metrics",
     "evaluate_next_items", "evaluate_rank", "evaluate_recommend", "evaluate_signature",
     "factorized_topk_accuracy", "full_ranking_metrics", "parse_protocol", "predict_ratings",
-    "rating_metrics",
+    "RatingErrors", "rating_metrics",
     "group_by_row", "metrics_from_ranks", "pad_lists", "ranks_of_targets", "sample_negatives",
     "sampled_ranking_metrics", "ServedReference", "bias_baseline", "next_item_references",
-    "retrieval_references",
+    "retrieval_references", "StreamedBiasBaseline", "evaluate_signature_stream",
+    "streamed_bias_baseline",
 ]

@@ -12,12 +12,40 @@ import numpy as np
 
 from tfrec_p5.data.errors import DataError
 
-__all__ = ["rating_metrics"]
+__all__ = ["RatingErrors", "rating_metrics"]
 
 
 def rating_metrics(predictions: np.ndarray, ratings: np.ndarray) -> dict[str, float]:
     """``{"rmse", "mae"}`` of predictions against true ratings (float64 sums)."""
-    if len(ratings) == 0:
-        raise DataError("cannot compute rating metrics on an empty table")
-    err = np.asarray(predictions, np.float64) - np.asarray(ratings, np.float64)
-    return {"rmse": float(np.sqrt(np.mean(err ** 2))), "mae": float(np.mean(np.abs(err)))}
+    errors = RatingErrors()
+    errors.add(predictions, ratings)
+    return errors.result()
+
+
+class RatingErrors:
+    """RMSE and MAE summed batch by batch, for rows that never sit in memory together.
+
+    Why: a streamed test part (``tfrec_p5.data.stream``) arrives in batches; the sums are
+    float64, so the result equals ``rating_metrics`` of all the rows at once.
+
+        errors = RatingErrors()
+        for predictions, ratings in batches:
+            errors.add(predictions, ratings)
+        errors.result()                        # {"rmse": ..., "mae": ...}
+    """
+
+    def __init__(self) -> None:
+        self.rows, self.squared, self.absolute = 0, 0.0, 0.0
+
+    def add(self, predictions: np.ndarray, ratings: np.ndarray) -> None:
+        err = (np.asarray(predictions, np.float64).reshape(-1)
+               - np.asarray(ratings, np.float64).reshape(-1))
+        self.rows += len(err)
+        self.squared += float(np.sum(err ** 2))
+        self.absolute += float(np.sum(np.abs(err)))
+
+    def result(self) -> dict[str, float]:
+        if self.rows == 0:
+            raise DataError("cannot compute rating metrics on an empty table")
+        return {"rmse": float(np.sqrt(self.squared / self.rows)),
+                "mae": float(self.absolute / self.rows)}

@@ -13,9 +13,13 @@ from tfrec_p5.models.rating import (
     build_rating_model,
     compile_rating_model,
     evaluate_rating,
+    evaluate_rating_stream,
     predict_ratings,
+    stream_refusals,
     train_rating,
+    train_rating_stream,
 )
 
 __all__ = ["ClipRating", "RatingConfig", "TrainedRating", "build_rating_model",
-           "compile_rating_model", "evaluate_rating", "predict_ratings", "train_rating"]
+           "compile_rating_model", "evaluate_rating", "evaluate_rating_stream",
+           "predict_ratings", "stream_refusals", "train_rating", "train_rating_stream"]

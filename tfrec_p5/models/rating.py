@@ -35,21 +35,26 @@ import tensorflow as tf
 
 from tfrec_p5 import distribute
 from tfrec_p5.config import Config
+from tfrec_p5.data.errors import DataError
 from tfrec_p5.data.interactions import ITEM, USER, Interactions
 from tfrec_p5.data.pipeline import Vocabularies, normalize_hash_buckets, pointwise_dataset
 from tfrec_p5.data.splits import carve_validation
-from tfrec_p5.evaluation.rating import rating_metrics
+from tfrec_p5.data.stream import LogScan, ParquetLog
+from tfrec_p5.evaluation.rating import RatingErrors, rating_metrics
 from tfrec_p5.models.bias import UnknownUserRating, select_bias_fit
 from tfrec_p5.tasks.rating import RatingHead
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
 from tfrec_p5.towers.side_features import HISTORY_FEATURES, side_features_for
 from tfrec_p5.training import (
     OPTIMIZERS,
+    FitHistory,
     carves_by_time,
     fit,
     optimizer,
     search_record,
+    search_then_refit,
     train_with_refit,
+    with_search_history,
 )
 from tfrec_p5.training import validation_plan as describe_plan
 
@@ -271,13 +276,12 @@ def _fit_rating(train, fit_table, validation, config, *, vocabs, seed, callbacks
     global_mean = float(np.mean(fit_table.rating))
     rating_range = train.rating_range or (float(np.min(train.rating)),
                                           float(np.max(train.rating)))
-    with distribute.scope(strategy):
-        model = build_rating_model(vocabs, side, config, global_mean=global_mean,
-                                   rating_range=rating_range,
-                                   unknown_users=unknown_user_gate(config, fit_table, vocabs,
-                                                                   seed))
-        per_call = distribute.steps_per_execution(strategy, config.steps_per_execution)
-        compile_rating_model(model, config.replace(steps_per_execution=per_call))
+
+    def build(config: RatingConfig) -> tf.keras.Model:
+        return build_rating_model(vocabs, side, config, global_mean=global_mean,
+                                  rating_range=rating_range,
+                                  unknown_users=unknown_user_gate(config, fit_table, vocabs,
+                                                                  seed))
 
     train_ds, steps = distribute.fit_input(strategy, lambda **kw: pointwise_dataset(
         fit_table, vocabs, config.batch_size, shuffle=True, seed=seed, **kw))
@@ -286,25 +290,116 @@ def _fit_rating(train, fit_table, validation, config, *, vocabs, seed, callbacks
         val_batch = max(config.batch_size, 8192)
         val_ds, val_steps = distribute.fit_input(strategy, lambda **kw: pointwise_dataset(
             validation, vocabs, val_batch, **kw))
+    model, history = _fit_model(build, config, train_ds, val_ds, steps=steps,
+                                val_steps=val_steps, strategy=strategy, backup_dir=backup_dir,
+                                log_dir=log_dir, callbacks=callbacks, verbose=verbose)
+    if distribute.is_parameter_server(strategy):  # serve / evaluate from plain variables
+        probe_x = next(iter(pointwise_dataset(fit_table, vocabs, 256)))[0]
+        model = distribute.unsharded_copy(model, lambda: compile_rating_model(build(config),
+                                                                              config),
+                                          probe=lambda m: m(probe_x, training=False))
+    trained = TrainedRating(model, vocabs, side, dict(history.history), config, global_mean,
+                            history.stopped_epoch)
+    return trained, search_record(history, "val_rmse")
+
+
+def _fit_model(build, config: RatingConfig, train_ds: tf.data.Dataset,
+               val_ds: tf.data.Dataset | None, *, steps, val_steps, strategy, backup_dir,
+               log_dir, callbacks, verbose) -> tuple[tf.keras.Model, FitHistory]:
+    """``build(config)`` compiled in the strategy's scope and fit on ``train_ds``, early
+    stopping on ``val_ds``'s RMSE: the part the in-memory and the streamed trainer share."""
+    with distribute.scope(strategy):
+        model = build(config)
+        per_call = distribute.steps_per_execution(strategy, config.steps_per_execution)
+        compile_rating_model(model, config.replace(steps_per_execution=per_call))
     stop = val_ds is not None and config.patience > 0
     history = fit(model, train_ds, epochs=config.epochs, validation_data=val_ds,
                   steps_per_epoch=steps, validation_steps=val_steps,
                   monitor="val_rmse" if stop else None, patience=config.patience,
                   backup_dir=backup_dir, log_dir=log_dir, strategy=strategy,
                   callbacks=callbacks, verbose=verbose, name="train_rating")
-    if distribute.is_parameter_server(strategy):  # serve / evaluate from plain variables
-        def rebuild() -> tf.keras.Model:
-            plain = build_rating_model(vocabs, side, config, global_mean=global_mean,
-                                       rating_range=rating_range,
-                                       unknown_users=unknown_user_gate(config, fit_table,
-                                                                       vocabs, seed))
-            return compile_rating_model(plain, config)
-        probe_x = next(iter(pointwise_dataset(fit_table, vocabs, 256)))[0]
-        model = distribute.unsharded_copy(model, rebuild,
-                                          probe=lambda m: m(probe_x, training=False))
-    trained = TrainedRating(model, vocabs, side, dict(history.history), config, global_mean,
-                            history.stopped_epoch)
-    return trained, search_record(history, "val_rmse")
+    return model, history
+
+
+def stream_refusals(config: RatingConfig) -> list[str]:
+    """Why ``config`` cannot train on a streamed log (empty: it can), one phrase per field.
+
+    Why these: a streamed log has no side features, and the implicit rated-items
+    features (``history_len``), the unknown-user bias gate and hashing need a pass over
+    every user's rows in memory, which streaming exists to avoid.
+    """
+    out = []
+    if config.history_len > 0:
+        out.append(f"history_len {config.history_len} (the rated-items features need "
+                   "every user's rows in memory; use 0)")
+    if config.unknown_users != "model":
+        out.append(f"unknown_users {config.unknown_users!r} (its item-bias fit needs the "
+                   "rows in memory; use 'model')")
+    if config.hash_buckets:
+        out.append("hash_buckets (the counting pass builds the vocabularies)")
+    return out
+
+
+def train_rating_stream(log: ParquetLog, scan: LogScan, config: RatingConfig, *,
+                        seed: int = 42, callbacks: Sequence[tf.keras.callbacks.Callback] = (),
+                        verbose: int = 1, log_dir: str | os.PathLike | None = None,
+                        backup_dir: str | os.PathLike | None = None) -> TrainedRating:
+    """``train_rating`` on a log read from files, batch by batch (``tfrec_p5.data.stream``).
+
+    Why: the same model and schedule as ``train_rating`` for a log that does not fit in
+    memory: the fit rows train, the validation part stops early (``val_rmse``) and, with
+    ``config.refit``, the model is trained again on fit + validation for the best epoch
+    count. The vocabularies, mean rating and rating range come from ``scan``; the model
+    has ID towers only (``stream_refusals`` lists what else a config may not ask for).
+    ``config.validation_fraction`` must equal ``scan.split.validation``. A killed run
+    resumes from ``backup_dir`` like ``train_rating``.
+
+        log = open_log("parquet:logs/*.parquet")
+        scan = log.scan(LogSplit(test=0.2, validation=0.1, seed=42))
+        trained = train_rating_stream(log, scan, RatingConfig(history_len=0,
+                                                              unknown_users="model"))
+        evaluate_rating_stream(trained.model, log, scan)      # test RMSE / MAE
+    """
+    refused = stream_refusals(config)
+    if refused:
+        raise ValueError("a streamed log cannot train with " + "; ".join(refused))
+    if abs(config.validation_fraction - scan.split.validation) > 1e-12:
+        raise ValueError(f"config.validation_fraction {config.validation_fraction} differs "
+                         f"from the scan's validation share {scan.split.validation}")
+    if scan.rating_mean is None:
+        raise DataError("the rating task needs a rating column", path=log.files[0])
+    tf.keras.utils.set_random_seed(seed)
+    validated = scan.rows["validation"] > 0
+
+    def build(config: RatingConfig) -> tf.keras.Model:
+        return build_rating_model(scan.vocabs, None, config, global_mean=scan.rating_mean,
+                                  rating_range=scan.rating_range)
+
+    def run(parts: tuple[str, ...], config: RatingConfig, validate: bool,
+            backup: str | os.PathLike | None) -> tuple[TrainedRating, dict | None]:
+        train_ds = log.dataset(scan, parts, config.batch_size, shuffle=True, seed=seed)
+        val_ds = (log.dataset(scan, ("validation",), max(config.batch_size, 8192))
+                  if validate else None)
+        model, history = _fit_model(build, config, train_ds, val_ds, steps=None,
+                                    val_steps=None, strategy=None, backup_dir=backup,
+                                    log_dir=log_dir, callbacks=callbacks, verbose=verbose)
+        return (TrainedRating(model, scan.vocabs, None, dict(history.history), config,
+                              scan.rating_mean, history.stopped_epoch),
+                search_record(history, "val_rmse"))
+
+    def refit(record: dict, refit_dir: str | None) -> TrainedRating:
+        out, _ = run(("fit", "validation"), config.replace(
+            refit=False, validation_fraction=0.0, epochs=record["best_epochs"]), False,
+            refit_dir)
+        out.history = with_search_history(record, out.history)
+        out.stopped_epoch = record["stopped_epoch"]
+        return out
+
+    if not (config.refit and validated):
+        return run(("fit",), config, validated, backup_dir)[0]
+    return search_then_refit(backup_dir, lambda: run(("fit",), config, True, backup_dir),
+                             refit, rows=scan.rows["fit"] + scan.rows["validation"],
+                             verbose=verbose)
 
 
 def validation_plan(train: Interactions, validation: Interactions | None,
@@ -351,3 +446,15 @@ def evaluate_rating(model: tf.keras.Model, table: Interactions, vocabs: Vocabula
                     batch_size: int = 8192) -> dict[str, float]:
     """RMSE and MAE of ``model`` on ``table`` (inference mode: no dropout, clipped)."""
     return rating_metrics(predict_ratings(model, table, vocabs, batch_size), table.rating)
+
+
+def evaluate_rating_stream(model: tf.keras.Model, log: ParquetLog, scan: LogScan,
+                           parts: Sequence[str] = ("test",),
+                           batch_size: int = 65536) -> dict[str, float]:
+    """RMSE and MAE of ``model`` on the streamed rows of ``parts`` (default: the test
+    part of ``scan``'s split), summed batch by batch (``RatingErrors``)."""
+    errors = RatingErrors()
+    predict = tf.function(lambda x: model(x, training=False))
+    for features, ratings in log.dataset(scan, parts, batch_size):
+        errors.add(predict(features).numpy(), ratings.numpy())
+    return errors.result()

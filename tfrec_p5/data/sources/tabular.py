@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import glob
 import os
 from pathlib import Path
 
@@ -175,9 +176,18 @@ def load_csv(path: str, user: str = USER, item: str = ITEM, rating: str | None =
 def load_parquet(path: str, user: str = USER, item: str = ITEM, rating: str | None = None,
                  timestamp: str | None = None, rating_range=None, on_bad_lines: str = "error",
                  user_features=None, item_features=None, **options) -> Interactions:
-    """Read a parquet file with pyarrow (see module docstring)."""
+    """Read a parquet file with pyarrow (see module docstring); ``path`` may also be a
+    glob or a folder (its ``*.parquet`` files), read in name order into one table."""
     if options:
         raise DataError(f"unknown parquet option(s) {sorted(options)}", path=path)
+    if not Path(path).is_file() and (glob.has_magic(path) or Path(path).is_dir()):
+        pattern = os.path.join(path, "*.parquet") if Path(path).is_dir() else path
+        files = sorted(glob.glob(pattern))
+        if not files:
+            raise DataError(f"no Parquet file matches {pattern!r}", path=path)
+        return Interactions.concat(*(load_parquet(
+            f, user, item, rating, timestamp, rating_range, on_bad_lines, user_features,
+            item_features) for f in files))
     try:
         import pyarrow as pa
         import pyarrow.compute as pc

@@ -1,0 +1,172 @@
+"""Rating on logs larger than memory: streamed from Parquet vs loaded, up to 100M rows.
+
+    .venv/bin/python benchmarks/stream_rating.py      # 1M, 10M, 100M; 1M, 10M also in memory
+    .venv/bin/python benchmarks/stream_rating.py --sizes 1e6 --memory 1e6     # quick
+
+For each size a synthetic rating log (``benchmarks/_parquet_log.py``: rows / 50 users,
+min(rows / 200, 1M) items, int64 IDs, 500k-row row groups, 5M rows per file) is written
+once under ``--root``; then a fresh process per (size, mode) runs what
+``tfrec-p5 train --stream`` runs and times each phase:
+
+* ``scan``: opening the files and the counting pass (vocabularies, part sizes);
+* ``epoch``: one epoch of ``train_rating_stream`` on the fit rows (80 % × 90 %) with a
+  validation pass (the rating model's defaults with the streamed changes ``history_len 0``,
+  ``unknown_users "model"``, and ``--batch`` 8192: at batch 512 the dense Adam update of
+  the embedding tables, not the data, limits the speed; ``epochs 1``, no refit);
+* ``test``: RMSE of the test part, streamed; ``bias``: the streamed bias baseline (five
+  passes) and its test RMSE; ``export``: the SavedModel.
+
+``--memory SIZES`` adds, for those sizes, the same in one process that loads the log into an
+``Interactions`` table (``data.load("parquet:DIR")``) and trains ``train_rating`` on the
+same parts: its peak memory is what streaming saves. Peak memory is the child's
+``ru_maxrss`` (``os.wait4``). Results: ``benchmarks/results/stream_rating.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _parquet_log import write_log  # noqa: E402
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                       "stream_rating.json")
+
+
+def child(args) -> dict:
+    """One (size, mode) run in this process; returns its phase timings."""
+    # isort: off
+    import tfrec_p5  # noqa: F401
+    import tensorflow as tf
+    # isort: on
+    import numpy as np
+
+    from tfrec_p5 import data
+    from tfrec_p5.data.stream import PARTS, LogSplit, open_log
+    from tfrec_p5.evaluation.streamed import streamed_bias_baseline
+    from tfrec_p5.export.saved_model import export
+    from tfrec_p5.models.rating import (
+        RatingConfig,
+        evaluate_rating,
+        evaluate_rating_stream,
+        train_rating,
+        train_rating_stream,
+    )
+
+    config = RatingConfig(history_len=0, unknown_users="model", batch_size=args.batch,
+                          epochs=1, refit=False)
+    split = LogSplit(0.2, config.validation_fraction, 42)
+    times, out = {}, {}
+
+    class EpochTimer(tf.keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            times["epoch"] = round(time.perf_counter() - self.start, 1)
+
+    start = time.perf_counter()
+    if args.mode == "stream":
+        log = open_log(f"parquet:{args.dir}")
+        scan = log.scan(split)
+        rows = scan.rows
+        times["scan"] = round(time.perf_counter() - start, 1)
+        trained = train_rating_stream(log, scan, config, verbose=0,
+                                      callbacks=[EpochTimer()])
+        start = time.perf_counter()
+        out["test_rmse"] = evaluate_rating_stream(trained.model, log, scan)["rmse"]
+        times["test"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        ref = streamed_bias_baseline(log, scan)
+        out["bias_test_rmse"] = ref.evaluate(log, scan)["rmse"]
+        times["bias"] = round(time.perf_counter() - start, 1)
+        start = time.perf_counter()
+        export(trained.model, os.path.join(args.scratch, "export"), vocabs=trained.vocabs,
+               rating_range=scan.rating_range)
+        times["export"] = round(time.perf_counter() - start, 1)
+    else:
+        table = data.load(f"parquet:{args.dir}")
+        parts = split.parts(np.arange(len(table)))
+        take = {name: table.take(np.flatnonzero(parts == i)) for i, name in enumerate(PARTS)}
+        rows = {name: len(t) for name, t in take.items()}
+        del table, parts
+        times["scan"] = round(time.perf_counter() - start, 1)  # load + split
+        trained = train_rating(data.Interactions.concat(take["fit"], take["validation"]),
+                               take["validation"], config, verbose=0,
+                               callbacks=[EpochTimer()])
+        start = time.perf_counter()
+        out["test_rmse"] = evaluate_rating(trained.model, take["test"], trained.vocabs)["rmse"]
+        times["test"] = round(time.perf_counter() - start, 1)
+    fit_rows = rows["fit"]
+    return {"rows": sum(rows.values()), "fit_rows": fit_rows, "times": times,
+            "examples_per_second": round(fit_rows / times["epoch"]),
+            "users": len(trained.vocabs.user) - 1, "items": len(trained.vocabs.item) - 1,
+            "loss": round(float(trained.history["loss"][-1]), 4),
+            **{k: round(v, 4) for k, v in out.items()}}
+
+
+def run_child(argv: list[str]) -> dict:
+    """Run this script as a child; its JSON line plus its peak RSS (MiB)."""
+    proc = subprocess.Popen([sys.executable, __file__, *argv], stdout=subprocess.PIPE,
+                            text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    output = proc.stdout.read()
+    if status != 0:
+        raise SystemExit(f"child {argv} failed with status {status}")
+    result = json.loads(output.strip().splitlines()[-1])
+    result["peak_rss_mib"] = round(usage.ru_maxrss / 1024)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7, 1e8])
+    parser.add_argument("--memory", type=float, nargs="*", default=[1e6, 1e7],
+                        help="sizes also run with the log loaded in memory")
+    parser.add_argument("--batch", type=int, default=8192)
+    parser.add_argument("--root", default="/tmp/tfrec_p5_stream_logs")
+    parser.add_argument("--child", choices=("stream", "memory"), dest="mode")
+    parser.add_argument("--dir")
+    parser.add_argument("--scratch")
+    args = parser.parse_args()
+    if args.mode:
+        print(json.dumps(child(args)))
+        return
+    runs = []
+    for size in map(int, args.sizes):
+        directory = os.path.join(args.root, f"rows{size}")
+        if not os.path.isdir(directory):
+            print(f"writing {size:,} rows to {directory}", flush=True)
+            written = write_log(directory, size)
+            print(f"  {written}", flush=True)
+        for mode in ("stream", "memory") if size in map(int, args.memory) else ("stream",):
+            load = os.getloadavg()[0]
+            scratch = os.path.join(args.root, f"scratch-{size}-{mode}")
+            result = run_child(["--child", mode, "--dir", directory, "--scratch", scratch,
+                                "--batch", str(args.batch)])
+            result.update(mode=mode, size=size, load_before=round(load, 2),
+                          load_after=round(os.getloadavg()[0], 2))
+            runs.append(result)
+            print(json.dumps(result), flush=True)
+    print(f"\n{'rows':>12} {'mode':>7} {'scan s':>7} {'epoch s':>8} {'ex/s':>8} "
+          f"{'test s':>7} {'peak MiB':>9} {'test RMSE':>10} {'bias RMSE':>10}")
+    for r in runs:
+        t = r["times"]
+        print(f"{r['rows']:>12,} {r['mode']:>7} {t['scan']:>7} {t['epoch']:>8} "
+              f"{r['examples_per_second']:>8,} {t['test']:>7} {r['peak_rss_mib']:>9,} "
+              f"{r['test_rmse']:>10} {r.get('bias_test_rmse', '-'):>10}")
+    os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
+    with open(RESULTS, "w") as f:
+        json.dump({"machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                   "command": " ".join(sys.argv), "batch": args.batch, "runs": runs}, f,
+                  indent=1)
+
+
+if __name__ == "__main__":
+    main()
