@@ -3,7 +3,8 @@
 Run as ``python tests/_distribute_worker.py MODE OUT_DIR`` with ``TF_CONFIG`` set:
 
 * ``multi_worker``: a MultiWorkerMirroredStrategy worker. Runs ``tfrec-p5 train --task
-  rating --strategy multi_worker`` first (the chief exports to ``OUT_DIR/cli``), then, on
+  rating --strategy multi_worker`` first (the chief exports to ``OUT_DIR/cli``), the same
+  with ``--stream`` on a Parquet copy of the data (``OUT_DIR/stream``), then, on
   the same strategy, trains the rating model
   (``train_rating``) and the retrieval model (``train_unified``) on the shared synthetic
   data, writes its weights and metrics to ``OUT_DIR/worker<i>.npz`` / ``.json`` and exports
@@ -82,6 +83,10 @@ def _multi_worker(out_dir: str) -> None:
     cli_status = cli.main(["train", "--task", "rating", "--strategy", "multi_worker",
                            "--data", spec, "--config", config, "--quiet",
                            "--out", os.path.join(out_dir, "cli")])
+    stream_status = cli.main(["train", "--task", "rating", "--strategy", "multi_worker",
+                              "--data", f"parquet:{_parquet_log(out_dir, index)}", "--stream",
+                              "--config", _stream_config(out_dir, index), "--quiet",
+                              "--out", os.path.join(out_dir, "stream")])
     from tfrec_p5 import distribute
 
     strategy = distribute.resolve_strategy("multi_worker")  # the CLI's, cached
@@ -90,13 +95,38 @@ def _multi_worker(out_dir: str) -> None:
     arrays.update({f"retrieval_{i}": w for i, w in enumerate(weights_of(retrieval.model))})
     np.savez(os.path.join(out_dir, f"worker{index}.npz"), **arrays)
     report = {"replicas": strategy.num_replicas_in_sync, "chief": distribute.is_chief(strategy),
-              "cli_status": cli_status, **metrics_of(rating, retrieval, parts)}
+              "cli_status": cli_status, "stream_status": stream_status,
+              **metrics_of(rating, retrieval, parts)}
     # As `tfrec-p5 train` does: every worker saves, only the chief into the real folder.
     with distribute.write_dir(os.path.join(out_dir, "export"), strategy) as target:
         report["export"] = export_both(rating, retrieval, target)
     report["seconds"] = time.perf_counter() - started
     with open(os.path.join(out_dir, f"worker{index}.json"), "w", encoding="utf-8") as f:
         json.dump(report, f)
+
+
+def _parquet_log(out_dir: str, index: int) -> str:
+    """The shared synthetic data as a Parquet log in 4 row groups (this worker's copy)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tfrec_p5 import data
+
+    table = data.load("synthetic", **DATA)
+    folder = os.path.join(out_dir, f"log{index}")
+    os.makedirs(folder, exist_ok=True)
+    pq.write_table(pa.table({"user_id": table.user_id, "item_id": table.item_id,
+                             "rating": table.rating}), os.path.join(folder, "part.parquet"),
+                   row_group_size=len(table) // 4 + 1)
+    return folder
+
+
+def _stream_config(out_dir: str, index: int) -> str:
+    """``rating_config`` for ``--stream`` (unknown users answered by the model)."""
+    path = os.path.join(out_dir, f"stream_config{index}.json")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(rating_config().replace(epochs=2, unknown_users="model").to_json())
+    return path
 
 
 def train_both(strategy=None):

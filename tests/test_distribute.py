@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests._cli import run
 from tfrec_p5 import distribute
 from tfrec_p5.cli import main as cli_main
 from tfrec_p5.data import load
@@ -150,6 +151,20 @@ def test_multi_worker_cli_runs_on_every_worker_and_the_chief_exports(clusters):
     loaded, _, meta = load_export(out)
     assert sorted(loaded.signatures) == ["predict_rating", "serving_default"]
     assert meta["strategy"] == "multi_worker" and meta["tasks"] == ["rating"]
+
+
+def test_multi_worker_streams_a_parquet_log(clusters):
+    """``--stream`` under ``multi_worker``: every worker reads the files (no table in
+    memory), the chief exports, and the export's test RMSE is reproduced by evaluate."""
+    assert [r["stream_status"] for r in clusters["reports"]] == [0, 0]
+    out = clusters["mw_dir"] / "stream"
+    assert sorted(os.listdir(out)) == ["1"]
+    _, _, meta = load_export(out)
+    assert meta["strategy"] == "multi_worker" and meta["stream"]["test"] == 0.2
+    status, stdout, _ = run(["evaluate", "--model", str(out), "--json"])
+    assert status == 0
+    assert json.loads(stdout)["test_rmse"] == pytest.approx(meta["metrics"]["test_rmse"],
+                                                             abs=1e-5)
 
 
 def test_multi_worker_chief_exports_like_a_single_process(clusters):

@@ -62,8 +62,8 @@ def check_stream_args(args: argparse.Namespace, task_name: str, strategy) -> Non
     for flag in ("test_data", "items", "users"):
         if getattr(args, flag, None):
             problems.append(f"--{flag.replace('_', '-')}")
-    if not distribute.is_default(strategy):
-        problems.append(f"--strategy {args.strategy}")
+    if distribute.is_parameter_server(strategy):
+        problems.append("--strategy parameter_server (mirrored and multi_worker stream)")
     if problems:
         raise CliError("--stream cannot take " + "; ".join(problems), status=2)
 
@@ -84,8 +84,10 @@ def _config(request: TrainRequest):
     return config, notes
 
 
-def train_streamed(args: argparse.Namespace, guard, request: TrainRequest, info) -> int:
+def train_streamed(args: argparse.Namespace, guard, request: TrainRequest, strategy,
+                   info) -> int:
     """``cmd_train`` with ``--stream`` (the module says what it does)."""
+    from tfrec_p5 import distribute
     from tfrec_p5.data.stream import open_log
     from tfrec_p5.evaluation.streamed import streamed_bias_baseline
     from tfrec_p5.export.saved_model import export
@@ -97,7 +99,8 @@ def train_streamed(args: argparse.Namespace, guard, request: TrainRequest, info)
     config, notes = _config(request)
     split = stream_split(args.split, config.validation_fraction, args.seed)
     out = os.fspath(args.out)
-    guard.lock(out, command_line("tfrec-p5", args), info=info)
+    chief = distribute.is_chief(strategy)
+    guard.lock(out, command_line("tfrec-p5", args), enabled=chief, info=info)
     log = open_log(args.data)
     print(f"data {args.data}: {len(log.files):,} Parquet file(s), {log.rows:,} rows in "
           f"{len(log.groups):,} row groups (streamed)", file=info)
@@ -115,10 +118,11 @@ def train_streamed(args: argparse.Namespace, guard, request: TrainRequest, info)
     guard.check_backup(backup_dir, {
         "command": "train --stream", "task": "rating", "data": args.data,
         "files": log.fingerprint(), "split": args.split, "seed": args.seed,
-        "config": config.to_dict()}, data=[], restart=args.restart, info=info)
-    trained = train_rating_stream(log, scan, config, seed=args.seed,
-                                  verbose=0 if args.quiet else 1, log_dir=args.log_dir,
-                                  backup_dir=backup_dir)
+        "config": config.to_dict()}, data=[], restart=args.restart, write=chief, info=info)
+    with distribute.use_strategy(strategy):
+        trained = train_rating_stream(log, scan, config, seed=args.seed,
+                                      verbose=0 if args.quiet else 1, log_dir=args.log_dir,
+                                      backup_dir=backup_dir, strategy=strategy)
     module = ServingModule(scan.vocabs)
     add_rating_signatures(module, trained.model, scan.rating_range)
     table, metrics, served = [], {}, "model"
@@ -164,9 +168,11 @@ def train_streamed(args: argparse.Namespace, guard, request: TrainRequest, info)
                   "validation": rows["validation"], "test": rows["test"]},
         "config": {"rating": config.to_dict()}, "rating_range": scan.rating_range,
         "epochs_run": len(history.get("loss", [])), "served": served,
-        "strategy": "default", "tasks": ["rating"]}
-    path = export(module, out, metadata=metadata, metrics=metrics)
-    shutil.rmtree(backup_dir, ignore_errors=True)
+        "strategy": getattr(args, "strategy", None) or "default", "tasks": ["rating"]}
+    with distribute.write_dir(out, strategy) as target:
+        path = export(module, target, metadata=metadata, metrics=metrics)
+    if chief:
+        shutil.rmtree(backup_dir, ignore_errors=True)
     print(format_table(table), file=info)
     for note in notes:
         print(f"note: {note}", file=info)

@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
     info = sys.stderr if args.json else sys.stdout  # --json: stdout holds only the JSON
     if args.stream:
         check_stream_args(args, task.name, strategy)
-        return train_streamed(args, guard, request, info)
+        return train_streamed(args, guard, request, strategy, info)
     from tfrec_p5.training import check_training_data, command_line
 
     guard.lock(args.out, command_line(PROG, args), enabled=distribute.is_chief(strategy),

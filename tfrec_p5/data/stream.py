@@ -253,13 +253,15 @@ class ParquetLog:
 
     def dataset(self, scan: LogScan, parts: Sequence[str], batch_size: int, *,
                 shuffle: bool = False, seed: int | None = None, pointwise: bool = True,
-                shuffle_rows: int = 1_000_000) -> tf.data.Dataset:
+                shuffle_rows: int = 1_000_000, distributed: bool = False) -> tf.data.Dataset:
         """Batches of the rows of ``parts`` (``PARTS`` names), one pass per epoch.
 
         ``pointwise``: ``({"user_id", "item_id"}, rating)`` like ``pointwise_dataset``;
         else ``{"user_id", "item_id"[, "rating"]}`` like ``retrieval_dataset``. IDs are
         vocabulary indices (OOV 0). ``shuffle``: a new row group order and buffer
-        permutation each epoch, seeded.
+        permutation each epoch, seeded. ``distributed`` (``mirrored`` / ``multi_worker``):
+        every worker streams the same global batches and keeps its share of each
+        (``AutoShardPolicy.DATA``), so no worker holds more than a buffer of rows.
         """
         unknown = sorted(set(parts) - set(PARTS))
         if unknown:
@@ -285,8 +287,14 @@ class ParquetLog:
         draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
         ds = draws.flat_map(lambda draw: tf.data.Dataset.from_generator(
             generate, args=(draw,), output_signature=signature))
-        return ds.apply(tf.data.experimental.assert_cardinality(
+        ds = ds.apply(tf.data.experimental.assert_cardinality(
             scan.batches(parts, batch_size))).prefetch(tf.data.AUTOTUNE)
+        if distributed:
+            options = tf.data.Options()
+            options.experimental_distribute.auto_shard_policy = \
+                tf.data.experimental.AutoShardPolicy.DATA
+            ds = ds.with_options(options)
+        return ds
 
     def batches(self, scan: LogScan, parts: Sequence[str], batch_size: int,
                 rng: np.random.Generator | None = None, shuffle_rows: int = 1_000_000

@@ -343,7 +343,8 @@ def stream_refusals(config: RatingConfig) -> list[str]:
 def train_rating_stream(log: ParquetLog, scan: LogScan, config: RatingConfig, *,
                         seed: int = 42, callbacks: Sequence[tf.keras.callbacks.Callback] = (),
                         verbose: int = 1, log_dir: str | os.PathLike | None = None,
-                        backup_dir: str | os.PathLike | None = None) -> TrainedRating:
+                        backup_dir: str | os.PathLike | None = None,
+                        strategy: tf.distribute.Strategy | str | None = None) -> TrainedRating:
     """``train_rating`` on a log read from files, batch by batch (``tfrec_p5.data.stream``).
 
     Why: the same model and schedule as ``train_rating`` for a log that does not fit in
@@ -352,7 +353,9 @@ def train_rating_stream(log: ParquetLog, scan: LogScan, config: RatingConfig, *,
     count. The vocabularies, mean rating and rating range come from ``scan``; the model
     has ID towers only (``stream_refusals`` lists what else a config may not ask for).
     ``config.validation_fraction`` must equal ``scan.split.validation``. A killed run
-    resumes from ``backup_dir`` like ``train_rating``.
+    resumes from ``backup_dir`` like ``train_rating``. ``strategy``: the default,
+    ``mirrored`` or ``multi_worker`` (each worker streams the files; ``config.batch_size``
+    is the global batch); not ``parameter_server``.
 
         log = open_log("parquet:logs/*.parquet")
         scan = log.scan(LogSplit(test=0.2, validation=0.1, seed=42))
@@ -368,6 +371,11 @@ def train_rating_stream(log: ParquetLog, scan: LogScan, config: RatingConfig, *,
                          f"from the scan's validation share {scan.split.validation}")
     if scan.rating_mean is None:
         raise DataError("the rating task needs a rating column", path=log.files[0])
+    strategy = distribute.resolve_strategy(strategy)
+    if distribute.is_parameter_server(strategy):
+        raise ValueError("a streamed log trains under the default, mirrored or "
+                         "multi_worker strategy, not parameter_server")
+    distributed = not distribute.is_default(strategy)
     tf.keras.utils.set_random_seed(seed)
     validated = scan.rows["validation"] > 0
 
@@ -377,11 +385,12 @@ def train_rating_stream(log: ParquetLog, scan: LogScan, config: RatingConfig, *,
 
     def run(parts: tuple[str, ...], config: RatingConfig, validate: bool,
             backup: str | os.PathLike | None) -> tuple[TrainedRating, dict | None]:
-        train_ds = log.dataset(scan, parts, config.batch_size, shuffle=True, seed=seed)
-        val_ds = (log.dataset(scan, ("validation",), max(config.batch_size, 8192))
-                  if validate else None)
+        train_ds = log.dataset(scan, parts, config.batch_size, shuffle=True, seed=seed,
+                               distributed=distributed)
+        val_ds = (log.dataset(scan, ("validation",), max(config.batch_size, 8192),
+                              distributed=distributed) if validate else None)
         model, history = _fit_model(build, config, train_ds, val_ds, steps=None,
-                                    val_steps=None, strategy=None, backup_dir=backup,
+                                    val_steps=None, strategy=strategy, backup_dir=backup,
                                     log_dir=log_dir, callbacks=callbacks, verbose=verbose)
         return (TrainedRating(model, scan.vocabs, None, dict(history.history), config,
                               scan.rating_mean, history.stopped_epoch),
