@@ -7,6 +7,7 @@ vocabularies, the same parts and the same bias fit as the streamed log.
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -267,3 +268,20 @@ def test_cli_stream_refuses_a_config_that_needs_memory(log_dir, tmp_path):
     status, _, stderr = run(["train", "--data", f"parquet:{log_dir}", "--stream",
                              "--config", str(config), "--out", str(tmp_path / "m")])
     assert status == 2 and "history_len 64" in stderr
+
+
+def test_a_killed_streamed_run_resumes(log_dir, tmp_path):
+    """SIGKILL after the first epoch's backup; the same command says "resuming from
+    epoch 1", finishes and exports (the backup records the files' fingerprint)."""
+    from tests.test_reliability_resume import RATING, _cmd, _finish, _kill_after_first_epoch
+    from tests.test_reliability_resume import _start as start
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({**RATING, "unknown_users": "model"}))
+    out = tmp_path / "m"
+    argv = _cmd("train", "--data", f"parquet:{log_dir}", "--stream", "--epochs", "3",
+                "--json", "--quiet", "--config", str(config), "--out", str(out))
+    saved = _kill_after_first_epoch(start(argv, tmp_path / "1.log"), out / ".backup-rating")
+    metrics = _finish(start(argv, tmp_path / "2.log"), tmp_path / "2.log")
+    assert f"resuming from epoch {saved} " in (tmp_path / "2.log").read_text()
+    assert metrics["test_rmse"] < 1.0 and sorted(os.listdir(out)) == ["1"]
