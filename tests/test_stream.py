@@ -235,6 +235,10 @@ def test_cli_train_stream_then_evaluate(log_dir, tmp_path):
     assert status == 0
     trained = json.loads(stdout.strip().splitlines()[-1])
     assert {"test_rmse", "validation_rmse", "bias_baseline_validation_rmse"} <= set(trained)
+    # Whichever validation preferred is served; the other's test row is shown beside it.
+    baseline_served = trained["bias_baseline_validation_rmse"] < trained["validation_rmse"]
+    assert ("model_test_rmse" in trained) == baseline_served
+    assert ("bias_baseline_test_rmse" in trained) == (not baseline_served)
     status, stdout, _ = run(["evaluate", "--model", str(out), "--json"])
     assert status == 0
     again = json.loads(stdout.strip().splitlines()[-1])

@@ -134,6 +134,7 @@ def train_streamed(args: argparse.Namespace, guard, request: TrainRequest, strat
 
     history = trained.history
     prefix = "search_val_" if "search_val_rmse" in history else "val_"
+    ref = None
     if history.get(prefix + "rmse"):
         best = min(range(len(history[prefix + "rmse"])),
                    key=history[prefix + "rmse"].__getitem__)
@@ -150,16 +151,18 @@ def train_streamed(args: argparse.Namespace, guard, request: TrainRequest, strat
                 served = "bias baseline"
                 notes.append("serving the bias baseline reference: it has the lower "
                              "validation RMSE; --serve model exports the model instead")
+    elif not args.no_references:
+        notes.append("no bias baseline: it chooses its λ on the validation part, and "
+                     "there is none (validation_fraction 0)")
     if rows["test"]:
-        served_test = (evaluate_rating_stream(trained.model, log, scan) if served == "model"
-                       else ref.evaluate(log, scan))
-        report("test", "test", rows["test"], served_test)
-        if served != "model":
-            report("test: model (not served)", "model_test", rows["test"],
-                   evaluate_rating_stream(trained.model, log, scan))
-        elif history.get(prefix + "rmse") and not args.no_references:
-            report("test: bias baseline", "bias_baseline_test", rows["test"],
-                   ref.evaluate(log, scan))
+        scorers = {"model": lambda: evaluate_rating_stream(trained.model, log, scan)}
+        if ref is not None:
+            scorers["bias baseline"] = lambda: ref.evaluate(log, scan)
+        report("test", "test", rows["test"], scorers.pop(served)())
+        for name, score in scorers.items():
+            label, key = (("test: model (not served)", "model_test") if name == "model"
+                          else ("test: bias baseline", "bias_baseline_test"))
+            report(label, key, rows["test"], score())
     metadata = {
         "data": args.data, "split": args.split, "seed": args.seed,
         "stream": dataclasses.asdict(split), "stream_files": log.fingerprint(),
