@@ -371,3 +371,23 @@ def test_the_race_reads_the_best_epoch_of_the_search():
                          batch_size=None, config={})
     assert _carved_validation(given, 0.1, history, "recall@10", ("recall@10",),
                               higher=True) == {}
+
+
+def test_edge_search_extends_the_grid_past_a_winning_edge():
+    from tfrec_p5.evaluation.served import edge_search
+
+    tried = []
+
+    def peak_at(best):
+        def score(l2):
+            tried.append(l2)
+            return -(np.log(l2) - np.log(best)) ** 2
+        return score
+
+    grid = (10.0, 100.0, 1000.0)
+    scores = edge_search(peak_at(5000.0), grid)
+    assert sorted(scores) == [10.0, 100.0, 1000.0, 4000.0, 16000.0]  # 16000 lost: stop
+    assert max(scores, key=scores.get) == 4000.0
+    assert sorted(edge_search(peak_at(200.0), grid)) == list(grid)  # inside: as given
+    low = edge_search(peak_at(1.0), grid)
+    assert min(low) == 10.0 / 4 ** 3 and max(low, key=low.get) == 10.0 / 4 ** 2

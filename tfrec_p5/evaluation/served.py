@@ -40,7 +40,7 @@ from tfrec_p5.models.bias import BIAS_GRID, build_bias_model, select_bias_fit
 from tfrec_p5.models.item_item import ItemItemModel
 
 __all__ = ["EASE_MAX_ITEMS", "KNN_MAX_ITEMS", "ServedReference", "bias_baseline",
-           "next_item_references", "retrieval_references"]
+           "edge_search", "next_item_references", "retrieval_references"]
 
 EASE_MAX_ITEMS = 5_000
 """Largest catalog EASE is fitted on (one dense ``I x I`` inverse per λ tried)."""
@@ -273,11 +273,34 @@ def _cosine_knn(users: np.ndarray, items: np.ndarray, num_users: int,
     return sim
 
 
+def edge_search(score: Callable[[float], float], grid: Sequence[float], *, factor: float = 4.0,
+                steps: int = 3) -> dict[float, float]:
+    """``{λ: score(λ)}`` over ``grid``, extended past an edge while the edge wins (higher
+    is better): ``factor`` times the largest (or a ``factor``-th of the smallest) value,
+    at most ``steps`` times, until a step scores no better than the edge before it.
+
+    Why: a grid chosen on one data set ends too early on another (EASE's λ landed on the
+    top of its grid on ML-1M and on a sparse synthetic set): the best value must not be
+    the grid's border by construction.
+
+        edge_search(lambda l2: recall_at_10(l2), (10.0, 100.0, 1000.0))  # may try 4000
+    """
+    scores = {float(v): score(float(v)) for v in grid}
+    for pick, step in ((max, factor), (min, 1.0 / factor)):
+        for _ in range(steps):
+            edge = pick(scores)
+            if max(scores, key=scores.get) != edge:
+                break
+            scores[edge * step] = score(edge * step)
+    return scores
+
+
 def retrieval_references(fitted: Interactions, *, k: int = 100, seed: int = 42,
                          fraction: float = 0.1,
                          grid: Sequence[float] = _EASE_GRID) -> list[ServedReference]:
     """Most popular, and EASE (λ by validation Recall@10 on a seeded ``fraction`` of
-    ``fitted``, refit on all of it) or, above ``EASE_MAX_ITEMS`` items, item-KNN (up to
+    ``fitted``, over ``grid`` extended past a winning edge by ``edge_search``, refit on
+    all of it) or, above ``EASE_MAX_ITEMS`` items, item-KNN (up to
     ``KNN_MAX_ITEMS``)."""
     vocabs = Vocabularies.build(fitted)
     refs = [_pair_reference("most popular", fitted, vocabs, k, None)]
@@ -285,11 +308,13 @@ def retrieval_references(fitted: Interactions, *, k: int = 100, seed: int = 42,
     if num_items <= EASE_MAX_ITEMS:
         carve = random_split(fitted, 1.0 - fraction, seed=seed)
         carve_vocabs = Vocabularies.build(carve.train)
-        recall = {}
-        for l2 in grid:
+
+        def score(l2: float) -> float:
             ref = _pair_reference("EASE", carve.train, carve_vocabs, 10,
                                   _ease(carve.train, carve_vocabs, l2))
-            recall[l2] = evaluate_recommend(ref.signature, carve.test, ks=(10,))["recall@10"]
+            return evaluate_recommend(ref.signature, carve.test, ks=(10,))["recall@10"]
+
+        recall = edge_search(score, grid)
         best = max(recall, key=recall.get)
         refs.append(_pair_reference("EASE", fitted, vocabs, k, _ease(fitted, vocabs, best),
                                     f"l2={best:g} (Recall@10 {recall[best]:.4f} on a "
