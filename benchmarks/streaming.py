@@ -17,6 +17,9 @@ once under ``--root``; then a fresh process per (size, mode) runs what
 * ``test``: RMSE of the test part, streamed; ``bias``: the streamed bias baseline (five
   passes) and its test RMSE; ``export``: the SavedModel.
 
+``--lazy SIZES`` streams the same with ``optimizer "lazy_adam"`` (``LazyAdam``: Adam on the
+batch's embedding rows only; tf-keras's Adam moves every row of every table each step).
+
 ``--memory SIZES`` adds, for those sizes, the same in one process that loads the log into an
 ``Interactions`` table (``data.load("parquet:DIR")``) and trains ``train_rating`` on the
 same parts: its peak memory is what streaming saves. Peak memory is the child's
@@ -74,7 +77,8 @@ def child(args) -> dict:
     )
 
     config = RatingConfig(history_len=0, unknown_users="model", batch_size=args.batch,
-                          epochs=1, refit=False)
+                          epochs=1, refit=False,
+                          optimizer="lazy_adam" if args.mode == "lazy" else "adam")
     split = LogSplit(0.2, config.validation_fraction, 42)
     times, out = {}, {}
 
@@ -88,7 +92,7 @@ def child(args) -> dict:
     start = time.perf_counter()
     if args.mode == "retrieval":
         return retrieval_child(args, split)
-    if args.mode == "stream":
+    if args.mode in ("stream", "lazy"):
         log = open_log(f"parquet:{args.dir}")
         scan = log.scan(split)
         rows = scan.rows
@@ -223,7 +227,10 @@ def main() -> None:
     parser.add_argument("--retrieval-batch", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=8192)
     parser.add_argument("--root", default="/tmp/tfrec_p5_stream_logs")
-    parser.add_argument("--child", choices=("stream", "memory", "retrieval"), dest="mode")
+    parser.add_argument("--lazy", type=float, nargs="*", default=[1e6, 1e7, 1e8],
+                        help="sizes also streamed with optimizer lazy_adam")
+    parser.add_argument("--child", choices=("stream", "memory", "retrieval", "lazy"),
+                        dest="mode")
     parser.add_argument("--dir")
     parser.add_argument("--scratch")
     args = parser.parse_args()
@@ -231,7 +238,7 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     runs = []
-    sizes = sorted({int(s) for s in [*args.sizes, *args.memory, *args.retrieval]})
+    sizes = sorted({int(s) for s in [*args.sizes, *args.memory, *args.lazy, *args.retrieval]})
     for size in sizes:
         directory = os.path.join(args.root, f"rows{size}")
         if not os.path.isdir(directory):
@@ -240,6 +247,7 @@ def main() -> None:
             print(f"  {written}", flush=True)
         modes = ["stream"] if size in map(int, args.sizes) else []
         modes += ["memory"] if size in map(int, args.memory) else []
+        modes += ["lazy"] if size in map(int, args.lazy) else []
         modes += ["retrieval"] if size in map(int, args.retrieval) else []
         for mode in modes:
             load = os.getloadavg()[0]

@@ -75,3 +75,42 @@ def test_time_budget_ends_training_after_the_epoch_that_spends_it():
         history = fit(model, data, epochs=5, max_minutes=0.0, verbose=0)
     assert history.epoch == [0] and len(history.epoch_seconds) == 1
     assert history.budget_stopped == 1
+
+
+def _embedding_steps(optimizer_name: str, ids: list[list[int]]) -> np.ndarray:
+    """An 8-row embedding after one Adam-family step per batch of ``ids`` (loss: the
+    sum of the looked-up rows times fixed weights)."""
+    from tfrec_p5.training import optimizer
+
+    tf.keras.utils.set_random_seed(0)
+    table = tf.Variable(tf.random.normal((8, 4)))
+    opt = optimizer(optimizer_name, 0.1)
+    weights = tf.constant([[1.0, -2.0, 0.5, 3.0]])
+    for batch in ids:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.gather(table, batch) * weights)
+        opt.apply_gradients([(tape.gradient(loss, table), table)])
+    return table.numpy()
+
+
+def test_lazy_adam_is_adam_when_every_row_is_in_every_batch():
+    every = [[0, 1, 2, 3, 4, 5, 6, 7, 3, 3]] * 3  # duplicates too: summed per row
+    np.testing.assert_allclose(_embedding_steps("lazy_adam", every),
+                               _embedding_steps("adam", every), atol=1e-5)  # float order
+
+
+def test_lazy_adam_leaves_rows_outside_the_batch_alone():
+    start = _embedding_steps("lazy_adam", [])
+    lazy = _embedding_steps("lazy_adam", [[0, 1], [2]])
+    dense = _embedding_steps("adam", [[0, 1], [2]])
+    np.testing.assert_array_equal(lazy[3:], start[3:])  # never in a batch: untouched
+    assert not np.allclose(lazy[:3], start[:3])
+    assert not np.allclose(dense[0], lazy[0])  # Adam moved row 0 again in step 2
+
+
+def test_dense_adam_note_only_for_adam_on_large_tables():
+    from tfrec_p5.training import LAZY_ADAM_ROWS, dense_adam_note
+
+    assert dense_adam_note("adam", LAZY_ADAM_ROWS - 1) is None
+    assert dense_adam_note("lazy_adam", 10 * LAZY_ADAM_ROWS) is None
+    assert '"optimizer": "lazy_adam"' in dense_adam_note("Adam", LAZY_ADAM_ROWS)

@@ -98,6 +98,7 @@ def _rating_config(request: TrainRequest):
 def _train_rating(request: TrainRequest) -> TrainResult:
     from tfrec_p5.data.errors import DataError
     from tfrec_p5.export.serving import ServingModule, add_rating_signatures
+    from tfrec_p5.training import dense_adam_note
 
     if request.train.rating is None:
         raise DataError("the rating task needs a 'rating' column",
@@ -116,7 +117,9 @@ def _train_rating(request: TrainRequest) -> TrainResult:
     metadata = {"rating_range": rating_range,
                 "epochs_run": len(history.get("loss", [])),
                 "stopped_epoch": int(getattr(trained, "stopped_epoch", 0) or 0)}
+    note = dense_adam_note(config.optimizer, len(trained.vocabs.user) + len(trained.vocabs.item))
     return TrainResult(module, config=config_dict, metadata=metadata,
+                       notes=(note,) if note else (),
                        **_carved_validation(request, config.validation_fraction, history,
                                             "rmse", ("rmse", "mae"), higher=False,
                                             by_time=config.validation_carve == "time"))

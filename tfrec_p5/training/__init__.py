@@ -35,6 +35,7 @@ from tfrec_p5.training.loop import (
     lower_is_better,
     optimizer,
 )
+from tfrec_p5.training.optimizers import LAZY_ADAM_ROWS, LazyAdam, dense_adam_note
 from tfrec_p5.training.progress import plural, validation_plan
 from tfrec_p5.training.refit import (
     best_epochs,
@@ -50,10 +51,12 @@ from tfrec_p5.training.refit import (
 )
 
 __all__ = [
-    "LOCK_FILE", "OPTIMIZERS", "RECORD_FILE", "FitHistory", "OutLock", "RunGuard",
+    "LAZY_ADAM_ROWS", "LOCK_FILE", "LazyAdam", "OPTIMIZERS", "RECORD_FILE", "FitHistory", "OutLock",
+    "RunGuard",
     "RunRefused", "WeightAverage", "backup_epochs", "best_epochs", "build_variables",
     "carves_by_time",
-    "check_training_data", "command_line", "data_fingerprint", "fit", "has_progress",
+    "check_training_data", "command_line", "data_fingerprint", "dense_adam_note", "fit",
+    "has_progress",
     "load_search", "lower_is_better", "optimizer", "plural", "refit_backup_dir",
     "resume_message", "save_search", "search_record", "search_then_refit", "train_with_refit",
     "validation_plan", "with_search_history"]

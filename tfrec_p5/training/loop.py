@@ -28,13 +28,15 @@ import tensorflow as tf
 
 from tfrec_p5 import distribute
 from tfrec_p5.training.averaging import WeightAverage
+from tfrec_p5.training.optimizers import LazyAdam
 
 __all__ = ["OPTIMIZERS", "FitHistory", "backup_epochs", "build_variables", "fit",
            "lower_is_better", "optimizer"]
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = {"adam": tf.keras.optimizers.Adam, "adamw": tf.keras.optimizers.AdamW,
+OPTIMIZERS = {"adam": tf.keras.optimizers.Adam, "lazy_adam": LazyAdam,
+              "adamw": tf.keras.optimizers.AdamW,
               "adagrad": tf.keras.optimizers.Adagrad, "sgd": tf.keras.optimizers.SGD,
               "rmsprop": tf.keras.optimizers.RMSprop}
 """Optimizer names a config's ``optimizer`` field accepts (any case) → the tf-keras class;
