@@ -33,12 +33,13 @@ examples/s = training examples per epoch / that median (rating and retrieval: on
 example per row; next item: one example per user sequence, so "rows/s" is reported too);
 and the training loss of the last timed epoch (against the first: it learns).
 
-**Large sizes.** When the second window of ``--window-steps`` steps of the first epoch
-projects a full epoch longer than ``--max-epoch-seconds``, the run is *capped*: it stops
-after ``1 + --windows`` windows of ``--window-steps`` steps, the first is the warm-up, the
-median of the others gives examples/s, and wall seconds per epoch is *extrapolated*
-(examples per epoch / examples/s), marked so in the table and the JSON. The loss is then
-the mean over the last window.
+**Large sizes.** The first epoch is cut into windows of at least ``--window-seconds``
+(20 s; a window ends at a step end, every 16 steps: ``steps_per_execution``). When the
+second window projects a full epoch longer than ``--max-epoch-seconds`` (150 s), the run
+is *capped*: it stops after ``1 + --windows`` (4) windows, the first is the warm-up, the
+median seconds per step of the others gives examples/s, and wall seconds per epoch is
+*extrapolated* (examples per epoch / examples/s), marked so in the table and the JSON. The
+loss is then the mean over a window (first → last window).
 
 **Growth.** "per-row cost vs smallest" = (wall seconds per epoch / rows) of the run over
 that of the task's smallest size: 1.0 everywhere means a linear cost.
@@ -106,8 +107,9 @@ def role_run(args) -> dict:
     rss_data = _rss_mib()
 
     class Timer(tf.keras.callbacks.Callback):
-        """Epoch wall times; in the first epoch, wall times of ``window`` step windows,
-        and the switch to the capped mode when a full epoch would be too long."""
+        """Epoch wall times; in the first epoch, windows of at least ``window_seconds``
+        (steps, seconds, mean loss), and the switch to the capped mode when the second
+        window projects a full epoch longer than ``max_epoch_seconds``."""
 
         def __init__(self):
             super().__init__()
@@ -127,9 +129,9 @@ def role_run(args) -> dict:
             if self.epochs:  # windows are timed in the first epoch only
                 return
             done = batch + 1  # steps finished in this epoch (batch = last step's index)
-            if done - self.window_start_step < args.window_steps:
-                return
             now = time.perf_counter()
+            if now - self.t_window < args.window_seconds or done == self.window_start_step:
+                return
             loss_sum = float(logs["loss"]) * done  # the logs' loss is the epoch's mean
             self.windows.append({"steps": done - self.window_start_step,
                                  "seconds": now - self.t_window,
@@ -137,7 +139,7 @@ def role_run(args) -> dict:
                                  / (done - self.window_start_step)})
             self.t_window, self.window_start_step, self.window_start_sum = now, done, loss_sum
             total = self.params.get("steps") or 0
-            if len(self.windows) == 2 and total > 3 * args.window_steps:
+            if len(self.windows) == 2 and total > 2 * done:
                 rate = self.windows[1]["steps"] / self.windows[1]["seconds"]
                 self.capped = total / rate > args.max_epoch_seconds
             if self.capped and len(self.windows) >= 1 + args.windows:
@@ -179,13 +181,13 @@ def role_run(args) -> dict:
     setup_seconds = timer.train_begin - t_call
     if timer.capped:
         timed = timer.windows[1:]
-        median = statistics.median(w["seconds"] / w["steps"] for w in timed)
+        median = statistics.median(w["seconds"] / w["steps"] for w in timed)  # s / step
         examples_per_sec = batch / median
         warmup = timer.windows[0]["seconds"]
         epoch_seconds = examples / examples_per_sec
         first_loss, final_loss = timer.windows[0]["loss"], timed[-1]["loss"]
         measured = {"windows": [{k: round(v, 4) for k, v in w.items()} for w in timer.windows],
-                    "window_steps": args.window_steps}
+                    "window_seconds": args.window_seconds}
     else:
         timed = timer.epochs[1:] or timer.epochs
         epoch_seconds = statistics.median(e["seconds"] for e in timed)
@@ -233,7 +235,7 @@ def parse_sizes(specs: list[str] | None, quick: bool) -> dict[str, tuple[int, ..
 def run_child(task: str, rows: int, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--role", "run", "--task", task,
            "--rows", str(rows), "--epochs", str(args.epochs),
-           "--window-steps", str(args.window_steps), "--windows", str(args.windows),
+           "--window-seconds", str(args.window_seconds), "--windows", str(args.windows),
            "--max-epoch-seconds", str(args.max_epoch_seconds)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
@@ -270,7 +272,9 @@ def table(result: dict) -> str:
     for r in result["runs"]:
         notes = []
         if r["extrapolated"]:
-            notes.append(f"extrapolated ({r['window_steps']}-step windows)")
+            steps = [w["steps"] for w in r["windows"][1:]]
+            notes.append(f"extrapolated from {len(steps)} windows of {min(steps)}-"
+                         f"{max(steps)} steps")
         if "loss_variant" in r:
             notes.append(f"{LOSS_NAMES[r['loss_variant']]}, max_len {r['max_len']}; "
                          f"{r['rows_per_sec']:,.0f} rows/s")
@@ -295,8 +299,8 @@ def main(argv=None) -> dict | None:
                    "rating and retrieval 1M, 10M; next_item 0.2M, 2M, 20M)")
     p.add_argument("--quick", action="store_true", help="tiny sizes (< 1 minute)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per run (1st = warm-up)")
-    p.add_argument("--window-steps", type=int, default=320,
-                   help="steps per timed window in the first epoch (a multiple of 16)")
+    p.add_argument("--window-seconds", type=float, default=20.0,
+                   help="capped runs: a timed window ends at the first step end after this")
     p.add_argument("--windows", type=int, default=3,
                    help="capped runs: timed windows after the warm-up window")
     p.add_argument("--max-epoch-seconds", type=float, default=150.0,
@@ -315,7 +319,7 @@ def main(argv=None) -> dict | None:
         print(json.dumps(role_run(args)), flush=True)
         return None
     if args.quick:
-        args.epochs, args.window_steps = 2, 16
+        args.epochs, args.window_seconds = 2, 0.5
     sizes = parse_sizes(args.sizes, args.quick)
     started = time.time()
     # isort: off
@@ -330,7 +334,7 @@ def main(argv=None) -> dict | None:
         "machine": {"nproc": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "tensorflow": tf.__version__,
                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
-        "settings": {"epochs": args.epochs, "window_steps": args.window_steps,
+        "settings": {"epochs": args.epochs, "window_seconds": args.window_seconds,
                      "windows": args.windows, "max_epoch_seconds": args.max_epoch_seconds,
                      "rows_per_user": ROWS_PER_USER, "rows_per_item": ROWS_PER_ITEM},
         "runs": [],
