@@ -150,26 +150,28 @@ def role_run(args) -> dict:
                                 "loss": float(logs["loss"])})
 
     timer = Timer()
+    overrides = parse_overrides(args.set).get(args.task, {})
     t_call = time.perf_counter()
     extra: dict = {}
     if args.task == "rating":
         from tfrec_p5.models.rating import RatingConfig, train_rating
 
         config = RatingConfig(validation_fraction=0.0, refit=False, patience=0,
-                              epochs=args.epochs)
+                              epochs=args.epochs).replace(**overrides)
         train_rating(table, None, config, seed=0, verbose=0, callbacks=[timer])
         batch, examples = config.batch_size, len(table)
     elif args.task == "retrieval":
         from tfrec_p5.models.unified import UnifiedConfig, train_unified
 
-        config = UnifiedConfig(epochs=args.epochs)
+        config = UnifiedConfig(epochs=args.epochs).replace(**overrides)
         assert config.validation_fraction == 0 and not config.refit and config.patience == 0
         train_unified(table, None, config, seed=0, verbose=0, callbacks=[timer])
         batch, examples = config.batch_size, len(table)
     else:
         from tfrec_p5.models.sequential import SequentialConfig, train_sequential
 
-        trained = train_sequential(table, None, SequentialConfig(epochs=args.epochs),
+        trained = train_sequential(table, None,
+                                   SequentialConfig(epochs=args.epochs).replace(**overrides),
                                    seed=0, verbose=0, callbacks=[timer])
         config = trained.config
         batch = config.batch_size
@@ -206,7 +208,7 @@ def role_run(args) -> dict:
             "rows_per_sec": round(len(table) / epoch_seconds, 1),
             "first_loss": round(first_loss, 5), "final_loss": round(final_loss, 5),
             "rss_after_data_mib": round(rss_data), "peak_rss_mib": round(_rss_mib()),
-            "tensorflow": tf.__version__, **measured, **extra}
+            "tensorflow": tf.__version__, "overrides": overrides, **measured, **extra}
 
 
 # ---------------------------------------------------------------------- driver
@@ -215,6 +217,23 @@ def parse_rows(text: str) -> int:
     text = text.strip().lower().replace("_", "")
     scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
     return int(round(float(text[:-1] if scale > 1 else text) * scale))
+
+
+def parse_overrides(specs: list[str] | None) -> dict[str, dict]:
+    """``["rating:optimizer=adagrad"]`` -> ``{"rating": {"optimizer": "adagrad"}}`` (values
+    read as JSON when they parse, else as strings)."""
+    out: dict[str, dict] = {}
+    for spec in specs or ():
+        task, _, assignment = spec.partition(":")
+        key, _, value = assignment.partition("=")
+        if task not in TASKS or not key or not value:
+            raise SystemExit(f"--set: expected TASK:KEY=VALUE with TASK in {TASKS}, got "
+                             f"{spec!r}")
+        try:
+            out.setdefault(task, {})[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[task][key] = value
+    return out
 
 
 def parse_sizes(specs: list[str] | None, quick: bool) -> dict[str, tuple[int, ...]]:
@@ -236,7 +255,8 @@ def run_child(task: str, rows: int, args) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--role", "run", "--task", task,
            "--rows", str(rows), "--epochs", str(args.epochs),
            "--window-seconds", str(args.window_seconds), "--windows", str(args.windows),
-           "--max-epoch-seconds", str(args.max_epoch_seconds)]
+           "--max-epoch-seconds", str(args.max_epoch_seconds),
+           *(["--set", *args.set] if args.set else [])]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
     load_before = os.getloadavg()
@@ -270,7 +290,7 @@ def table(result: dict) -> str:
              "examples/s | wall s / epoch | per-row cost vs smallest | peak RSS MiB | "
              "loss first → last | notes |", "|" + "---|" * 13]
     for r in result["runs"]:
-        notes = []
+        notes = [f"{k}={v}" for k, v in r.get("overrides", {}).items()]
         if r["extrapolated"]:
             steps = [w["steps"] for w in r["windows"][1:]]
             notes.append(f"extrapolated from {len(steps)} windows of {min(steps)}-"
@@ -305,6 +325,9 @@ def main(argv=None) -> dict | None:
                    help="capped runs: timed windows after the warm-up window")
     p.add_argument("--max-epoch-seconds", type=float, default=150.0,
                    help="cap (and extrapolate) runs whose epoch is projected longer")
+    p.add_argument("--set", nargs="+", metavar="TASK:KEY=VALUE",
+                   help="change a config field of a task's default, e.g. rating:optimizer="
+                   "adagrad (a diagnosis; the table's rows are the defaults)")
     p.add_argument("--stream", action="store_true",
                    help="read the rows from Parquet in chunks (100M rows): not implemented")
     p.add_argument("--out", default=os.path.join(RESULTS, "cost_curves.json"))
@@ -334,7 +357,8 @@ def main(argv=None) -> dict | None:
         "machine": {"nproc": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "tensorflow": tf.__version__,
                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
-        "settings": {"epochs": args.epochs, "window_seconds": args.window_seconds,
+        "settings": {"overrides": parse_overrides(args.set), "epochs": args.epochs,
+                     "window_seconds": args.window_seconds,
                      "windows": args.windows, "max_epoch_seconds": args.max_epoch_seconds,
                      "rows_per_user": ROWS_PER_USER, "rows_per_item": ROWS_PER_ITEM},
         "runs": [],
