@@ -1,6 +1,6 @@
 """Cost curves: examples/s, wall time per epoch and peak RSS as the data grows.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/cost_curves.py            # ~35 min on 2 cores
+    PYTHONPATH=. .venv/bin/python benchmarks/cost_curves.py            # 28 min on 2 shared cores
     PYTHONPATH=. .venv/bin/python benchmarks/cost_curves.py --quick    # tiny sizes, < 1 min
     PYTHONPATH=. .venv/bin/python benchmarks/cost_curves.py --sizes rating=1M,10M \\
         next_item=0.2M
@@ -43,6 +43,10 @@ loss is then the mean over a window (first → last window).
 
 **Growth.** "per-row cost vs smallest" = (wall seconds per epoch / rows) of the run over
 that of the task's smallest size: 1.0 everywhere means a linear cost.
+
+**Diagnosis.** ``--set TASK:KEY=VALUE`` changes one field of a task's default config
+(``--sizes rating=10M --set rating:optimizer=adagrad rating:learning_rate=0.1``: is the
+step's cost the optimizer's?); such rows are marked in the table and the JSON.
 
 **100M rows (rating, retrieval).** Not measured here: it needs the rows streamed from
 Parquet instead of one in-memory table. Its place: the ``--stream`` flag (refused for now)
@@ -230,9 +234,10 @@ def parse_overrides(specs: list[str] | None) -> dict[str, dict]:
             raise SystemExit(f"--set: expected TASK:KEY=VALUE with TASK in {TASKS}, got "
                              f"{spec!r}")
         try:
-            out.setdefault(task, {})[key] = json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
-            out[task][key] = value
+            parsed = value
+        out.setdefault(task, {})[key] = parsed
     return out
 
 

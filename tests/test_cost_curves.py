@@ -29,6 +29,10 @@ def test_sizes_parse_per_task():
     assert cc.parse_sizes(None, quick=True) == cc.QUICK_SIZES
     with pytest.raises(SystemExit):
         cc.parse_sizes(["ranking=1M"], quick=False)
+    assert cc.parse_overrides(["rating:optimizer=adagrad", "rating:learning_rate=0.1"]) == {
+        "rating": {"optimizer": "adagrad", "learning_rate": 0.1}}
+    with pytest.raises(SystemExit):
+        cc.parse_overrides(["rating=adagrad"])
     # next item: 20 events per user and per item, so 20M rows have a 1M-item catalog
     assert cc.shape("next_item", 20_000_000) == (1_000_000, 1_000_000)
 
