@@ -108,9 +108,19 @@ def test_lazy_adam_leaves_rows_outside_the_batch_alone():
     assert not np.allclose(dense[0], lazy[0])  # Adam moved row 0 again in step 2
 
 
-def test_dense_adam_note_only_for_adam_on_large_tables():
-    from tfrec_p5.training import LAZY_ADAM_ROWS, dense_adam_note
+def test_auto_optimizer_is_lazy_adam_from_lazy_adam_rows():
+    from tfrec_p5.training import LAZY_ADAM_ROWS, auto_optimizer, optimizer, optimizer_note
 
-    assert dense_adam_note("adam", LAZY_ADAM_ROWS - 1) is None
-    assert dense_adam_note("lazy_adam", 10 * LAZY_ADAM_ROWS) is None
-    assert '"optimizer": "lazy_adam"' in dense_adam_note("Adam", LAZY_ADAM_ROWS)
+    def model(rows):
+        ids = tf.keras.Input(shape=(), dtype=tf.int64)
+        out = tf.keras.layers.Embedding(rows, 2)(ids)
+        return tf.keras.Model(ids, out)
+
+    small, large = model(LAZY_ADAM_ROWS - 1), model(LAZY_ADAM_ROWS)
+    assert auto_optimizer(small) == "adam" and auto_optimizer(large) == "lazy_adam"
+    assert type(optimizer("auto", 1e-3, model=small)) is tf.keras.optimizers.Adam
+    assert type(optimizer("auto", 1e-3, model=large)).__name__ == "LazyAdam"
+    assert optimizer_note("auto", small) is None
+    assert "optimizer lazy_adam (auto: 100,000 embedding rows" in optimizer_note("auto", large)
+    assert '"optimizer": "auto"' in optimizer_note("Adam", large)
+    assert optimizer_note("adagrad", large) is None

@@ -98,7 +98,6 @@ def _rating_config(request: TrainRequest):
 def _train_rating(request: TrainRequest) -> TrainResult:
     from tfrec_p5.data.errors import DataError
     from tfrec_p5.export.serving import ServingModule, add_rating_signatures
-    from tfrec_p5.training import dense_adam_note
 
     if request.train.rating is None:
         raise DataError("the rating task needs a 'rating' column",
@@ -117,12 +116,19 @@ def _train_rating(request: TrainRequest) -> TrainResult:
     metadata = {"rating_range": rating_range,
                 "epochs_run": len(history.get("loss", [])),
                 "stopped_epoch": int(getattr(trained, "stopped_epoch", 0) or 0)}
-    note = dense_adam_note(config.optimizer, len(trained.vocabs.user) + len(trained.vocabs.item))
     return TrainResult(module, config=config_dict, metadata=metadata,
-                       notes=(note,) if note else (),
+                       notes=_optimizer_notes(config.optimizer, trained.model),
                        **_carved_validation(request, config.validation_fraction, history,
                                             "rmse", ("rmse", "mae"), higher=False,
                                             by_time=config.validation_carve == "time"))
+
+
+def _optimizer_notes(name: str, model) -> tuple[str, ...]:
+    """The ``optimizer_note`` of a trained model, as ``TrainResult.notes``."""
+    from tfrec_p5.training import optimizer_note
+
+    note = optimizer_note(name, model)
+    return (note,) if note else ()
 
 
 def _carved_validation(request: TrainRequest, fraction: float, history: Mapping,
@@ -267,7 +273,8 @@ def _train_unified(task: str):
             request, config.validation_fraction, trained.history, "recall@10",
             tuple(m for m in ("recall@10", "recall@100") if int(m[7:]) <= module.recommend_k)
             + ("ndcg@10",), higher=True)
-        return TrainResult(module, config=config.to_dict(), metadata=metadata, **validation)
+        return TrainResult(module, config=config.to_dict(), metadata=metadata,
+                           notes=_optimizer_notes(config.optimizer, trained.model), **validation)
     return train
 
 
@@ -438,7 +445,8 @@ def _train_joint(request: TrainRequest) -> TrainResult:
     refit = config.sequential.refit and trained.best_epoch > 0
     return TrainResult(module, config=config.to_dict(), metadata=metadata,
                        validation_metrics=values if refit else None,
-                       validation_split=(fit_rows, validation), notes=trained.notes)
+                       validation_split=(fit_rows, validation),
+                       notes=(*trained.notes, *_optimizer_notes("auto", trained.model)))
 
 
 def _train_all(request: TrainRequest) -> TrainResult:
@@ -537,7 +545,8 @@ def _train_sequential(request: TrainRequest) -> TrainResult:
         metadata["catalog"] = _catalog_record(items, request.train, trained.vocabs)
     return TrainResult(module, config=trained.config.to_dict(), metadata=metadata,
                        validation_metrics=trained.best_metrics if refit else None,
-                       validation_split=(fit_rows, validation), notes=trained.data_rules)
+                       validation_split=(fit_rows, validation),
+                       notes=(*trained.data_rules, *_optimizer_notes("auto", trained.model)))
 
 
 def _plan_sequential(request: TrainRequest) -> str:

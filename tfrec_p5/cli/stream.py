@@ -94,7 +94,7 @@ def train_streamed(args: argparse.Namespace, guard, request: TrainRequest, strat
     from tfrec_p5.export.serving import ServingModule, add_rating_signatures
     from tfrec_p5.models.bias import build_bias_model
     from tfrec_p5.models.rating import evaluate_rating_stream, train_rating_stream
-    from tfrec_p5.training import command_line, dense_adam_note
+    from tfrec_p5.training import command_line, optimizer_note
 
     config, notes = _config(request)
     split = stream_split(args.split, config.validation_fraction, args.seed)
@@ -119,12 +119,12 @@ def train_streamed(args: argparse.Namespace, guard, request: TrainRequest, strat
         "command": "train --stream", "task": "rating", "data": args.data,
         "files": log.fingerprint(), "split": args.split, "seed": args.seed,
         "config": config.to_dict()}, data=[], restart=args.restart, write=chief, info=info)
-    note = dense_adam_note(config.optimizer, len(scan.vocabs.user) + len(scan.vocabs.item))
-    notes += [note] if note else []
     with distribute.use_strategy(strategy):
         trained = train_rating_stream(log, scan, config, seed=args.seed,
                                       verbose=0 if args.quiet else 1, log_dir=args.log_dir,
                                       backup_dir=backup_dir, strategy=strategy)
+    note = optimizer_note(config.optimizer, trained.model)
+    notes += [note] if note else []
     module = ServingModule(scan.vocabs)
     add_rating_signatures(module, trained.model, scan.rating_range)
     table, metrics, served = [], {}, "model"

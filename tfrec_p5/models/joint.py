@@ -277,8 +277,8 @@ def _fit_joint(table: Interactions, validation: Interactions | None, config: Joi
     model, tables = build_unified(table, vocabs, pairs, catalog=catalog,
                                   next_item=seq if "next_item" in heads else None,
                                   weights=weights)
-    model.compile(optimizer=optimizer("adamw" if seq.weight_decay > 0 else "adam",
-                                      seq.learning_rate, seq.weight_decay),
+    model.compile(optimizer=optimizer("adamw" if seq.weight_decay > 0 else "auto",
+                                      seq.learning_rate, seq.weight_decay, model=model),
                   steps_per_execution=seq.steps_per_execution)
     validated = validation is not None and len(validation) > 0
     report = None  # the next-item head's per-epoch record (and validation metrics)

@@ -46,7 +46,7 @@ from tfrec_p5.tasks.rating import RatingHead
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
 from tfrec_p5.towers.side_features import HISTORY_FEATURES, side_features_for
 from tfrec_p5.training import (
-    OPTIMIZERS,
+    OPTIMIZER_NAMES,
     FitHistory,
     carves_by_time,
     fit,
@@ -86,7 +86,7 @@ class RatingConfig(Config):
     max_text_tokens: int = 16
     history_len: int = 128      # >0: add rated_items / rated_by implicit features
     clip_predictions: bool = True  # clip to the data's rating range at inference only
-    optimizer: str = "adam"
+    optimizer: str = "auto"         # Adam; LazyAdam from 100k embedding rows
     learning_rate: float = 1e-3
     batch_size: int = 512
     epochs: int = 40
@@ -120,9 +120,9 @@ class RatingConfig(Config):
         if self.unknown_users not in ("bias", "model"):
             raise ValueError(f"RatingConfig.unknown_users must be 'bias' or 'model', got "
                              f"{self.unknown_users!r}")
-        if self.optimizer.lower() not in OPTIMIZERS:
+        if self.optimizer.lower() not in OPTIMIZER_NAMES:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; use one of "
-                             f"{sorted(OPTIMIZERS)}")
+                             f"{sorted(OPTIMIZER_NAMES)}")
         super().__post_init__()
 
     @classmethod
@@ -213,7 +213,7 @@ def unknown_user_gate(config: RatingConfig, fit_table: Interactions, vocabs: Voc
 def compile_rating_model(model: tf.keras.Model, config: RatingConfig) -> tf.keras.Model:
     """MSE loss, RMSE / MAE metrics, the configured optimizer and ``steps_per_execution``."""
     model.compile(optimizer=optimizer(config.optimizer, config.learning_rate,
-                                      config.weight_decay),
+                                      config.weight_decay, model=model),
                   loss=tf.keras.losses.MeanSquaredError(),
                   metrics=[tf.keras.metrics.RootMeanSquaredError(name="rmse"),
                            tf.keras.metrics.MeanAbsoluteError(name="mae")],

@@ -480,8 +480,8 @@ def _train_once(train: Interactions, validation: Interactions | None,
     side = SideFeatures.build(train, vocabs, user_features=(), catalog=catalog) \
         if use_features else None
     model = build_model(config, vocabs, train, side)
-    model.compile(optimizer=optimizer("adamw" if config.weight_decay > 0 else "adam",
-                                      config.learning_rate, config.weight_decay),
+    model.compile(optimizer=optimizer("adamw" if config.weight_decay > 0 else "auto",
+                                      config.learning_rate, config.weight_decay, model=model),
                   steps_per_execution=config.steps_per_execution)
     return fit_next_item(model, vocabs, train, validation, config, side_features=side,
                          **kwargs)

@@ -73,7 +73,7 @@ from tfrec_p5.tasks.retrieval import (
 from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
 from tfrec_p5.towers.side_features import HISTORY_FEATURES, side_features_for
 from tfrec_p5.training import (
-    OPTIMIZERS,
+    OPTIMIZER_NAMES,
     FitHistory,
     build_variables,
     fit,
@@ -267,7 +267,7 @@ class UnifiedConfig(Config):
     list_size: int = 5
     lists_per_user: int = 20
     # training
-    optimizer: str = "adam"
+    optimizer: str = "auto"         # Adam; LazyAdam from 100k embedding rows
     learning_rate: float = 3e-3
     weight_decay: float = 0.0
     ema_momentum: float | None = 0.99  # validate / export the weights' moving average
@@ -298,7 +298,7 @@ class UnifiedConfig(Config):
         unknown = sorted(set(self.weights) - set(TASKS))
         if unknown:
             raise ValueError(f"unknown task(s) in weights: {unknown}; known: {list(TASKS)}")
-        if self.optimizer.lower() not in OPTIMIZERS:
+        if self.optimizer.lower() not in OPTIMIZER_NAMES:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
         if self.retrieval_loss not in RETRIEVAL_LOSSES:
             raise ValueError(f"retrieval_loss {self.retrieval_loss!r}; expected one of "
@@ -715,7 +715,7 @@ def _fit_unified(train, fit_table, validation, config, *, vocabs, seed, callback
         model, tables = build_unified(train, vocabs, config, fit_table=fit_table,
                                       catalog=catalog, users=users)
         model.compile(optimizer=optimizer(config.optimizer, config.learning_rate,
-                                          config.weight_decay),
+                                          config.weight_decay, model=model),
                       steps_per_execution=distribute.steps_per_execution(
                           strategy, config.steps_per_execution))
     history = fit_unified(model, fit_table, validation, config, vocabs=vocabs, seed=seed,

@@ -27,6 +27,7 @@ from tfrec_p5.training.backup import (
 )
 from tfrec_p5.training.data_checks import check_training_data
 from tfrec_p5.training.loop import (
+    OPTIMIZER_NAMES,
     OPTIMIZERS,
     FitHistory,
     backup_epochs,
@@ -35,7 +36,14 @@ from tfrec_p5.training.loop import (
     lower_is_better,
     optimizer,
 )
-from tfrec_p5.training.optimizers import LAZY_ADAM_ROWS, LazyAdam, dense_adam_note
+from tfrec_p5.training.optimizers import (
+    AUTO,
+    LAZY_ADAM_ROWS,
+    LazyAdam,
+    auto_optimizer,
+    embedding_rows,
+    optimizer_note,
+)
 from tfrec_p5.training.progress import plural, validation_plan
 from tfrec_p5.training.refit import (
     best_epochs,
@@ -51,12 +59,10 @@ from tfrec_p5.training.refit import (
 )
 
 __all__ = [
-    "LAZY_ADAM_ROWS", "LOCK_FILE", "LazyAdam", "OPTIMIZERS", "RECORD_FILE", "FitHistory", "OutLock",
-    "RunGuard",
-    "RunRefused", "WeightAverage", "backup_epochs", "best_epochs", "build_variables",
-    "carves_by_time",
-    "check_training_data", "command_line", "data_fingerprint", "dense_adam_note", "fit",
-    "has_progress",
-    "load_search", "lower_is_better", "optimizer", "plural", "refit_backup_dir",
-    "resume_message", "save_search", "search_record", "search_then_refit", "train_with_refit",
-    "validation_plan", "with_search_history"]
+    "AUTO", "LAZY_ADAM_ROWS", "LOCK_FILE", "OPTIMIZERS", "OPTIMIZER_NAMES", "RECORD_FILE",
+    "FitHistory", "LazyAdam", "OutLock", "RunGuard", "RunRefused", "WeightAverage",
+    "auto_optimizer", "backup_epochs", "best_epochs", "build_variables", "carves_by_time",
+    "check_training_data", "command_line", "data_fingerprint", "embedding_rows", "fit",
+    "has_progress", "load_search", "lower_is_better", "optimizer", "optimizer_note",
+    "plural", "refit_backup_dir", "resume_message", "save_search", "search_record",
+    "search_then_refit", "train_with_refit", "validation_plan", "with_search_history"]

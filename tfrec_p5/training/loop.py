@@ -28,9 +28,10 @@ import tensorflow as tf
 
 from tfrec_p5 import distribute
 from tfrec_p5.training.averaging import WeightAverage
-from tfrec_p5.training.optimizers import LazyAdam
+from tfrec_p5.training.optimizers import AUTO, LazyAdam, auto_optimizer
 
-__all__ = ["OPTIMIZERS", "FitHistory", "backup_epochs", "build_variables", "fit",
+__all__ = ["OPTIMIZERS", "OPTIMIZER_NAMES", "FitHistory", "backup_epochs", "build_variables",
+           "fit",
            "lower_is_better", "optimizer"]
 
 log = logging.getLogger(__name__)
@@ -39,19 +40,27 @@ OPTIMIZERS = {"adam": tf.keras.optimizers.Adam, "lazy_adam": LazyAdam,
               "adamw": tf.keras.optimizers.AdamW,
               "adagrad": tf.keras.optimizers.Adagrad, "sgd": tf.keras.optimizers.SGD,
               "rmsprop": tf.keras.optimizers.RMSprop}
-"""Optimizer names a config's ``optimizer`` field accepts (any case) → the tf-keras class;
-``optimizer(name, learning_rate)`` builds one. Configs check their value against it."""
+"""Optimizer names → the tf-keras class; ``optimizer(name, learning_rate)`` builds one.
+A config's ``optimizer`` field accepts these and ``"auto"`` (``OPTIMIZER_NAMES``)."""
+
+OPTIMIZER_NAMES = (AUTO, *OPTIMIZERS)
+"""What a config's ``optimizer`` field accepts (any case)."""
 
 
-def optimizer(name: str, learning_rate: float,
-              weight_decay: float = 0.0) -> tf.keras.optimizers.Optimizer:
-    """The Keras optimizer ``name`` (a key of ``OPTIMIZERS``, any case); decoupled
-    ``weight_decay`` only when positive (not every optimizer takes it).
+def optimizer(name: str, learning_rate: float, weight_decay: float = 0.0,
+              model: tf.keras.Model | None = None) -> tf.keras.optimizers.Optimizer:
+    """The Keras optimizer ``name`` (``OPTIMIZER_NAMES``, any case); decoupled
+    ``weight_decay`` only when positive (not every optimizer takes it). ``"auto"`` is
+    Adam or, from ``LAZY_ADAM_ROWS`` embedding rows in ``model``, ``LazyAdam``
+    (``auto_optimizer``).
 
         optimizer("adam", 1e-3)        # tf.keras.optimizers.Adam(learning_rate=1e-3)
     """
+    name = name.lower()
+    if name == AUTO:
+        name = auto_optimizer(model)
     kwargs = {"weight_decay": weight_decay} if weight_decay > 0 else {}
-    return OPTIMIZERS[name.lower()](learning_rate=learning_rate, **kwargs)
+    return OPTIMIZERS[name](learning_rate=learning_rate, **kwargs)
 
 
 def lower_is_better(monitor: str) -> bool:

@@ -10,6 +10,7 @@ only, so a step costs the batch; rows absent from a batch keep their moments and
 drift on old momentum. Dense gradients (MLP kernels, biases) get the plain Adam update.
 
     optimizer("lazy_adam", 1e-3)          # a RatingConfig / UnifiedConfig optimizer name
+    optimizer("auto", 1e-3, model=model)  # the default: LazyAdam from 100k table rows
 
 When every row of a table is in every batch the two are the same update (tested).
 """
@@ -18,22 +19,53 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-__all__ = ["LAZY_ADAM_ROWS", "LazyAdam", "dense_adam_note"]
+__all__ = ["AUTO", "LAZY_ADAM_ROWS", "LazyAdam", "auto_optimizer", "embedding_rows",
+           "optimizer_note"]
+
+AUTO = "auto"
+"""The optimizer name that picks Adam or ``LazyAdam`` by the model's size
+(``auto_optimizer``): the default of ``RatingConfig``, ``UnifiedConfig`` and the
+next-item / joint models."""
 
 LAZY_ADAM_ROWS = 100_000
-"""Embedding rows (users + items) from which ``dense_adam_note`` advises ``lazy_adam``: at
-250k rows a streamed rating epoch ran 2.8× faster with it; at ML-100K's 2.6k rows Adam's
-whole-table update costs little and the two were within noise (RMSE 0.9022 vs 0.9035)."""
+"""Embedding rows from which ``"auto"`` picks ``LazyAdam``: at 250k rows a streamed rating
+epoch ran 2.8× faster with it, at 700k rows Adam's step cost 11× Adagrad's; at ML-100K's
+size Adam's whole-table update costs little (and the two were within noise there: RMSE
+0.9022 vs 0.9035), so every published small-data number keeps Adam."""
 
 
-def dense_adam_note(optimizer_name: str, rows: int) -> str | None:
-    """A ``note:`` for a run whose Adam will move ``rows`` embedding rows every step, or
-    ``None`` (another optimizer, or a small table)."""
-    if optimizer_name.lower() != "adam" or rows < LAZY_ADAM_ROWS:
+def embedding_rows(model: tf.keras.Model) -> int:
+    """Rows of every ``tf.keras.layers.Embedding`` table in ``model`` (ID, bias and
+    feature tables alike): what tf-keras's Adam moves on every step."""
+    return sum(int(layer.input_dim) for layer in model.submodules
+               if isinstance(layer, tf.keras.layers.Embedding))
+
+
+def auto_optimizer(model: tf.keras.Model | None) -> str:
+    """``"lazy_adam"`` when ``model``'s embedding tables hold ``LAZY_ADAM_ROWS`` rows or
+    more, else ``"adam"``; ``"adam"`` under a ``ParameterServerStrategy`` in scope (its
+    sharded tables take Adam's own sparse update).
+
+        auto_optimizer(model)       # "lazy_adam" for 2M users x 500k items
+    """
+    if model is None or isinstance(tf.distribute.get_strategy(),
+                                   tf.distribute.experimental.ParameterServerStrategy):
+        return "adam"
+    return "lazy_adam" if embedding_rows(model) >= LAZY_ADAM_ROWS else "adam"
+
+
+def optimizer_note(name: str, model: tf.keras.Model) -> str | None:
+    """A ``note:`` about the optimizer of ``model`` when its tables are large: what
+    ``"auto"`` chose, or advice when ``"adam"`` was asked for; ``None`` otherwise."""
+    rows = embedding_rows(model)
+    if rows < LAZY_ADAM_ROWS or name.lower() not in (AUTO, "adam"):
         return None
-    return (f"{rows:,} embedding rows: Adam moves every row each step, so the step costs "
-            'the table; "optimizer": "lazy_adam" in --config updates only the batch\'s '
-            "rows (2.8x faster per epoch at 250k rows, benchmarks/RESULTS.md)")
+    if name.lower() == AUTO:
+        return (f"optimizer lazy_adam (auto: {rows:,} embedding rows; Adam would move every "
+                "row each step)")
+    return (f"{rows:,} embedding rows: Adam moves every row each step, so a step costs "
+            'the whole table; "optimizer": "auto" or "lazy_adam" updates only the '
+            "batch's rows (2.8x faster per epoch at 250k rows, benchmarks/RESULTS.md)")
 
 
 @tf.keras.utils.register_keras_serializable(package="tfrec_p5")
