@@ -12,13 +12,13 @@ once under ``--root``; then a fresh process per (size, mode) runs what
 * ``scan``: opening the files and the counting pass (vocabularies, part sizes);
 * ``epoch``: one epoch of ``train_rating_stream`` on the fit rows (80 % × 90 %) with a
   validation pass (the rating model's defaults with the streamed changes ``history_len 0``,
-  ``unknown_users "model"``, and ``--batch`` 8192: at batch 512 the dense Adam update of
-  the embedding tables, not the data, limits the speed; ``epochs 1``, no refit);
+  ``unknown_users "model"``, and ``--batch`` 8192; ``epochs 1``, no refit);
 * ``test``: RMSE of the test part, streamed; ``bias``: the streamed bias baseline (five
   passes) and its test RMSE; ``export``: the SavedModel.
 
-``--lazy SIZES`` streams the same with ``optimizer "lazy_adam"`` (``LazyAdam``: Adam on the
-batch's embedding rows only; tf-keras's Adam moves every row of every table each step).
+The rating config's ``optimizer`` is the default ``"auto"``, which is ``LazyAdam`` (Adam on
+the batch's embedding rows only) at every size here (100k+ embedding rows); ``--adam SIZES``
+streams the same with plain tf-keras Adam, which moves every row of every table each step.
 
 ``--memory SIZES`` adds, for those sizes, the same in one process that loads the log into an
 ``Interactions`` table (``data.load("parquet:DIR")``) and trains ``train_rating`` on the
@@ -32,7 +32,8 @@ assembles one from the library's parts: ID towers (``UserTower`` / ``ItemTower``
 the retrieval head with the in-batch softmax and logQ correction (TFRS's
 ``tfrs.tasks.Retrieval``; item frequencies from one counting pass over the fit rows),
 ``log.dataset(pointwise=False)`` batches of ``--retrieval-batch`` (1024, the retrieval
-default's batch; the in-batch softmax costs O(batch²) a step), Adam, ``fit`` for
+default's batch; the in-batch softmax costs O(batch²) a step), optimizer ``"auto"``,
+``fit`` for
 ``--retrieval-seconds`` of steps after a warm-up; examples/s and the extrapolated epoch
 (fit rows / examples/s) are reported with the peak memory.
 
@@ -78,7 +79,7 @@ def child(args) -> dict:
 
     config = RatingConfig(history_len=0, unknown_users="model", batch_size=args.batch,
                           epochs=1, refit=False,
-                          optimizer="lazy_adam" if args.mode == "lazy" else "adam")
+                          optimizer="adam" if args.mode == "adam" else "auto")
     split = LogSplit(0.2, config.validation_fraction, 42)
     times, out = {}, {}
 
@@ -92,7 +93,7 @@ def child(args) -> dict:
     start = time.perf_counter()
     if args.mode == "retrieval":
         return retrieval_child(args, split)
-    if args.mode in ("stream", "lazy"):
+    if args.mode in ("stream", "adam"):
         log = open_log(f"parquet:{args.dir}")
         scan = log.scan(split)
         rows = scan.rows
@@ -160,7 +161,7 @@ def retrieval_child(args, split) -> dict:
                           probs.astype(np.float32))
     heads = build_heads({"retrieval": RetrievalOptions(loss="softmax")}, context)
     model = UnifiedModel(user, item, heads, {"retrieval": 1.0})
-    model.compile(optimizer=optimizer("adam", 1e-3), steps_per_execution=16)
+    model.compile(optimizer=optimizer("auto", 1e-3, model=model), steps_per_execution=16)
     timer = _StepTimer(args.retrieval_seconds)
     ds = log.dataset(scan, ("fit",), args.retrieval_batch, shuffle=True, seed=0,
                      pointwise=False)
@@ -227,9 +228,9 @@ def main() -> None:
     parser.add_argument("--retrieval-batch", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=8192)
     parser.add_argument("--root", default="/tmp/tfrec_p5_stream_logs")
-    parser.add_argument("--lazy", type=float, nargs="*", default=[1e6, 1e7, 1e8],
-                        help="sizes also streamed with optimizer lazy_adam")
-    parser.add_argument("--child", choices=("stream", "memory", "retrieval", "lazy"),
+    parser.add_argument("--adam", type=float, nargs="*", default=[1e6, 1e7, 1e8],
+                        help="sizes also streamed with optimizer adam instead of auto")
+    parser.add_argument("--child", choices=("stream", "memory", "retrieval", "adam"),
                         dest="mode")
     parser.add_argument("--dir")
     parser.add_argument("--scratch")
@@ -238,7 +239,7 @@ def main() -> None:
         print(json.dumps(child(args)))
         return
     runs = []
-    sizes = sorted({int(s) for s in [*args.sizes, *args.memory, *args.lazy, *args.retrieval]})
+    sizes = sorted({int(s) for s in [*args.sizes, *args.memory, *args.adam, *args.retrieval]})
     for size in sizes:
         directory = os.path.join(args.root, f"rows{size}")
         if not os.path.isdir(directory):
@@ -247,7 +248,7 @@ def main() -> None:
             print(f"  {written}", flush=True)
         modes = ["stream"] if size in map(int, args.sizes) else []
         modes += ["memory"] if size in map(int, args.memory) else []
-        modes += ["lazy"] if size in map(int, args.lazy) else []
+        modes += ["adam"] if size in map(int, args.adam) else []
         modes += ["retrieval"] if size in map(int, args.retrieval) else []
         for mode in modes:
             load = os.getloadavg()[0]
