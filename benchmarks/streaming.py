@@ -170,7 +170,8 @@ def retrieval_child(args, split) -> dict:
     return {"rows": sum(scan.rows.values()), "fit_rows": scan.rows["fit"],
             "times": {"scan": scan_seconds, "epoch": round(scan.rows["fit"] / rate, 1),
                       "timed": round(timer.seconds, 1)},
-            "examples_per_second": round(rate), "extrapolated": True,
+            "examples_per_second": round(rate),
+            "extrapolated": timer.seconds >= args.retrieval_seconds,
             "users": len(vocabs.user) - 1, "items": len(vocabs.item) - 1,
             "loss": round(float(history.history["loss"][-1]), 4)}
 
