@@ -48,9 +48,9 @@ that of the task's smallest size: 1.0 everywhere means a linear cost.
 (``--sizes rating=10M --set rating:optimizer=adagrad rating:learning_rate=0.1``: is the
 step's cost the optimizer's?); such rows are marked in the table and the JSON.
 
-**100M rows (rating, retrieval).** Not measured here: it needs the rows streamed from
-Parquet instead of one in-memory table. Its place: the ``--stream`` flag (refused for now)
-and the ``pending`` list of the JSON.
+**100M rows (rating, retrieval).** Measured by ``benchmarks/streaming.py``: the rows
+streamed from Parquet (``train --stream``), never one in-memory table; the JSON's
+``elsewhere`` list points there.
 
 Results: ``benchmarks/results/cost_curves.json`` (machine facts: ``nproc``, the load
 average before and after each run, TensorFlow version) and a table on stdout.
@@ -81,7 +81,7 @@ QUICK_SIZES = {"rating": (20_000, 40_000), "retrieval": (20_000, 40_000),
 ROWS_PER_USER = {"rating": 20, "retrieval": 20, "next_item": 20}
 ROWS_PER_ITEM = {"rating": 50, "retrieval": 50, "next_item": 20}
 LOSS_NAMES = {"softmax": "full softmax", "sampled": "sampled softmax (logQ)"}
-#: Sizes that need ``--stream`` (rows read from Parquet in chunks): not run here yet.
+#: Sizes measured streamed from Parquet by ``benchmarks/streaming.py``, not here.
 STREAM_SIZES = {"rating": (100_000_000,), "retrieval": (100_000_000,)}
 
 
@@ -311,9 +311,9 @@ def table(result: dict) -> str:
             f"{r['examples_per_sec']:,.0f} | {epoch} | {r['relative_row_cost']:.2f} | "
             f"{r['peak_rss_mib']:,} | {r['first_loss']:.4f} → {r['final_loss']:.4f} | "
             f"{'; '.join(notes)} |")
-    for p in result["pending"]:
+    for p in result["elsewhere"]:
         lines.append(f"| {p['task']} | {p['rows']:,} | | | | | | | | | | | "
-                     f"not run: {p['needs']} |")
+                     f"streamed: {p['where']} |")
     return "\n".join(lines)
 
 
@@ -333,16 +333,11 @@ def main(argv=None) -> dict | None:
     p.add_argument("--set", nargs="+", metavar="TASK:KEY=VALUE",
                    help="change a config field of a task's default, e.g. rating:optimizer="
                    "adagrad (a diagnosis; the table's rows are the defaults)")
-    p.add_argument("--stream", action="store_true",
-                   help="read the rows from Parquet in chunks (100M rows): not implemented")
     p.add_argument("--out", default=os.path.join(RESULTS, "cost_curves.json"))
     p.add_argument("--role", choices=["run"], help=argparse.SUPPRESS)
     p.add_argument("--task", choices=TASKS, help=argparse.SUPPRESS)
     p.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if args.stream:  # the 100M rows of STREAM_SIZES: a Parquet-streaming source, to come
-        p.error("--stream is not implemented yet (100M rows need the rows streamed from "
-                "Parquet); the in-memory sizes run without it")
     if args.role:
         print(json.dumps(role_run(args)), flush=True)
         return None
@@ -367,8 +362,8 @@ def main(argv=None) -> dict | None:
                      "windows": args.windows, "max_epoch_seconds": args.max_epoch_seconds,
                      "rows_per_user": ROWS_PER_USER, "rows_per_item": ROWS_PER_ITEM},
         "runs": [],
-        "pending": [] if args.quick or args.sizes else [
-            {"task": t, "rows": n, "needs": "--stream (rows streamed from Parquet)"}
+        "elsewhere": [] if args.quick or args.sizes else [
+            {"task": t, "rows": n, "where": "benchmarks/streaming.py"}
             for t, ns in STREAM_SIZES.items() for n in ns]}
     for task in TASKS:
         for rows in sizes.get(task, ()):

@@ -57,8 +57,3 @@ def test_quick_run_reports_every_row(tmp_path):
     assert result["runs"][-1]["loss_variant"] in ("softmax", "sampled")
     assert result["machine"]["nproc"] >= 1 and result["machine"]["tensorflow"]
     assert "| next_item | " in proc.stdout
-
-
-def test_stream_is_refused_until_implemented():
-    with pytest.raises(SystemExit):
-        cc.main(["--stream"])
