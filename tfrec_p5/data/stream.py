@@ -260,8 +260,9 @@ class ParquetLog:
         else ``{"user_id", "item_id"[, "rating"]}`` like ``retrieval_dataset``. IDs are
         vocabulary indices (OOV 0). ``shuffle``: a new row group order and buffer
         permutation each epoch, seeded. ``distributed`` (``mirrored`` / ``multi_worker``):
-        every worker streams the same global batches and keeps its share of each
-        (``AutoShardPolicy.DATA``), so no worker holds more than a buffer of rows.
+        every worker streams the same global batches (re-batched by a ``batch`` op that
+        ``tf.distribute`` splits) and keeps its slice of each (``AutoShardPolicy.DATA``),
+        so every worker takes the same steps and none holds more than a buffer of rows.
         """
         unknown = sorted(set(parts) - set(PARTS))
         if unknown:
@@ -287,6 +288,8 @@ class ParquetLog:
         draws = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
         ds = draws.flat_map(lambda draw: tf.data.Dataset.from_generator(
             generate, args=(draw,), output_signature=signature))
+        if distributed:  # a `batch` op tf.distribute can split: every worker a slice of
+            ds = ds.unbatch().batch(batch_size)  # every batch, so all take the same steps
         ds = ds.apply(tf.data.experimental.assert_cardinality(
             scan.batches(parts, batch_size))).prefetch(tf.data.AUTOTUNE)
         if distributed:
