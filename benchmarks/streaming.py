@@ -162,7 +162,7 @@ def retrieval_child(args, split) -> dict:
     heads = build_heads({"retrieval": RetrievalOptions(loss="softmax")}, context)
     model = UnifiedModel(user, item, heads, {"retrieval": 1.0})
     model.compile(optimizer=optimizer("auto", 1e-3, model=model), steps_per_execution=16)
-    timer = _StepTimer(args.retrieval_seconds)
+    timer = _step_timer(args.retrieval_seconds)
     ds = log.dataset(scan, ("fit",), args.retrieval_batch, shuffle=True, seed=0,
                      pointwise=False)
     history = fit(model, ds, epochs=1, verbose=0, callbacks=[timer], name="retrieval")
@@ -176,32 +176,30 @@ def retrieval_child(args, split) -> dict:
             "loss": round(float(history.history["loss"][-1]), 4)}
 
 
-class _StepTimer:
-    """Keras callback factory: times steps after a 16-step warm-up, stops after
-    ``seconds`` of timed steps."""
+def _step_timer(seconds: float):
+    """A Keras callback timing the steps after the first call (16 steps: the warm-up) and
+    stopping training after ``seconds`` of them (TensorFlow is imported in the child)."""
+    import tensorflow as tf
 
-    def __new__(cls, seconds: float):
-        import tensorflow as tf
+    class Timer(tf.keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.first = self.start = None
+            self.steps, self.seconds = 0, 0.0
 
-        class Timer(tf.keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.first = self.start = None
-                self.steps, self.seconds = 0, 0.0
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.perf_counter()
+            if self.start is None:
+                self.first, self.start = batch, now
+                return
+            self.steps, self.seconds = batch - self.first, now - self.start
+            if self.seconds >= seconds:
+                self.model.stop_training = True
 
-            def on_train_batch_end(self, batch, logs=None):
-                now = time.perf_counter()
-                if self.start is None:
-                    self.first, self.start = batch, now
-                    return
-                self.steps, self.seconds = batch - self.first, now - self.start
-                if self.seconds >= seconds:
-                    self.model.stop_training = True
+        def rate(self, batch_size: int) -> float:
+            return self.steps * batch_size / self.seconds
 
-            def rate(self, batch_size: int) -> float:
-                return self.steps * batch_size / self.seconds
-
-        return Timer()
+    return Timer()
 
 
 def run_child(argv: list[str]) -> dict:

@@ -51,10 +51,11 @@ from tfrec_p5.training import (
     carves_by_time,
     fit,
     optimizer,
+    refit_config,
+    refitted,
     search_record,
     search_then_refit,
     train_with_refit,
-    with_search_history,
 )
 from tfrec_p5.training import validation_plan as describe_plan
 
@@ -397,12 +398,8 @@ def train_rating_stream(log: ParquetLog, scan: LogScan, config: RatingConfig, *,
                 search_record(history, "val_rmse"))
 
     def refit(record: dict, refit_dir: str | None) -> TrainedRating:
-        out, _ = run(("fit", "validation"), config.replace(
-            refit=False, validation_fraction=0.0, epochs=record["best_epochs"]), False,
-            refit_dir)
-        out.history = with_search_history(record, out.history)
-        out.stopped_epoch = record["stopped_epoch"]
-        return out
+        return refitted(run(("fit", "validation"), refit_config(config, record), False,
+                            refit_dir)[0], record)
 
     if not (config.refit and validated):
         return run(("fit",), config, validated, backup_dir)[0]

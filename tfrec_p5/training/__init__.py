@@ -50,6 +50,8 @@ from tfrec_p5.training.refit import (
     carves_by_time,
     load_search,
     refit_backup_dir,
+    refit_config,
+    refitted,
     resume_message,
     save_search,
     search_record,
@@ -64,5 +66,6 @@ __all__ = [
     "auto_optimizer", "backup_epochs", "best_epochs", "build_variables", "carves_by_time",
     "check_training_data", "command_line", "data_fingerprint", "embedding_rows", "fit",
     "has_progress", "load_search", "lower_is_better", "optimizer", "optimizer_note",
-    "plural", "refit_backup_dir", "resume_message", "save_search", "search_record",
+    "plural", "refit_backup_dir", "refit_config", "refitted", "resume_message",
+    "save_search", "search_record",
     "search_then_refit", "train_with_refit", "validation_plan", "with_search_history"]

@@ -119,6 +119,22 @@ def search_then_refit(backup_dir: str | os.PathLike | None,
     return refit(record, refit_backup_dir(backup_dir))
 
 
+def refit_config(config: Any, record: dict) -> Any:
+    """``config`` for the refit of a search ``record``: no carve, no second refit, the
+    search's best epoch count."""
+    return config.replace(refit=False, validation_fraction=0.0,
+                          epochs=record["best_epochs"])
+
+
+def refitted(out: T, record: dict) -> T:
+    """The refit's result ``out`` with the search's history in front of its own and the
+    search's early stop (not the refit's) as ``stopped_epoch``."""
+    out.history = with_search_history(record, out.history)
+    if hasattr(out, "stopped_epoch"):
+        out.stopped_epoch = record["stopped_epoch"]
+    return out
+
+
 def train_with_refit(trainer: Callable[..., T], run: Callable[..., tuple[T, dict | None]],
                      train: Any, validation: Any, config: Any, *, seed: int,
                      backup_dir: str | os.PathLike | None, verbose: int, **kwargs: Any) -> T:
@@ -142,13 +158,8 @@ def train_with_refit(trainer: Callable[..., T], run: Callable[..., tuple[T, dict
         return run(train, fit_table, validation, config, backup_dir=backup_dir, **kwargs)
 
     def refit(record: dict, refit_dir: str | None) -> T:
-        out = trainer(train, None, config.replace(refit=False, validation_fraction=0.0,
-                                                  epochs=record["best_epochs"]),
-                      backup_dir=refit_dir, **kwargs)
-        out.history = with_search_history(record, out.history)
-        if hasattr(out, "stopped_epoch"):  # the search's early stop, not the refit's
-            out.stopped_epoch = record["stopped_epoch"]
-        return out
+        return refitted(trainer(train, None, refit_config(config, record),
+                                backup_dir=refit_dir, **kwargs), record)
 
     if not (config.refit and fit_table is not train):
         return search()[0]
