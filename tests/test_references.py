@@ -391,3 +391,85 @@ def test_edge_search_extends_the_grid_past_a_winning_edge():
     assert sorted(edge_search(peak_at(200.0), grid)) == list(grid)  # inside: as given
     low = edge_search(peak_at(1.0), grid)
     assert min(low) == 10.0 / 4 ** 3 and max(low, key=low.get) == 10.0 / 4 ** 2
+
+
+def _next_and_scores(signatures, history, candidates) -> dict:
+    out = signatures("next_items")(history=tf.constant(history))
+    scores = signatures("score_items")(history=tf.constant(history),
+                                       item_id=tf.constant(candidates))["scores"]
+    return {"ids": decode_strings(out["item_ids"]), "scores": np.asarray(out["scores"]),
+            "candidate_scores": np.asarray(scores)}
+
+
+@pytest.mark.parametrize("name", ["most popular", "item-KNN"])
+def test_next_item_references_are_served_exactly(table, name):
+    """item-KNN and most popular exported through item_item_next_module answer next_items
+    and score_items as the references do: the history's items (repeats counted) and
+    unknown IDs never listed, an empty or unknown history gets the most popular items."""
+    from tfrec_p5.export.sequential import item_item_next_module
+
+    ref = next(r for r in served.next_item_references(table, k=12) if r.name == name)
+    module = item_item_next_module(ref.model, ref.vocabs, top_k=12)
+    items = np.unique(table.item_id)
+    history = np.array([[*items[:4], items[2], ""], [items[9], "nothing", "", "", "", ""],
+                        ["", "", "", "", "", ""], ["nothing", *items[30:35]]], dtype=object)
+    candidates = np.array([[*items[40:45], "nothing"]] * len(history), dtype=object)
+    got = _next_and_scores(module.signature, history, candidates)
+    want = _next_and_scores(ref.signature, history, candidates)
+    np.testing.assert_array_equal(got["ids"], want["ids"])
+    np.testing.assert_allclose(got["scores"], want["scores"], rtol=1e-5, atol=1e-6)
+    known = candidates != "nothing"
+    np.testing.assert_allclose(got["candidate_scores"][known], want["candidate_scores"][known],
+                               rtol=1e-5, atol=1e-6)
+    for row, listed in zip(history, got["ids"], strict=True):
+        assert not set(listed) & set(row)
+    counts = dict(zip(*np.unique(table.item_id, return_counts=True), strict=True))
+    if name == "most popular":  # one ranking: the counts, the history's items left out
+        assert [counts[i] for i in got["ids"][2]] == sorted(counts.values(), reverse=True)[:12]
+    assert module.signature_names() == ["next_items", "score_items"]
+    assert module.tasks == ["sequential"]
+
+
+def test_a_next_item_reference_is_served_when_it_wins_the_race(tmp_path):
+    """A sequential model that learns nothing (a learning rate of 1e-9) loses to a
+    reference on its validation items: train exports the winner behind next_items /
+    score_items, says so, keeps the model's test row, and the export answers in bare
+    TensorFlow as the reference does; --serve model keeps the model."""
+    from _cli import run_tf_only
+
+    config = tmp_path / "frozen.json"
+    config.write_text(json.dumps({"learning_rate": 1e-9, "max_len": 8, "num_blocks": 1,
+                                      "use_item_features": False}))
+    args = ["train", "--task", "sequential", "--data",
+            "synthetic?num_users=200&num_items=400&num_interactions=4000&seed=5",
+            "--split", "leave-one-out", "--epochs", "2", "--top-k", "15", "--json",
+            "--config", str(config)]
+    status, stdout, stderr = run([*args, "--out", str(tmp_path / "best")])
+    assert status == 0, stderr
+    metrics = json.loads(stdout.strip().splitlines()[-1])
+    meta = json.loads((tmp_path / "best" / "1" / "assets.extra" / "metadata.json").read_text())
+    winner = meta["served"]
+    assert winner in ("most popular", "item-KNN"), stderr
+    key = winner.replace(" ", "_")
+    assert f"note: serving the {winner} reference: it beats the model on validation " \
+        "(ndcg@10 " in stderr
+    assert metrics[f"reference_{key}_validation_ndcg@10"] > metrics["validation_ndcg@10"]
+    assert metrics["test_ndcg@10"] == pytest.approx(metrics[f"reference_{key}_test_ndcg@10"])
+    assert metrics["test_hr@10"] == pytest.approx(metrics[f"reference_{key}_test_hr@10"])
+    assert "model_test_ndcg@10" in metrics and meta["tasks"] == ["sequential"]
+    child = """
+import json, sys
+import tensorflow as tf
+m = tf.saved_model.load(sys.argv[1])
+out = m.signatures["next_items"](history=tf.constant([["", ""], ["nothing", ""]]))
+print(json.dumps({"ids": out["item_ids"].numpy().astype(str).tolist(),
+                  "modules": sorted(n for n in sys.modules if n.startswith("tfrec_p5"))}))
+"""
+    got = run_tf_only(child, tmp_path / "best" / "1")
+    assert got["modules"] == [] and got["ids"][0] == got["ids"][1] and len(got["ids"][0]) == 15
+
+    status, stdout, stderr = run([*args, "--serve", "model", "--out", str(tmp_path / "m")])
+    assert status == 0, stderr
+    assert "serving the model (--serve model)" in stderr
+    meta = json.loads((tmp_path / "m" / "1" / "assets.extra" / "metadata.json").read_text())
+    assert meta["served"] == "model"

@@ -18,6 +18,7 @@ import tensorflow as tf
 from _sequences import cyclic_interactions  # tests/ is on sys.path
 
 from tfrec_p5 import data
+from tfrec_p5.data.errors import DataError
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.evaluation import MostPopular, evaluate_next_items, full_ranking_metrics
 from tfrec_p5.export.sequential import sequential_module
@@ -174,6 +175,26 @@ def test_evaluate_next_items_both_protocols_with_ties():
     assert out["hr@5"] == 1.0 and out["ndcg@5"] == pytest.approx(1 / np.log2(3))
     assert out["sampled_hr@1"] == 0.0 and out["sampled_hr@5"] == 1.0
     assert out["sampled_ndcg@5"] == pytest.approx(1 / np.log2(5))
+
+
+def test_a_catalog_too_small_for_the_sampled_protocol_is_said_not_crashed():
+    """6 items, 3 seen by the user: 3 never-seen items cannot give 4 negatives. "all"
+    keeps the full-ranking metrics and warns why the sampled ones are missing;
+    "sampled" alone refuses in one line."""
+    hist = Interactions.from_columns({"user_id": ["a", "a"], "item_id": ["x0", "x1"]})
+    held = Interactions.from_columns({"user_id": ["a"], "item_id": ["x5"]})
+    catalog = np.array([f"x{i}" for i in range(6)])
+
+    def signatures(name):
+        return lambda history: {"item_ids": tf.constant([["x3", "x5", "x2"]])}
+    with pytest.warns(UserWarning, match="sampled 1 [+] 4 metrics left out: a user has only "
+                                         "3 never-seen items of the 6"):
+        out = evaluate_next_items(signatures, held, hist, protocol="all", num_negatives=4,
+                                  catalog=catalog)
+    assert out["hr@5"] == 1.0 and not any(k.startswith("sampled_") for k in out)
+    with pytest.raises(DataError, match="only 3 never-seen items"):
+        evaluate_next_items(signatures, held, hist, protocol="sampled", num_negatives=4,
+                            catalog=catalog)
 
 
 def test_evaluate_next_items_scores_the_first_held_out_event_in_time():

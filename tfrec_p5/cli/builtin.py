@@ -292,6 +292,16 @@ def _serve_retrieval_reference(reference, request: TrainRequest):
                             titles=item_titles(request.train, reference.vocabs))
 
 
+def _serve_sequential_reference(reference, request: TrainRequest):
+    """An item-item reference (item-KNN, most popular) behind ``next_items`` and
+    ``score_items``, with the model's ``--top-k``."""
+    from tfrec_p5.export.sequential import item_item_next_module
+
+    top_k = dict(request.options or {}).get("top_k")
+    return item_item_next_module(reference.model, reference.vocabs,
+                                 top_k=100 if top_k is None else int(top_k))
+
+
 def _item_catalog(request: TrainRequest, features: bool):
     """The catalog's item table when the model represents items by their features
     (``features``), else ``None`` (and a note when the catalog lists items it then cannot
@@ -630,4 +640,5 @@ register_task(Task("sequential", "next-item prediction from a history (SASRec, "
                    fold_validation=True,
                    config=_sequential_config, options=frozenset({"top_k", "items"}),
                    plan=_plan_sequential, references=_sequential_references,
-                   headline=(("ndcg@10", True),)))
+                   headline=(("ndcg@10", True),),
+                   serve_reference=_serve_sequential_reference))

@@ -328,14 +328,18 @@ def retrieval_references(fitted: Interactions, *, k: int = 100, seed: int = 42,
 
 def next_item_references(fitted: Interactions, *, k: int = 100) -> list[ServedReference]:
     """Most popular and (up to ``KNN_MAX_ITEMS`` items) item-KNN: the summed cosine
-    similarity of every history item, from the co-occurrence of ``fitted`` users."""
+    similarity of every history item, from the co-occurrence of ``fitted`` users. Each
+    carries its ``ItemItemModel`` (``export.sequential.item_item_next_module`` serves it)."""
     vocabs = Vocabularies.build(fitted)
     users, items = _indices(fitted, vocabs)
-    pop = _popularity(items, len(vocabs.item))
+    n_users, n_items = len(vocabs.user), len(vocabs.item)
+    pop = _popularity(items, n_items)
     refs = [ServedReference("most popular", vocabs, k=k, popularity=pop,
-                            score_histories=lambda h: np.tile(pop, (len(h), 1)))]
-    if len(vocabs.item) <= KNN_MAX_ITEMS:
-        sim = _cosine_knn(users, items, len(vocabs.user), len(vocabs.item))
+                            score_histories=lambda h: np.tile(pop, (len(h), 1)),
+                            model=ItemItemModel.from_rows(users, items, n_users, n_items,
+                                                          item_bias=pop))]
+    if n_items <= KNN_MAX_ITEMS:
+        sim = _cosine_knn(users, items, n_users, n_items)
 
         def knn(h: np.ndarray) -> np.ndarray:
             out = np.zeros((len(h), sim.shape[0]), np.float32)
@@ -344,6 +348,8 @@ def next_item_references(fitted: Interactions, *, k: int = 100) -> list[ServedRe
                 out[rows] += sim[h[rows, j]]
             return out
         refs.append(ServedReference("item-KNN", vocabs, k=k, popularity=pop,
-                                    score_histories=knn))
+                                    score_histories=knn,
+                                    model=ItemItemModel.from_rows(users, items, n_users,
+                                                                  n_items, weights=sim)))
     return refs
 

@@ -13,6 +13,7 @@ in-memory ``ServingModule`` and a loaded SavedModel alike.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -181,7 +182,9 @@ def evaluate_next_items(signatures: Signatures,
     ``N`` (default 99) items drawn uniformly (``numpy`` seed ``seed``) from the
     ``catalog`` (default: every item of ``history`` and ``held_out``) minus everything the
     user interacted with (history + held-out), via ``score_items``; keys ``sampled_*``;
-    ``"all"`` — both. Ties rank the held-out item last. A user with several held-out
+    ``"all"`` — both. A catalog too small to draw ``N`` never-seen items for some user
+    refuses ``"sampled"`` (``DataError``) and leaves the sampled keys out of ``"all"``
+    with a warning that says why. Ties rank the held-out item last. A user with several held-out
     events (a temporal split) is scored on the first in time (table order breaks ties):
     the item that comes next after the history.
     """
@@ -222,6 +225,15 @@ def evaluate_next_items(signatures: Signatures,
         inter = np.full((len(users), max(len(x) for x in seen)), -1, np.int64)
         for row, x in enumerate(seen):
             inter[row, :len(x)] = x
+        fewest = len(catalog) - max(len(np.unique(x)) for x in seen)
+        if fewest < num_negatives:
+            why = (f"a user has only {fewest} never-seen items of the {len(catalog):,}, "
+                   f"fewer than the {num_negatives} negatives the sampled protocol draws")
+            if kind == "sampled":
+                raise DataError(why, field="protocol")
+            warnings.warn(f"sampled 1 + {num_negatives} metrics left out: {why}",
+                          stacklevel=2)
+            return out
         negatives = sample_negatives(inter, len(catalog), num_negatives, seed=seed,
                                      first_item=0)
         cand = np.concatenate([targets[:, None].astype(str), catalog[negatives]], axis=1)

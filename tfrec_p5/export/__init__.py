@@ -12,7 +12,9 @@ Later tasks add signatures to the same export through ``ServingModule`` (see
 export's ``score_new_items`` (``export.new_items``) and added to its next version,
 without retraining, by ``add_items`` (``export.add_items``; ``tfrec-p5 add-items``).
 ``item_item_module`` serves an item-item model (EASE, item-KNN, most popular:
-``models.item_item``) under a retrieval model's ``recommend`` / ``rank``.
+``models.item_item``) under a retrieval model's ``recommend`` / ``rank``;
+``item_item_next_module`` one (item-KNN, most popular) under a next-item model's
+``next_items`` / ``score_items``.
 """
 
 from tfrec_p5.export.add_items import AddItemsRefused, NewItems, add_items, read_new_items
@@ -33,6 +35,7 @@ from tfrec_p5.export.saved_model import (
     resolve_export,
 )
 from tfrec_p5.export.scann_index import ScannOptions
+from tfrec_p5.export.sequential import item_item_next_module
 from tfrec_p5.export.serving import (
     DEFAULT_SIGNATURE,
     ITEM_ID_SPEC,
@@ -48,7 +51,7 @@ __all__ = [
     "IdLookup", "ItemFeatureEncoder", "METADATA_FILE", "METRICS_FILE", "NewItems",
     "PAD_ITEM_ID", "PAD_SCORE", "ScannOptions", "ServingModule", "TrainingRecord",
     "USER_ID_SPEC", "add_items", "add_rating_signatures", "build_module", "drop_padding",
-    "export", "item_item_module", "item_titles", "list_versions", "load_export",
+    "export", "item_item_module", "item_item_next_module", "item_titles", "list_versions", "load_export",
     "load_metadata", "next_version", "read_new_items", "resolve_export",
     "serving_module",
 ]

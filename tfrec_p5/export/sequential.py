@@ -36,6 +36,10 @@ items from the next version's ``next_items`` / ``score_items`` without retrainin
 catalog with) and, with ``score_new_items``, ``new_item_vectors({feature: [n]})`` →
 ``[n, d]``. The metadata entry ``NEXT_ITEMS_KEY`` records the list size.
 
+``item_item_next_module`` serves an item-item model (item-KNN, most popular:
+``models.item_item``) under the same two signatures, for ``tfrec-p5 train --task
+sequential`` when one of them wins the validation race.
+
 ``tfrec_p5.evaluation.evaluate_next_items`` computes both protocols from these two
 signatures, whether they come from an in-memory module (``tfrec-p5 train``) or a loaded
 export (``tfrec-p5 evaluate``), so both commands report the same numbers.
@@ -54,10 +58,11 @@ from tfrec_p5.export.new_items import (
     new_items_metadata,
 )
 from tfrec_p5.export.serving import ServingModule
+from tfrec_p5.models.item_item import ItemItemModel
 from tfrec_p5.towers.side_features import DEFAULT_MAX_TOKENS, SideFeatures
 
 __all__ = ["CANDIDATES_SPEC", "HISTORY_SPEC", "NEXT_ITEMS_KEY", "add_next_item_signatures",
-           "add_next_item_feature_scoring", "sequential_module"]
+           "add_next_item_feature_scoring", "item_item_next_module", "sequential_module"]
 
 HISTORY_SPEC = tf.TensorSpec([None, None], tf.string, name="history")
 CANDIDATES_SPEC = tf.TensorSpec([None, None], tf.string, name="item_id")
@@ -87,6 +92,32 @@ def _window(module: ServingModule, history: tf.Tensor, max_len: int):
     return idx, window
 
 
+def _history_counts(idx: tf.Tensor, num_items: int) -> tf.Tensor:
+    """``[B, num_items]`` float32: how often each item index occurs in each row of ``idx``
+    (``[B, L]`` item indices; 0 = unknown or padding, counted in column 0)."""
+    b = tf.shape(idx, out_type=tf.int64)[0]
+    rows = tf.repeat(tf.range(b), tf.shape(idx, out_type=tf.int64)[1])
+    return tf.scatter_nd(tf.stack([rows, tf.reshape(idx, [-1])], 1),
+                         tf.ones_like(rows, tf.float32), tf.stack([b, num_items]))
+
+
+def _never_served(counts: tf.Tensor) -> tf.Tensor:
+    """``[B, N]`` bool: the history's items and the OOV column, which no list holds."""
+    return tf.logical_or(counts > 0, tf.range(tf.shape(counts)[1])[None] == 0)
+
+
+def _track_tokens(module: ServingModule, item_tokens: np.ndarray) -> int:
+    """Track ``[""] + item_tokens`` as ``module.next_item_tokens``; return the list size
+    bound (the item lookup's size, which the tokens must match)."""
+    num_items = int(module.vocab_sizes["item_id"])
+    tokens = np.concatenate([[""], np.asarray(item_tokens, dtype=str)])
+    if len(tokens) != num_items:
+        raise ValueError(f"{len(tokens) - 1} item tokens for a {num_items - 1}-item lookup")
+    module.track("next_item_tokens", tf.Variable(tokens.astype(object), dtype=tf.string,
+                                                 trainable=False, name="next_item_tokens"))
+    return num_items
+
+
 def add_next_item_signatures(module: ServingModule, head, item_tokens: np.ndarray,
                              top_k: int = 100) -> None:
     """Add ``next_items`` and ``score_items`` for a trained ``NextItemTask`` head.
@@ -94,24 +125,15 @@ def add_next_item_signatures(module: ServingModule, head, item_tokens: np.ndarra
     ``item_tokens`` is ``vocabs.item.tokens`` (index ``i + 1`` ↔ ``item_tokens[i]``), the
     vocabulary the module's lookups were built from.
     """
-    num_items = int(module.vocab_sizes["item_id"])
+    num_items = _track_tokens(module, item_tokens)
     k = int(min(top_k, num_items))
     max_len = int(head.max_len)
     module.track("next_item_head", head)
-    tokens = np.concatenate([[""], np.asarray(item_tokens, dtype=str)])
-    if len(tokens) != num_items:
-        raise ValueError(f"{len(tokens) - 1} item tokens for a {num_items - 1}-item lookup")
-    module.track("next_item_tokens", tf.Variable(tokens.astype(object), dtype=tf.string,
-                                                 trainable=False, name="next_item_tokens"))
 
     def next_items(history: tf.Tensor) -> dict[str, tf.Tensor]:
         idx, window = _window(module, history, max_len)
         scores = module.next_item_head.score_history(window)             # [B, N]
-        b = tf.shape(idx, out_type=tf.int64)[0]
-        rows = tf.repeat(tf.range(b), tf.shape(idx, out_type=tf.int64)[1])
-        seen = tf.scatter_nd(tf.stack([rows, tf.reshape(idx, [-1])], 1),
-                             tf.ones_like(rows, tf.int32), tf.stack([b, num_items]))
-        never = tf.logical_or(seen > 0, tf.range(num_items)[None] == 0)  # history, OOV
+        never = _never_served(_history_counts(idx, num_items))
         scores = tf.where(never, tf.constant(-np.inf, scores.dtype), scores)
         return top_k_or_pad(scores, k, module.next_item_tokens)
 
@@ -130,6 +152,52 @@ def add_next_item_signatures(module: ServingModule, head, item_tokens: np.ndarra
     module.add_signature("next_items", next_items, [HISTORY_SPEC], task="sequential")
     module.add_signature("score_items", score_items, [HISTORY_SPEC, CANDIDATES_SPEC])
     module.extra_metadata[NEXT_ITEMS_KEY] = {"k": k, "top_k": int(top_k)}
+
+
+def item_item_next_module(model: ItemItemModel, vocabs, top_k: int = 100) -> ServingModule:
+    """A ``ServingModule`` whose ``next_items`` and ``score_items`` are ``model``'s:
+    ``scores(h) = c_h · W + b``, ``c_h`` = how often each item occurs in the history
+    (every item of it, not only the last ``max_len``), with the outputs and exclusions of
+    a model's ``next_items`` (the history's items and unknown IDs never listed).
+
+    Why: item-KNN (``W`` = cosine similarity) or most popular (``W = 0``, ``b`` = training
+    counts) can beat a sequence model on data with short or missing histories; ``train``
+    then exports this module in the model's place, with the same signatures, so a client
+    does not change. ``vocabs``: the rows ``model`` was fit on.
+
+        module = item_item_next_module(ref.model, ref.vocabs, top_k=100)
+        module.signature("next_items")(history=tf.constant([["i1", "i7"]]))
+    """
+    module = ServingModule(vocabs)
+    num_items = _track_tokens(module, vocabs.item.tokens)
+    if model.num_items != num_items:
+        raise ValueError(f"the model scores {model.num_items} item indices, the vocabulary "
+                         f"has {num_items}")
+    k = int(min(top_k, num_items))
+    weights = None if model.weights is None else tf.Variable(
+        model.weights, trainable=False, name="item_weights")            # [I, I]
+    bias = tf.Variable(np.zeros(num_items, np.float32) if model.item_bias is None
+                       else model.item_bias, trainable=False, name="item_bias")
+    module.track("next_item_weights", [bias] + ([] if weights is None else [weights]))
+
+    def scores_of(counts: tf.Tensor) -> tf.Tensor:
+        dot = tf.zeros_like(counts) if weights is None else tf.matmul(counts, weights)
+        return dot + bias[None, :]
+
+    def next_items(history: tf.Tensor) -> dict[str, tf.Tensor]:
+        counts = _history_counts(module.item_index(history), num_items)
+        scores = tf.where(_never_served(counts), tf.constant(-np.inf, tf.float32),
+                          scores_of(counts))
+        return top_k_or_pad(scores, k, module.next_item_tokens)
+
+    def score_items(history: tf.Tensor, item_id: tf.Tensor) -> dict[str, tf.Tensor]:
+        full = scores_of(_history_counts(module.item_index(history), num_items))
+        return {"scores": tf.gather(full, module.item_index(item_id), batch_dims=1)}
+
+    module.add_signature("next_items", next_items, [HISTORY_SPEC], task="sequential")
+    module.add_signature("score_items", score_items, [HISTORY_SPEC, CANDIDATES_SPEC])
+    module.extra_metadata[NEXT_ITEMS_KEY] = {"k": k, "top_k": int(top_k)}
+    return module
 
 
 def add_next_item_feature_scoring(module: ServingModule, head,
