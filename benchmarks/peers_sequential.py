@@ -40,7 +40,7 @@ history items for sequential models) are kept as a cross-check. Most popular and
     python3.11 -m venv /tmp/recbole && /tmp/recbole/bin/pip install \\
         /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl \\
         recbole==1.2.0 'numpy<2' 'pandas<2.2'
-    PYTHONPATH=. .venv/bin/python benchmarks/peers_sequential.py --max-minutes 80
+    PYTHONPATH=. .venv/bin/python benchmarks/peers_sequential.py --max-minutes 85
     PYTHONPATH=. .venv/bin/python benchmarks/peers_sequential.py --quick   # 3,000 users
 
 RecBole 1.2.0 needs numpy < 2 (it sets ``np.float = np.float_``) and pandas < 2.2, hence
