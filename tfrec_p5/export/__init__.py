@@ -51,7 +51,7 @@ __all__ = [
     "IdLookup", "ItemFeatureEncoder", "METADATA_FILE", "METRICS_FILE", "NewItems",
     "PAD_ITEM_ID", "PAD_SCORE", "ScannOptions", "ServingModule", "TrainingRecord",
     "USER_ID_SPEC", "add_items", "add_rating_signatures", "build_module", "drop_padding",
-    "export", "item_item_module", "item_item_next_module", "item_titles", "list_versions", "load_export",
-    "load_metadata", "next_version", "read_new_items", "resolve_export",
+    "export", "item_item_module", "item_item_next_module", "item_titles", "list_versions",
+    "load_export", "load_metadata", "next_version", "read_new_items", "resolve_export",
     "serving_module",
 ]
