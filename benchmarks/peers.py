@@ -415,6 +415,15 @@ def table(name: str, task: dict, metrics: tuple[str, ...], compared: tuple[str, 
     return "\n".join(lines)
 
 
+def versions(python: str, modules: tuple[str, ...]) -> str:
+    """``"name version, ..."`` of ``modules`` as the peers' interpreter ``python`` imports
+    them (recorded beside the results)."""
+    code = ("import importlib; print(', '.join(f'{m} ' + importlib.import_module(m)"
+            f".__version__ for m in {list(modules)!r}))")
+    return subprocess.run([python, "-c", code], capture_output=True,
+                          text=True).stdout.strip()
+
+
 def machine() -> dict:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
                 .splitlines() if ln.startswith("model name")), "unknown")
@@ -445,10 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     if python is None:
         print(f"peers skipped: no {args.peers_python} (install: {INSTALL})", flush=True)
     else:
-        result["peers"] = subprocess.run(
-            [python, "-c", "import implicit, surprise, numpy; print(f'implicit "
-             "{implicit.__version__}, scikit-surprise {surprise.__version__}, numpy "
-             "{numpy.__version__}')"], capture_output=True, text=True).stdout.strip()
+        result["peers"] = versions(python, ("implicit", "surprise", "numpy"))
     print(result["machine"], result["peers"], flush=True)
 
     def save():

@@ -89,6 +89,7 @@ from peers import (  # noqa: E402
     machine,
     reach,
     table,
+    versions,
 )
 
 WORKER = Path(__file__).resolve().with_name("_recbole_worker.py")
@@ -248,10 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     if python is None:
         print(f"RecBole skipped: no {args.recbole_python} (install: {INSTALL})", flush=True)
     else:
-        result["peer"] = subprocess.run(
-            [python, "-c", "import recbole, torch, numpy, pandas; print(f'recbole "
-             "{recbole.__version__}, torch {torch.__version__}, numpy {numpy.__version__}, "
-             "pandas {pandas.__version__}')"], capture_output=True, text=True).stdout.strip()
+        result["peer"] = versions(python, ("recbole", "torch", "numpy", "pandas"))
     print(result["machine"], result.get("peer"), flush=True)
 
     def save():
