@@ -334,22 +334,13 @@ def next_item_references(fitted: Interactions, *, k: int = 100) -> list[ServedRe
     users, items = _indices(fitted, vocabs)
     n_users, n_items = len(vocabs.user), len(vocabs.item)
     pop = _popularity(items, n_items)
+    popular = ItemItemModel.from_rows(users, items, n_users, n_items, item_bias=pop)
     refs = [ServedReference("most popular", vocabs, k=k, popularity=pop,
-                            score_histories=lambda h: np.tile(pop, (len(h), 1)),
-                            model=ItemItemModel.from_rows(users, items, n_users, n_items,
-                                                          item_bias=pop))]
+                            score_histories=popular.score_histories, model=popular)]
     if n_items <= KNN_MAX_ITEMS:
-        sim = _cosine_knn(users, items, n_users, n_items)
-
-        def knn(h: np.ndarray) -> np.ndarray:
-            out = np.zeros((len(h), sim.shape[0]), np.float32)
-            for j in range(h.shape[1]):  # only the rows with an item in column j
-                rows = np.flatnonzero(h[:, j] > 0)
-                out[rows] += sim[h[rows, j]]
-            return out
+        knn = ItemItemModel.from_rows(users, items, n_users, n_items,
+                                      weights=_cosine_knn(users, items, n_users, n_items))
         refs.append(ServedReference("item-KNN", vocabs, k=k, popularity=pop,
-                                    score_histories=knn,
-                                    model=ItemItemModel.from_rows(users, items, n_users,
-                                                                  n_items, weights=sim)))
+                                    score_histories=knn.score_histories, model=knn))
     return refs
 

@@ -10,6 +10,7 @@ model's ``recommend`` / ``rank``. Item-KNN (``W`` = cosine similarity) and most 
 
     model = ItemItemModel.from_rows(users, items, num_users, weights=ease.weights)
     model.score(np.array([1, 2]))           # [2, I] = x_u · W for user indices 1, 2
+    model.score_histories(np.array([[3, 5, 5]]))   # [1, I]: counts of items 3, 5 · W
 
 ``x_u`` is user ``u``'s row of the binary fitted-item matrix: the export stores it as the
 user's fitted items (the CSR ``history_splits`` / ``history_items``, which ``recommend``
@@ -74,9 +75,22 @@ class ItemItemModel:
 
     def score(self, users: np.ndarray) -> np.ndarray:
         """``[B, I]`` float32 scores of every item index for user indices ``users``."""
-        users = np.asarray(users, np.int64)
-        scores = self.rows(users) @ self.weights if self.weights is not None else \
-            np.zeros((len(users), self.num_items), np.float32)
+        return self._scores(self.rows(users))
+
+    def score_histories(self, histories: np.ndarray) -> np.ndarray:
+        """``[B, I]`` float32 scores of every item index after each row of ``histories``
+        (``[B, L]`` item indices, 0 = padding or unknown): ``x`` is then the history's
+        item counts (a repeated item counts each time), what a next-item reference and
+        ``export.sequential.item_item_next_module`` score with."""
+        h = np.asarray(histories, np.int64).reshape(len(histories), -1)
+        x = np.zeros((len(h), self.num_items), np.float32)
+        np.add.at(x, (np.repeat(np.arange(len(h)), h.shape[1]), h.reshape(-1)), 1.0)
+        return self._scores(x)
+
+    def _scores(self, x: np.ndarray) -> np.ndarray:
+        """``x · weights + item_bias`` of ``[B, I]`` item rows ``x``."""
+        scores = x @ self.weights if self.weights is not None else \
+            np.zeros((len(x), self.num_items), np.float32)
         if self.item_bias is not None:
             scores = scores + self.item_bias[None, :]
         return scores
