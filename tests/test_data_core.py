@@ -12,9 +12,12 @@ from tfrec_p5.data import (
     Interactions,
     Vocabularies,
     Vocabulary,
+    first_events,
     history_dataset,
+    hold_out_last,
     leave_one_out,
     load,
+    next_item_validation,
     parse_split,
     pointwise_dataset,
     random_split,
@@ -174,6 +177,30 @@ def test_leave_one_out_last_and_second_last(repeated):
         assert s.test.item_id[s.test.user_id == user].tolist() == [order[-1]]
         assert s.validation.item_id[s.validation.user_id == user].tolist() == [order[-2]]
         assert sorted(s.train.item_id[s.train.user_id == user]) == sorted(order[:-2])
+
+
+def test_next_item_validation_follows_the_split(repeated):
+    # temporal: the split's own time cut again, inside the training part; fit +
+    # validation is every training row (what the refit trains on)
+    train = temporal_split(repeated, 0.8).train
+    fit, val = next_item_validation(train, "temporal:0.8")
+    again = temporal_split(train, 0.8)
+    assert _pairs(fit) == _pairs(again.train) and _pairs(val) == _pairs(again.test)
+    assert len(fit) + len(val) == len(train)
+    # any other split: each user's last event
+    for spec in ("leave-one-out", "random:0.8", "none"):
+        fit, val = next_item_validation(train, spec)
+        last_fit, last_val = hold_out_last(train)
+        assert _pairs(val) == _pairs(last_val) and len(fit) == len(last_fit)
+
+
+def test_first_events_is_each_users_next_item_in_time():
+    t = Interactions.from_columns({"user_id": ["b", "a", "a", "b", "a"],
+                                   "item_id": ["x", "late", "tie1", "y", "tie2"],
+                                   "timestamp": [5, 9, 3, 1, 3]})
+    got = first_events(t)
+    assert got.user_id.tolist() == ["a", "b"]
+    assert got.item_id.tolist() == ["tie1", "y"]   # ties: file order
 
 
 def test_parse_split_specs(repeated):

@@ -210,6 +210,32 @@ def test_evaluate_next_items_scores_the_first_held_out_event_in_time():
     assert evaluate_next_items(signatures, held, hist, protocol="full")["hr@5"] == 1.0
 
 
+def test_validation_queries_rank_the_first_held_out_event_in_time():
+    # after a time cut a user holds several validation events: the model is selected on
+    # the earliest, as the test scores it (evaluate_next_items), not on the last row
+    hist = Interactions.from_columns({"user_id": ["a", "a"], "item_id": ["x0", "x1"],
+                                      "timestamp": [0, 1]})
+    held = Interactions.from_columns({"user_id": ["a", "a", "a"],
+                                      "item_id": ["x5", "x3", "x4"], "timestamp": [5, 3, 4]})
+    vocabs = data.Vocabularies.build(Interactions.concat(hist, held))
+    q = ranking_queries(hist, held, vocabs, max_len=4)
+    assert vocabs.item.lookup(np.array(["x3"])).tolist() == q.targets.tolist()
+
+
+def test_cli_sequential_validates_a_temporal_split_on_its_own_time_cut(tmp_path, capsys):
+    from tfrec_p5.cli import main
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({**SMALL, "refit": False}))
+    assert main(["train", "--task", "sequential", "--data",
+                 "synthetic:num_users=150,num_items=120,num_interactions=3000",
+                 "--split", "temporal:0.8", "--epochs", "1", "--config", str(cfg),
+                 "--no-references", "--out", str(tmp_path / "saved")]) == 0
+    printed = capsys.readouterr().out
+    assert "the first event after the same time cut inside the training part" in printed
+    assert "each user's last training event" not in printed
+
+
 # ---------------------------------------------------------------------- training
 def test_training_beats_most_popular(trained):
     split, model = trained

@@ -531,15 +531,16 @@ def _sequential_config(request: TrainRequest):
 
 
 def _train_sequential(request: TrainRequest) -> TrainResult:
-    from tfrec_p5.data import hold_out_last
+    from tfrec_p5.data import next_item_validation
     from tfrec_p5.export.sequential import sequential_module
     from tfrec_p5.models.sequential import train_sequential
 
     config = _sequential_config(request)
     items = _item_catalog(request, config.use_item_features)
-    # Validation: each user's last training event, whatever the split (the split's own
-    # validation part under leave-one-out), never random pairs.
-    fit_rows, validation = hold_out_last(request.train)
+    # Validation asks what the test asks, never random pairs: under a temporal split the
+    # first event after the same time cut inside the training part, otherwise each
+    # user's last training event (the split's own validation part under leave-one-out).
+    fit_rows, validation = next_item_validation(request.train, request.split)
     trained = train_sequential(fit_rows, validation, config, seed=request.seed,
                                verbose=request.verbose, log_dir=request.log_dir,
                                backup_dir=request.backup_dir, catalog=items)
@@ -560,12 +561,13 @@ def _train_sequential(request: TrainRequest) -> TrainResult:
 
 
 def _plan_sequential(request: TrainRequest) -> str:
-    from tfrec_p5.data import hold_out_last
+    from tfrec_p5.data import next_item_validation
     from tfrec_p5.models.sequential import validation_plan
 
-    fit_rows, validation = hold_out_last(request.train)
-    return "each user's last training event: " + validation_plan(
-        fit_rows, validation, _sequential_config(request))
+    fit_rows, validation = next_item_validation(request.train, request.split)
+    carve = ("the first event after the same time cut inside the training part"
+             if request.split.startswith("temporal") else "each user's last training event")
+    return f"{carve}: " + validation_plan(fit_rows, validation, _sequential_config(request))
 
 
 def _evaluate_sequential(signatures: SignatureGetter, table, *, history=None,

@@ -30,8 +30,10 @@ from tfrec_p5.data.pipeline import (
 from tfrec_p5.data.sources import load, parse_spec, register, synthetic
 from tfrec_p5.data.splits import (
     Split,
+    first_events,
     hold_out_last,
     leave_one_out,
+    next_item_validation,
     parse_split,
     random_split,
     temporal_split,
@@ -43,10 +45,10 @@ from tfrec_p5.data.vocabulary import OOV_INDEX, Vocabulary
 
 __all__ = [
     "OOV_INDEX", "Catalog", "DataError", "Interactions", "LogScan", "LogSplit", "ParquetLog",
-    "Split", "Vocabularies",
-    "Vocabulary", "attach_features", "batched_dataset", "catalog_items", "catalog_users",
-    "history_dataset", "hold_out_last", "leave_one_out", "load", "load_catalog", "open_log",
-    "parse_spec", "parse_split", "pointwise_dataset", "random_split", "read_entities",
-    "register", "register_tfds",
-    "retrieval_dataset", "synthetic", "temporal_split", "tfrs_split", "user_histories",
+    "Split", "Vocabularies", "Vocabulary", "attach_features", "batched_dataset",
+    "catalog_items", "catalog_users", "first_events", "history_dataset", "hold_out_last",
+    "leave_one_out", "load", "load_catalog", "next_item_validation", "open_log", "parse_spec",
+    "parse_split", "pointwise_dataset", "random_split", "read_entities", "register",
+    "register_tfds", "retrieval_dataset", "synthetic", "temporal_split", "tfrs_split",
+    "user_histories",
 ]

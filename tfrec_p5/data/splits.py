@@ -183,6 +183,39 @@ def hold_out_last(table: Interactions) -> tuple[Interactions, Interactions]:
     return table.take(np.sort(order[~hold])), table.take(np.sort(order[hold]))
 
 
+def first_events(table: Interactions) -> Interactions:
+    """Each user's first event by time (ties: file order), in user order: the item that
+    comes next after a user's history when ``table`` holds everything after a time cut.
+
+        first_events(temporal_split(table, 0.8).test)   # one target per test user
+    """
+    order = (np.argsort(table.timestamp, kind="stable") if table.timestamp is not None
+             else np.arange(len(table)))
+    _, first = np.unique(table.user_id[order], return_index=True)
+    return table.take(order[first])
+
+
+def next_item_validation(table: Interactions, split: str
+                         ) -> tuple[Interactions, Interactions]:
+    """``(fit, validation)`` for next-item model selection, carved from the training part
+    ``table`` by the rule of the ``split`` spec that made it, so validation asks what
+    the test asks.
+
+    ``temporal:F``: the same time cut again, inside ``table`` (``temporal_split(table,
+    F)``): the model is validated on the first event after that cut of each user with
+    events on both sides, as it is tested on the first event after the split's cut (new
+    releases and drift included). Any other split: each user's last event
+    (``hold_out_last``). ``fit + validation`` is always all of ``table`` (the refit's rows).
+
+        fit, validation = next_item_validation(split.train, "temporal:0.8")
+    """
+    kind, _, arg = split.partition(":")
+    if kind == "temporal" and table.timestamp is not None:
+        carved = temporal_split(table, float(arg or 0.8))
+        return carved.train, carved.test
+    return hold_out_last(table)
+
+
 #: What the CLI prints when ``uses_file_order`` is true.
 FILE_ORDER_NOTE = "leave-one-out: the data have no timestamps; using file order as time"
 _LEAVE_ONE_OUT = ("leave-one-out", "leave_one_out", "loo")

@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from tfrec_p5.data.errors import DataError
 from tfrec_p5.data.interactions import Interactions
+from tfrec_p5.data.splits import first_events
 from tfrec_p5.evaluation.ranking import metrics_from_ranks, ranks_of_targets, sample_negatives
 from tfrec_p5.evaluation.rating import rating_metrics
 
@@ -189,10 +190,8 @@ def evaluate_next_items(signatures: Signatures,
     the item that comes next after the history.
     """
     kind, num_negatives = parse_protocol(protocol, num_negatives)
-    if held_out.timestamp is not None:
-        held_out = held_out.take(np.argsort(held_out.timestamp, kind="stable"))
-    users, first = np.unique(held_out.user_id, return_index=True)
-    targets = held_out.item_id[first]
+    held_out = first_events(held_out)
+    users, targets = held_out.user_id, held_out.item_id
     hists = _histories(history, users)
     keep = np.array([len(h) > 0 for h in hists], bool)
     users, targets = users[keep], targets[keep]

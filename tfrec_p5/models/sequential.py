@@ -40,6 +40,7 @@ import tensorflow as tf
 from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import Vocabularies, catalog_items, user_histories
+from tfrec_p5.data.splits import first_events
 from tfrec_p5.evaluation.ranking import group_by_row
 from tfrec_p5.models.unified import UnifiedModel
 from tfrec_p5.tasks.next_item import HISTORY, LOSSES, NEXT_ITEM, NextItemTask
@@ -177,9 +178,12 @@ def ranking_queries(history: Interactions, held_out: Interactions, vocabs: Vocab
     """Queries for ranking each user's ``held_out`` item after their ``history`` events.
 
     For validation ``history`` is the training part; for test it is training + validation
-    (the standard, leak-free leave-one-out inputs). Every history item is excluded from the
-    candidates; users with no history or no held-out item are skipped.
+    (the standard, leak-free leave-one-out inputs). A user with several held-out events
+    (after a time cut) is ranked on the first in time (``data.first_events``). Every
+    history item is excluded from the candidates; users with no history or no held-out
+    item are skipped.
     """
+    held_out = first_events(held_out)
     n_users = len(vocabs.user)
     u_idx, hist = user_histories(history, vocabs, max_len)
     target = np.full(n_users, -1, np.int64)
