@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tfrec_p5.evaluation import (
+    cross_fitted_metrics,
     factorized_topk_accuracy,
     full_ranking_metrics,
     group_by_row,
@@ -15,6 +16,7 @@ from tfrec_p5.evaluation import (
     ranks_of_targets,
     sample_negatives,
     sampled_ranking_metrics,
+    single_target_metrics,
 )
 
 
@@ -155,3 +157,24 @@ def test_content_references():
     # genre 1 averages 1 over the items that were seen.
     pop = FeaturePopularity.fit(np.array([0, 0, 0, 1]), genres)
     np.testing.assert_allclose(pop.score(np.array([0]))[0], [3.0, 1.0, 2.0, 2.0])
+
+
+def test_single_target_metrics():
+    got = single_target_metrics(np.array([1, 3, 20]), ks=(10,))
+    assert got == pytest.approx({"hr@10": 2 / 3, "ndcg@10": (1 + 1 / np.log2(4)) / 3})
+    assert single_target_metrics(np.array([], np.int64), ks=(5,)) == {"hr@5": 0.0,
+                                                                     "ndcg@5": 0.0}
+
+
+def test_cross_fitted_metrics_give_noise_no_best_epoch_bonus():
+    # Epoch e lucky for user e alone: the best epoch scores 1/4 on all users, but an
+    # epoch picked on one half never helps the other half.
+    noise = np.full((4, 4), 500)
+    np.fill_diagonal(noise, 1)
+    assert single_target_metrics(noise[0])["hr@10"] == 0.25
+    for seed in range(5):
+        assert cross_fitted_metrics(noise, seed=seed)["hr@10"] == 0.0
+    # A real gain (epoch 2 better for everyone) is kept in full.
+    real = np.array([[50, 60, 70, 80], [1, 2, 1, 3]])
+    assert cross_fitted_metrics(real) == single_target_metrics(real[1])
+    assert cross_fitted_metrics(real[:, :1]) is None      # one user: nothing to cross

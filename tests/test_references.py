@@ -454,6 +454,7 @@ def test_a_next_item_reference_is_served_when_it_wins_the_race(tmp_path):
     assert f"note: serving the {winner} reference: it beats the model on validation " \
         "(ndcg@10 " in stderr
     assert metrics[f"reference_{key}_validation_ndcg@10"] > metrics["validation_ndcg@10"]
+    assert "note: the model's validation row is cross-fitted" in stderr
     assert metrics["test_ndcg@10"] == pytest.approx(metrics[f"reference_{key}_test_ndcg@10"])
     assert metrics["test_hr@10"] == pytest.approx(metrics[f"reference_{key}_test_hr@10"])
     assert "model_test_ndcg@10" in metrics and meta["tasks"] == ["sequential"]

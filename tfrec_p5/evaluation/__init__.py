@@ -7,6 +7,7 @@ train`` prints beside the model).
 """
 
 from tfrec_p5.evaluation.ranking import (
+    cross_fitted_metrics,
     expected_ranking_metrics,
     factorized_topk_accuracy,
     full_ranking_metrics,
@@ -16,6 +17,7 @@ from tfrec_p5.evaluation.ranking import (
     ranks_of_targets,
     sample_negatives,
     sampled_ranking_metrics,
+    single_target_metrics,
 )
 from tfrec_p5.evaluation.rating import RatingErrors, rating_metrics
 from tfrec_p5.evaluation.references import (
@@ -54,8 +56,10 @@ __all__ = [
     "evaluate_next_items", "evaluate_rank", "evaluate_recommend", "evaluate_signature",
     "factorized_topk_accuracy", "full_ranking_metrics", "parse_protocol", "predict_ratings",
     "RatingErrors", "rating_metrics",
-    "group_by_row", "metrics_from_ranks", "pad_lists", "ranks_of_targets", "sample_negatives",
-    "sampled_ranking_metrics", "ServedReference", "bias_baseline", "next_item_references",
+    "cross_fitted_metrics", "group_by_row", "metrics_from_ranks", "pad_lists",
+    "ranks_of_targets", "sample_negatives",
+    "sampled_ranking_metrics", "single_target_metrics", "ServedReference", "bias_baseline",
+    "next_item_references",
     "retrieval_references", "StreamedBiasBaseline", "evaluate_signature_stream",
     "streamed_bias_baseline",
 ]

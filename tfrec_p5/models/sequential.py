@@ -41,7 +41,11 @@ from tfrec_p5.config import Config
 from tfrec_p5.data.interactions import Interactions
 from tfrec_p5.data.pipeline import Vocabularies, catalog_items, user_histories
 from tfrec_p5.data.splits import first_events
-from tfrec_p5.evaluation.ranking import group_by_row
+from tfrec_p5.evaluation.ranking import (
+    cross_fitted_metrics,
+    group_by_row,
+    single_target_metrics,
+)
 from tfrec_p5.models.unified import UnifiedModel
 from tfrec_p5.tasks.next_item import HISTORY, LOSSES, NEXT_ITEM, NextItemTask
 from tfrec_p5.tasks.registry import HeadContext, build_heads
@@ -283,6 +287,12 @@ def rank_batch_fn(head: NextItemTask):
 def ranking_metrics(head: NextItemTask, queries: RankingQueries, ks=(5, 10),
                     batch_size: int = 512) -> dict[str, float]:
     """Full-ranking HR@K / NDCG@K of ``queries`` (index space, in-graph, fast)."""
+    return single_target_metrics(query_ranks(head, queries, batch_size), ks)
+
+
+def query_ranks(head: NextItemTask, queries: RankingQueries,
+                batch_size: int = 512) -> np.ndarray:
+    """``[U]`` full-catalog rank of each query's target (``rank_batch_fn``)."""
     ranks_fn = rank_batch_fn(head)
     lengths = (queries.history > 0).sum(axis=1)
     order = np.argsort(lengths, kind="stable")  # similar lengths together: cut padding
@@ -293,18 +303,14 @@ def ranking_metrics(head: NextItemTask, queries: RankingQueries, ks=(5, 10),
         r[rows] = ranks_fn(tf.constant(queries.history[rows, -keep:]),
                            tf.constant(queries.targets[rows]),
                            tf.constant(queries.exclude[rows])).numpy()
-    out: dict[str, float] = {}
-    for k in ks:
-        out[f"hr@{k}"] = float(np.mean(r <= k)) if len(r) else 0.0
-        out[f"ndcg@{k}"] = float(np.mean(np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0))) \
-            if len(r) else 0.0
-    return out
+    return r
 
 
 class NextItemValidation(tf.keras.callbacks.Callback):
     """Per epoch: full-ranking HR / NDCG @5, @10 of the validation item into the logs
     (``val_ndcg@10`` picks the epoch) and one record of the epoch in ``records`` (loss,
-    seconds, metrics; printed when ``verbose``). ``queries=None``: records only."""
+    seconds, metrics; printed when ``verbose``); each epoch's ranks in ``ranks``
+    (``race_metrics``). ``queries=None``: records only."""
 
     def __init__(self, head: NextItemTask, queries: RankingQueries | None,
                  batch_size: int = 512, verbose: int = 0) -> None:
@@ -312,6 +318,7 @@ class NextItemValidation(tf.keras.callbacks.Callback):
         self.head, self.queries = head, queries
         self.batch_size, self.verbose = batch_size, verbose
         self.records: list[dict[str, float]] = []
+        self.ranks: list[np.ndarray] = []
 
     def on_train_begin(self, logs=None) -> None:
         self.started = time.perf_counter()
@@ -326,7 +333,8 @@ class NextItemValidation(tf.keras.callbacks.Callback):
         record = {"epoch": epoch + 1, "loss": float(logs.get("loss", math.nan)),
                   "epoch_seconds": 0.0, "total_seconds": 0.0}
         if self.queries is not None and len(self.queries):
-            metrics = ranking_metrics(self.head, self.queries, batch_size=self.batch_size)
+            self.ranks.append(query_ranks(self.head, self.queries, self.batch_size))
+            metrics = single_target_metrics(self.ranks[-1])
             record.update({f"val_{k}": v for k, v in metrics.items()})
             logs.update({f"val_{k}": v for k, v in metrics.items()})
         now = time.perf_counter()
@@ -355,6 +363,10 @@ class TrainedSequential:
     side_features: SideFeatures | None = None
     #: What ``SequentialConfig.for_data`` decided for the ``"auto"`` values, one note each.
     data_rules: tuple[str, ...] = ()
+    #: The selection's validation HR/NDCG@5/10 without the best epoch's bonus
+    #: (``evaluation.cross_fitted_metrics``): what ``train``'s validation race compares
+    #: with the references. ``None``: fewer than two validation users.
+    race_metrics: dict[str, float] | None = None
 
     @property
     def head(self) -> NextItemTask:
@@ -399,17 +411,20 @@ def fit_next_item(model: UnifiedModel, vocabs: Vocabularies, train: Interactions
         if "val_ndcg@10" in history.history else 0
     best_metrics = next(({k[len("val_"):]: v for k, v in r.items() if k.startswith("val_")}
                          for r in records if r["epoch"] == best), {})
+    race = cross_fitted_metrics(np.stack(report.ranks), seed=seed) if report.ranks else None
     trained = result(model, vocabs, config, best_epoch=best, epochs_run=len(records),
                      best_metrics=best_metrics, history=records,
-                     train_seconds=time.perf_counter() - started, **fields)
+                     train_seconds=time.perf_counter() - started, race_metrics=race,
+                     **fields)
     return trained, {"best_epochs": best, "best_metrics": best_metrics,
-                     "records": records} if best > 0 else None
+                     "race_metrics": race, "records": records} if best > 0 else None
 
 
 def with_selection(refit: TrainedSequential, record: dict) -> TrainedSequential:
     """``refit`` reporting the selection run of ``record`` (``fit_next_item``): its best
     epoch and metrics, its records before the refit's (marked ``"refit": 1.0``)."""
     refit.best_epoch, refit.best_metrics = record["best_epochs"], record["best_metrics"]
+    refit.race_metrics = record.get("race_metrics")
     refit.history = record["records"] + [{**r, "refit": 1.0} for r in refit.history]
     refit.epochs_run += len(record["records"])
     return refit
