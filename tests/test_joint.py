@@ -78,7 +78,7 @@ def test_an_epoch_is_one_pass_over_the_histories_and_the_pairs():
 
     table = data.load(SPEC)
     vocabs = Vocabularies.build(table)
-    batches, pair_batch = _batches(table, vocabs, UnifiedConfig(batch_size=256),
+    batches, pair_batch, _ = _batches(table, vocabs, UnifiedConfig(batch_size=256),
                                    SequentialConfig(max_len=10, batch_size=64),
                                    ["retrieval", "rating"], True, seed=0)
     epoch = list(batches)
@@ -90,6 +90,28 @@ def test_an_epoch_is_one_pass_over_the_histories_and_the_pairs():
     assert users - len(epoch) < seen_users <= users  # every history once (± one batch)
     assert len(table) - 256 < seen_pairs <= len(table)
     assert {"rating", "history", "next_item", "item_id"} <= set(epoch[0])
+
+
+def test_the_refit_replays_the_selections_steps_per_epoch(monkeypatch):
+    # The refit has one more event per user: left to the rule, its extra pair batches
+    # would add steps to every epoch and train past the epoch count validation chose.
+    from tfrec_p5.models import joint as joint_module
+
+    calls, original = [], joint_module._batches
+
+    def spy(*args, **kwargs):
+        dataset, pair_batch, history_batch = original(*args, **kwargs)
+        calls.append((int(dataset.cardinality().numpy()), history_batch))
+        return dataset, pair_batch, history_batch
+    monkeypatch.setattr(joint_module, "_batches", spy)
+    table = data.load("synthetic?num_users=400&num_items=300&num_interactions=8000")
+    counts = dict(zip(*np.unique(table.user_id, return_counts=True), strict=True))
+    table = table.take(np.flatnonzero([counts[u] >= 3 for u in table.user_id]))
+    config = JointConfig(weights={"retrieval": 1.0, "next_item": 1.0},
+                         pairs=UnifiedConfig(embedding_dim=16, batch_size=100),
+                         sequential=SequentialConfig(**{**FAST, "epochs": 1}))
+    train_joint(table, config, seed=0)
+    assert len(calls) == 2 and calls[0] == calls[1], calls  # selection, then the refit
 
 
 @pytest.fixture(scope="module")

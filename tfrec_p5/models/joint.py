@@ -213,8 +213,12 @@ def train_joint(train: Interactions, config: JointConfig | None = None, *,
         return _with_choice(trained, notes)
 
     def refit(record: dict, refit_dir: str | None) -> TrainedJoint:
+        # The selection's histories per step: the refit's extra rows (one more event per
+        # user) would otherwise add pair batches, hence steps, to every epoch and train
+        # the next-item head past the epoch count validation chose.
         final, _ = _fit_joint(full, None, config.replace(sequential=sequential.replace(
-            epochs=record["best_epochs"])), backup_dir=refit_dir, **kwargs)
+            epochs=record["best_epochs"])), backup_dir=refit_dir,
+            history_batch=record.get("history_batch"), **kwargs)
         final.best_epoch, final.best_metrics = record["best_epochs"], record["best_metrics"]
         final.records = record["records"] + [{**r, "refit": 1.0} for r in final.records]
         final.train_seconds = time.perf_counter() - started
@@ -263,16 +267,18 @@ def _pair_config(config: JointConfig, heads: Sequence[str]) -> UnifiedConfig:
 
 def _fit_joint(table: Interactions, validation: Interactions | None, config: JointConfig,
                *, heads: Sequence[str], seed: int, verbose: int, log_dir, backup_dir,
-               callbacks, catalog) -> tuple[TrainedJoint, dict | None]:
-    """One fit on ``table`` (selection when ``validation`` is given, else the refit)."""
+               callbacks, catalog, history_batch: int | None = None
+               ) -> tuple[TrainedJoint, dict | None]:
+    """One fit on ``table`` (selection when ``validation`` is given, else the refit;
+    ``history_batch``: the histories per step, default ``_batches``' rule)."""
     started = time.perf_counter()
     tf.keras.utils.set_random_seed(seed)
     seq = config.sequential
     pairs = _pair_config(config, heads)
     pair_heads = [t for t in heads if t in PAIR_TASKS]
     vocabs = Vocabularies.build(table, pairs.min_count, pairs.hash_buckets, catalog=catalog)
-    data, pair_batch = _batches(table, vocabs, pairs, seq, pair_heads, "next_item" in heads,
-                                seed)
+    data, pair_batch, history_batch = _batches(table, vocabs, pairs, seq, pair_heads,
+                                               "next_item" in heads, seed, history_batch)
     weights = {t: config.weights[t] / _loss_scale(t, pairs, pair_batch) for t in heads}
     model, tables = build_unified(table, vocabs, pairs, catalog=catalog,
                                   next_item=seq if "next_item" in heads else None,
@@ -323,8 +329,8 @@ def _fit_joint(table: Interactions, validation: Interactions | None, config: Joi
         users, seq_rows = user_histories(table, vocabs, seq.max_len)
         trained.histories = np.zeros((len(vocabs.user), seq.max_len), np.int64)
         trained.histories[users] = seq_rows
-    record = {"best_epochs": best, "best_metrics": best_metrics,
-              "records": trained.records} if best > 0 else None
+    record = {"best_epochs": best, "best_metrics": best_metrics, "records": trained.records,
+              "history_batch": history_batch} if best > 0 else None
     return trained, record
 
 
@@ -339,31 +345,37 @@ def _loss_scale(task: str, pairs: UnifiedConfig, pair_batch: int) -> float:
 
 def _batches(table: Interactions, vocabs: Vocabularies, pairs: UnifiedConfig,
              seq: SequentialConfig, pair_heads: Sequence[str], next_item: bool,
-             seed: int) -> tuple[tf.data.Dataset, int]:
+             seed: int, history_batch: int | None = None
+             ) -> tuple[tf.data.Dataset, int, int]:
     """One epoch of merged batches: one pass over the user histories (length-bucketed, at
     most ``seq.batch_size`` per step) and one over the (user, item[, rating]) pairs (at
     most ``pairs.batch_size`` per step). The stream with more batches sets the step count;
     the other is cut into as many smaller batches, so an epoch costs what the two heads'
-    epochs would cost alone. Returns the dataset and the pairs per step."""
+    epochs would cost alone. ``history_batch`` sets the histories per step instead (the
+    refit replays the selection's). Returns the dataset, the pairs and the histories per
+    step."""
     with_rating = any(t in pair_heads for t in ("rating", "ranking"))
     if not next_item:
         return retrieval_dataset(table, vocabs, pairs.batch_size, shuffle=True, seed=seed,
-                                 with_rating=with_rating), pairs.batch_size
+                                 with_rating=with_rating), pairs.batch_size, 0
     examples = next_item_examples(table, vocabs, seq.max_len)
     users = len(examples["user_id"])
     if not users:
         raise ValueError("no training sequence has two or more items")
     examples = {HISTORY: examples[HISTORY], NEXT_ITEM: examples[NEXT_ITEM]}
     if not pair_heads:
-        return length_bucketed_dataset(examples, seq.batch_size, seed=seed), 0
-    steps = max(math.ceil(users / seq.batch_size), math.ceil(len(table) / pairs.batch_size))
-    histories = length_bucketed_dataset(examples, math.ceil(users / steps), seed=seed)
+        return length_bucketed_dataset(examples, seq.batch_size, seed=seed), 0, \
+            seq.batch_size
+    history_batch = history_batch or math.ceil(users / max(
+        math.ceil(users / seq.batch_size), math.ceil(len(table) / pairs.batch_size)))
+    histories = length_bucketed_dataset(examples, history_batch, seed=seed)
+    steps = int(histories.cardinality().numpy())
     pair_batch = math.ceil(len(table) / steps)
     pair_batches = retrieval_dataset(table, vocabs, pair_batch, shuffle=True, seed=seed,
                                      with_rating=with_rating)
-    # Rounding can leave one stream a batch short; zip then ends with it, and the other
-    # stream's last batch is skipped this epoch (a different one each epoch: reshuffled).
-    steps = min(int(histories.cardinality().numpy()), int(pair_batches.cardinality().numpy()))
+    # Rounding can leave the pairs a batch short; zip then ends with them, and the last
+    # history batch is skipped this epoch (a different one each epoch: reshuffled).
+    steps = min(steps, int(pair_batches.cardinality().numpy()))
     merged = tf.data.Dataset.zip((histories, pair_batches)).map(lambda h, p: {**p, **h})
     return merged.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(
-        tf.data.AUTOTUNE), pair_batch
+        tf.data.AUTOTUNE), pair_batch, history_batch
