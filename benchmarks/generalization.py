@@ -196,6 +196,18 @@ def parse_metrics(metrics: dict) -> tuple[dict, dict[str, dict]]:
     return model, refs
 
 
+def parse_race(metrics: dict) -> dict[str, dict]:
+    """``{"model" | reference: validation metrics}``: the validation race ``train`` ran
+    (the model's row is cross-fitted for sequential)."""
+    race: dict[str, dict] = {}
+    for key, value in metrics.items():
+        m = re.match(r"^(?:reference_(.+?)_)?validation_(.+)$", key)
+        if m:
+            name = m.group(1).replace("_", " ") if m.group(1) else "model"
+            race.setdefault(name, {})[m.group(2)] = value
+    return race
+
+
 TIE = 1e-6
 
 
@@ -243,10 +255,12 @@ def run(task: str, args: list[str], seed: int, quick: bool) -> dict:
         if proc.returncode != 0:
             row["error"] = {"status": proc.returncode, "stderr": lines[-5:]}
             return row
-        model, refs = parse_metrics(json.loads(proc.stdout.strip().splitlines()[-1]))
+        metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+        model, refs = parse_metrics(metrics)
         meta_files = sorted(Path(out).glob("*/assets.extra/metadata.json"))
         meta = json.loads(meta_files[-1].read_text()) if meta_files else {}
         row.update(model=model, references=refs, judge=judge(task, model, refs),
+                   race=parse_race(metrics), served=meta.get("served", "model"),
                    selection={k: meta[k] for k in ("epochs_run", "stopped_epoch", "best_epoch",
                                                    "refit_on_validation", "rating_range",
                                                    "sizes", "config") if k in meta})
