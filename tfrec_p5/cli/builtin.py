@@ -568,13 +568,12 @@ def _train_sequential(request: TrainRequest) -> TrainResult:
 
 
 def _plan_sequential(request: TrainRequest) -> str:
-    from tfrec_p5.data import next_item_validation
+    from tfrec_p5.data import next_item_validation, next_item_validation_rule
     from tfrec_p5.models.sequential import validation_plan
 
     fit_rows, validation = next_item_validation(request.train, request.split)
-    carve = ("the first event after the same time cut inside the training part"
-             if request.split.startswith("temporal") else "each user's last training event")
-    return f"{carve}: " + validation_plan(fit_rows, validation, _sequential_config(request))
+    return f"{next_item_validation_rule(request.split)}: " + validation_plan(
+        fit_rows, validation, _sequential_config(request))
 
 
 def _evaluate_sequential(signatures: SignatureGetter, table, *, history=None,

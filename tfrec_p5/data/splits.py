@@ -209,11 +209,23 @@ def next_item_validation(table: Interactions, split: str
 
         fit, validation = next_item_validation(split.train, "temporal:0.8")
     """
-    kind, _, arg = split.partition(":")
-    if kind == "temporal" and table.timestamp is not None:
-        carved = temporal_split(table, float(arg or 0.8))
+    cut = _time_cut(split)
+    if cut is not None and table.timestamp is not None:
+        carved = temporal_split(table, cut)
         return carved.train, carved.test
     return hold_out_last(table)
+
+
+def next_item_validation_rule(split: str) -> str:
+    """What ``next_item_validation`` holds out under the ``split`` spec, as a phrase."""
+    return ("the first event after the same time cut inside the training part"
+            if _time_cut(split) is not None else "each user's last training event")
+
+
+def _time_cut(split: str) -> float | None:
+    """``F`` of a ``temporal:F`` split spec (default 0.8), else ``None``."""
+    kind, _, arg = split.partition(":")
+    return float(arg or 0.8) if kind == "temporal" else None
 
 
 #: What the CLI prints when ``uses_file_order`` is true.
