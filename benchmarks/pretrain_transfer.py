@@ -195,7 +195,8 @@ def next_item_run(table: Interactions, seeds: list[int], weights: list[float], l
             row["pretrain_seconds"] = time.perf_counter() - t
             row["pretrain_next_item_loss"] = pre.trained.history["next_item_loss"]
             row["pretrain_val"] = {k: v for k, v in pre.metrics.items() if "next_item" in k}
-            q = ranking_queries(history, split.test, pre.trained.vocabs, pcfg.sequential.max_len)
+            q = ranking_queries(history, split.test, pre.trained.vocabs,
+                                pre.backbone.next_item_head.max_len)
             row["pretraining_head_test"] = ranking_metrics(pre.backbone.next_item_head, q,
                                                            ks=(10,))
             backbones = {"pretrained": pre.backbone}
