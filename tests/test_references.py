@@ -304,21 +304,33 @@ def test_the_model_is_kept_when_it_wins_the_retrieval_race(tmp_path, monkeypatch
     assert meta["served"] == "model" and meta["search_epochs_run"] >= meta["epochs_run"]
 
 
-def test_a_winner_that_cannot_serve_what_the_model_serves_is_not_exported(tmp_path):
-    """A model that scores catalog items by their features (score_new_items, items
-    without training rows) keeps its export even when a reference wins on validation."""
+def test_a_winner_is_served_and_the_note_names_what_only_the_model_could_serve(tmp_path):
+    """A reference that wins on validation is served even where the model scores catalog
+    items by their features: the note names the lost score_new_items and catalog items,
+    the export lacks them (add-items refuses it), and --serve model keeps them."""
     config = tmp_path / "features.json"
     config.write_text(json.dumps({"use_side_features": True, "learning_rate": 1e-9}))
     log, items = two_world_log(tmp_path)
-    status, stdout, stderr = run(["train", "--task", "retrieval", "--data", f"csv:{log}",
-                                  "--items", f"{items}?multi=genre", "--epochs", "2",
-                                  "--config", str(config), "--json",
-                                  "--out", str(tmp_path / "m")])
+    args = ["train", "--task", "retrieval", "--data", f"csv:{log}", "--items",
+            f"{items}?multi=genre", "--epochs", "2", "--config", str(config), "--json"]
+    status, stdout, stderr = run([*args, "--out", str(tmp_path / "m")])
     assert status == 0, stderr
-    assert "reference beats the model on validation (recall@10 " in stderr
-    assert "but cannot serve the model's score_new_items signature; serving the model" \
-        in stderr
+    assert "reference: it beats the model on validation (recall@10 " in stderr
+    assert "; this export lacks the model's score_new_items signature, which the " \
+        "reference cannot serve; --serve model exports the model instead" in stderr
     meta = json.loads((tmp_path / "m" / "1" / "assets.extra" / "metadata.json").read_text())
+    assert meta["served"] != "model" and "catalog" not in meta
+    assert "score_new_items" not in tf.saved_model.load(str(tmp_path / "m" / "1")).signatures
+    new_items = tmp_path / "new.csv"
+    new_items.write_text("item_id,genre\nnew_z,x\n")
+    status, _, stderr = run(["add-items", "--model", str(tmp_path / "m"), "--items",
+                             str(new_items)])
+    assert status == 2 and "score_new_items" in stderr, stderr
+
+    status, _, stderr = run([*args, "--serve", "model", "--out", str(tmp_path / "kept")])
+    assert status == 0, stderr
+    meta = json.loads((tmp_path / "kept" / "1" / "assets.extra" / "metadata.json")
+                      .read_text())
     assert meta["served"] == "model" and meta["catalog"]["new_items"] == 2
 
 

@@ -184,6 +184,9 @@ def cmd_train(args: argparse.Namespace, guard) -> int:
         **dict(result.metadata),
         "served": served,
     }
+    if served != "model":  # what the model's catalog served, the reference does not
+        for key in ("catalog", "user_catalog"):
+            metadata.pop(key, None)
     # multi_worker: every worker saves (saving may run collective ops), only the chief
     # into --out; the others into a temporary folder that is removed.
     with distribute.write_dir(out, strategy) as target:
@@ -210,8 +213,13 @@ def _ref_key(ref, part: str) -> str:
 def _serve(task, serve: str, request, module, refs: list, race: dict[str, dict]
            ) -> tuple[object, str, str]:
     """``(module to export, what it is, note)`` after the validation ``race``: the model,
-    or the winning reference when ``serve`` is ``"best"``, the task can serve it and it
-    serves everything the model does; the note says what happened (``""``: the model won).
+    or the winning reference when ``serve`` is ``"best"`` and the task can serve it; the
+    note says what happened (``""``: the model won) and what the model served that the
+    reference cannot (``score_new_items``, catalog-only users or items, a ScaNN index).
+
+    Why: a user never silently gets the worse model. A capability only the model has is
+    not measured by the race (its rows are warm users and seen items), so it does not
+    outvote what the race measured; ``--serve model`` keeps it.
     """
     winner = _winner(task, race)
     if winner == "model":
@@ -225,12 +233,12 @@ def _serve(task, serve: str, request, module, refs: list, race: dict[str, dict]
         return module, "model", f"the {winner} reference {better} but cannot be served by " \
             f"--task {task.name}; serving the model"
     candidate = task.serve_reference(ref, request)
+    # Validation says the reference answers the task better; what only the model could
+    # answer (features of unseen items, catalog-only entities) is named, not kept.
     lacks = _lacks(module, candidate)
-    if lacks:
-        return module, "model", f"the {winner} reference {better} but cannot serve " \
-            f"{lacks}; serving the model"
-    return candidate, winner, f"serving the {winner} reference: it {better}; --serve " \
-        "model exports the model instead"
+    lost = f"; this export lacks {lacks}, which the reference cannot serve" if lacks else ""
+    return candidate, winner, f"serving the {winner} reference: it {better}{lost}; " \
+        "--serve model exports the model instead"
 
 
 def _winner(task, race: dict[str, dict]) -> str:
