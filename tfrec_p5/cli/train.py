@@ -233,8 +233,6 @@ def _serve(task, serve: str, request, module, refs: list, race: dict[str, dict]
         return module, "model", f"the {winner} reference {better} but cannot be served by " \
             f"--task {task.name}; serving the model"
     candidate = task.serve_reference(ref, request)
-    # Validation says the reference answers the task better; what only the model could
-    # answer (features of unseen items, catalog-only entities) is named, not kept.
     lacks = _lacks(module, candidate)
     lost = f"; this export lacks {lacks}, which the reference cannot serve" if lacks else ""
     return candidate, winner, f"serving the {winner} reference: it {better}{lost}; " \
