@@ -31,8 +31,16 @@ from tfrec_p5.models.sequential import query_ranks, ranking_queries
 
 BEAUTY = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "amazon",
                       "Beauty.txt")
-#: variant -> ``JointConfig.pairs`` fields over the defaults
-VARIANTS = {"base": {"leave_target_out": False}, "leave_target_out": {"leave_target_out": True}}
+#: variant -> ``JointConfig`` fields over the defaults (``pairs`` merged over
+#: ``JOINT_PAIRS``); "base" is the joint model before session 14
+VARIANTS = {
+    "base": {"pairs": {"leave_target_out": False}},
+    "leave_target_out": {},
+    "retrieval_x2": {"weights": {"retrieval": 2.0, "next_item": 1.0}},
+    "retrieval_x0.5": {"weights": {"retrieval": 0.5, "next_item": 1.0}},
+    "temperature_0.1": {"pairs": {"temperature": 0.1}},
+    "temperature_1": {"pairs": {"temperature": 1.0}},
+}
 
 
 def run(part: str, variant: str, seed: int, epochs: int, history_batch: int) -> dict:
@@ -43,7 +51,10 @@ def run(part: str, variant: str, seed: int, epochs: int, history_batch: int) -> 
     else:
         fit_rows, target = split.train, split.validation
     items = load_catalog(spec).items
-    config = joint.JointConfig(pairs={**joint.JOINT_PAIRS, **VARIANTS[variant]})
+    change = VARIANTS[variant]
+    config = joint.JointConfig(pairs={**joint.JOINT_PAIRS, **change.get("pairs", {})},
+                               **({"weights": change["weights"]} if "weights" in change
+                                  else {}))
     sequential, _ = config.sequential.for_data(
         fit_rows, len(np.unique(np.concatenate([fit_rows.item_id, items.item_id]))))
     config = config.replace(sequential=sequential.replace(epochs=epochs))
