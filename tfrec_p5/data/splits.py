@@ -280,7 +280,7 @@ def parse_split(spec: str, table: Interactions, seed: int = 42) -> Split | None:
         if kind == "random":
             return random_split(table, float(arg or 0.8), seed=seed)
         if kind == "temporal":
-            return temporal_split(table, float(arg or 0.8))
+            return temporal_split(table, _time_cut(spec))
         if kind in _LEAVE_ONE_OUT:
             return leave_one_out(table)
         if kind == "tfrs":
