@@ -10,6 +10,9 @@ second last = validation, the rest = training; ties in file order):
     tfrec-p5 train --task retrieval  --split leave-one-out ...   # retrieval specialist
     tfrec-p5 train --task rating     --split leave-one-out ...   # rating specialist
 
+plus pretrain → finetune: the same joint model pretrained on the tasks the data support
+(``tfrec-p5 pretrain --tasks ...``), its backbone then fine-tuned once per task
+(``tfrec-p5 finetune --task ...``), each fine-tuned model scored on its own metric;
 and every task is scored on the same test events: RMSE of their ratings, Recall/NDCG@10
 of ``recommend`` (training items excluded), HR/NDCG@5/10 of ``next_items`` over the full
 catalog, and P5's 1 + 99 direct protocol (``sampled_*``). The simple references are the
@@ -28,19 +31,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from cold_start import write_json
-from generalization import DATA, run
+from generalization import DATA, QUICK_EPOCHS, ROOT, run
 
 DATASETS = {
-    "ml100k": (f"movielens:{DATA / 'ml-100k'}", ("all", "sequential", "retrieval", "rating")),
+    "ml100k": (f"movielens:{DATA / 'ml-100k'}", ("all", "sequential", "retrieval", "rating",
+                                                 "pretrain")),
     "beauty": (f"amazon:{DATA / 'amazon' / 'Beauty.txt'}", ("all", "sequential",
-                                                            "retrieval")),
+                                                            "retrieval", "pretrain")),
 }
+#: pretrain → finetune: the pretraining tasks per data set (Beauty has no ratings), and
+#: the prefix a fine-tuned task's test metrics take (the joint model's names).
+PRETRAIN_TASKS = {"ml100k": ("retrieval", "rating", "next_item"),
+                  "beauty": ("retrieval", "next_item")}
+FINETUNE_PREFIX = {"rating": "rating_", "retrieval": "", "next_item": "next_item_"}
+#: The next-item loss weight of #5's selection (ML-100K validation, fine-tuned NDCG@10:
+#: 100 beat 1); the retrieval loss is a sum over a batch's 1,024 pairs.
+PRETRAIN_WEIGHTS = "next_item=100"
 #: Where each task's number is in ``train --json`` (test part), per run kind.
 METRICS = {
     "rmse": {"all": "rating_rmse", "rating": "rmse"},
@@ -53,6 +68,8 @@ METRICS = {
     "direct hr@10": {"all": "next_item_sampled_hr@10", "sequential": "sampled_hr@10"},
     "direct ndcg@10": {"all": "next_item_sampled_ndcg@10", "sequential": "sampled_ndcg@10"},
 }
+for keys in METRICS.values():  # a pretrain → finetune row uses the joint model's names
+    keys["pretrain"] = keys["all"]
 #: Published full-ranking Beauty numbers (HR@10, NDCG@10) and direct 1 + 99 (P5).
 PUBLISHED_BEAUTY = {
     "P5 (paper; its split leaks, see RESULTS.md)": {"hr@10": 0.0664, "ndcg@10": 0.0429,
@@ -76,6 +93,64 @@ def reference_metrics(kind: str, row: dict) -> dict[str, dict[str, float]]:
             for ref, values in row.get("references", {}).items()}
 
 
+def _cli(args: list[str]) -> tuple[dict, list[str], float]:
+    """One ``tfrec-p5`` command in a child process: its ``--json`` line, its notes and
+    seconds (a failure raises with the command's last stderr lines)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "tfrec_p5", *args, "--json", "--quiet"],
+                          capture_output=True, text=True, env=env, cwd=ROOT)
+    lines = proc.stderr.splitlines()
+    if proc.returncode != 0:
+        raise RuntimeError(f"tfrec-p5 {' '.join(args)}: status {proc.returncode}: "
+                           + " | ".join(lines[-3:]))
+    notes = [ln for ln in lines if ln.startswith(("note:", "warning:"))]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), notes, time.time() - start
+
+
+def pretrain_finetune(name: str, spec: str, seed: int, quick: bool) -> dict:
+    """The pretrain → finetune row: ``tfrec-p5 pretrain`` on the leave-one-out training
+    part, then ``tfrec-p5 finetune`` of that backbone once per task, each scored on the
+    test events; the row's ``seconds`` add up every command."""
+    tasks = PRETRAIN_TASKS[name]
+    split = ["--data", spec, "--split", "leave-one-out", "--seed", str(seed)]
+    epochs = ["--epochs", str(QUICK_EPOCHS)] if quick else []
+    load = os.getloadavg()[0]
+    row: dict = {"task": "pretrain", "seed": seed, "model": {}, "notes": [],
+                 "commands": [], "seconds_per_command": {}}
+    with tempfile.TemporaryDirectory(prefix="tfrec_p5_pre_") as tmp:
+        backbone = os.path.join(tmp, "backbone")
+        command = ["pretrain", *split, "--tasks", ",".join(tasks), "--weights",
+                   PRETRAIN_WEIGHTS, *epochs, "--out", backbone]
+        try:
+            pre, notes, secs = _cli(command)
+            row["pretrain_metrics"] = pre["metrics"]
+            row["commands"].append("tfrec-p5 " + " ".join(command))
+            row["seconds_per_command"]["pretrain"] = round(secs, 1)
+            row["notes"] += notes
+            for task in tasks:
+                command = ["finetune", "--backbone", backbone, "--task", task, *split,
+                           *epochs, "--out", os.path.join(tmp, task)]
+                metrics, notes, secs = _cli(command)
+                row["commands"].append("tfrec-p5 " + " ".join(command))
+                row["seconds_per_command"][task] = round(secs, 1)
+                row["notes"] += notes
+                row["model"].update({FINETUNE_PREFIX[task] + k[len("test_"):]: v
+                                     for k, v in metrics.items() if k.startswith("test_")
+                                     and k != "test_examples"})
+        except RuntimeError as err:
+            row["error"] = {"stderr": [str(err)]}
+    row["seconds"] = round(sum(row["seconds_per_command"].values()), 1)
+    row["load"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+    return row
+
+
+def _row_name(task: str) -> str:
+    return {"all": "joint (--task all)",
+            "pretrain": "pretrain → finetune (each task)"}.get(task, f"{task} specialist")
+
+
 def table(rows: list[dict]) -> str:
     """Mean ± std over seeds of each model and reference, one line per (dataset, row)."""
     groups: dict[tuple[str, str], list[dict[str, float]]] = {}
@@ -83,8 +158,7 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         if "error" in r:
             continue
-        key = (r["dataset"], "joint (--task all)" if r["task"] == "all" else
-               f"{r['task']} specialist")
+        key = (r["dataset"], _row_name(r["task"]))
         groups.setdefault(key, []).append(row_metrics(r["task"], r))
         seconds.setdefault(key, []).append(r["seconds"])
         for ref, values in reference_metrics(r["task"], r).items():
@@ -135,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             for kind in kinds:
                 if args.tasks and kind not in args.tasks or (name, kind, seed) in done:
                     continue
-                row = run(kind, ["--data", spec, "--split", "leave-one-out"], seed,
-                          args.quick)
+                row = pretrain_finetune(name, spec, seed, args.quick) if kind == "pretrain" \
+                    else run(kind, ["--data", spec, "--split", "leave-one-out"], seed,
+                             args.quick)
                 row["dataset"] = name
                 rows.append(row)
                 print(json.dumps({k: row.get(k) for k in ("dataset", "task", "seed",

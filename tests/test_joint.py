@@ -74,13 +74,13 @@ def test_validation_is_each_users_last_training_event():
 
 def test_an_epoch_is_one_pass_over_the_histories_and_the_pairs():
     from tfrec_p5.data.pipeline import Vocabularies
-    from tfrec_p5.models.joint import _batches
+    from tfrec_p5.models.joint import joint_batches
 
     table = data.load(SPEC)
     vocabs = Vocabularies.build(table)
-    batches, pair_batch, _ = _batches(table, vocabs, UnifiedConfig(batch_size=256),
-                                   SequentialConfig(max_len=10, batch_size=64),
-                                   ["retrieval", "rating"], True, seed=0)
+    batches, pair_batch, _ = joint_batches(table, vocabs, UnifiedConfig(batch_size=256),
+                                           SequentialConfig(max_len=10, batch_size=64),
+                                           ["retrieval", "rating"], True, seed=0)
     epoch = list(batches)
     assert pair_batch == max(int(b["user_id"].shape[0]) for b in epoch)
     users = len(np.unique(table.user_id))
@@ -97,13 +97,13 @@ def test_the_refit_replays_the_selections_steps_per_epoch(monkeypatch):
     # would add steps to every epoch and train past the epoch count validation chose.
     from tfrec_p5.models import joint as joint_module
 
-    calls, original = [], joint_module._batches
+    calls, original = [], joint_module.joint_batches
 
     def spy(*args, **kwargs):
         dataset, pair_batch, history_batch = original(*args, **kwargs)
         calls.append((int(dataset.cardinality().numpy()), history_batch))
         return dataset, pair_batch, history_batch
-    monkeypatch.setattr(joint_module, "_batches", spy)
+    monkeypatch.setattr(joint_module, "joint_batches", spy)
     table = data.load("synthetic?num_users=400&num_items=300&num_interactions=8000")
     counts = dict(zip(*np.unique(table.user_id, return_counts=True), strict=True))
     table = table.take(np.flatnonzero([counts[u] >= 3 for u in table.user_id]))

@@ -148,3 +148,31 @@ def test_cli_finetune_next_item_exports(saved, ring_csv, tmp_path, capsys):
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.5 < metrics["test_hr@10"] <= 1.0 and metrics["test_ndcg@10"] > 0.2
     assert os.path.isdir(os.path.join(out, "1"))
+
+
+def test_pretrain_trains_the_joint_model_with_the_chosen_tasks(split, monkeypatch):
+    """``pretrain`` is ``train --task all``'s model with a chosen task set: the same
+    builder, the same ``UnifiedModel`` and the same merged batches; the backbone is that
+    model's item tower and next-item head."""
+    from tfrec_p5.models.unified import UnifiedModel
+    from tfrec_p5.pretraining import pretrainer
+
+    calls: dict[str, list] = {"build_unified": [], "joint_batches": []}
+    for name in calls:
+        original = getattr(pretrainer, name)
+
+        def spy(*args, _name=name, _original=original, **kwargs):
+            calls[_name].append(args)
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(pretrainer, name, spy)
+    pre = pretrain(split.train, tasks=["retrieval", "next_item"],
+                   config=CONFIG.replace(epochs=1), seed=0, verbose=0)
+    model = pre.trained.model
+    assert type(model) is UnifiedModel and list(model.heads) == ["retrieval", "next_item"]
+    assert len(calls["build_unified"]) == 1 and len(calls["joint_batches"]) == 1
+    assert calls["joint_batches"][0][5] is True  # the pair batches merged with histories
+    assert pre.backbone.item_tower is model.item_tower
+    assert pre.backbone.next_item_head is model.heads["next_item"]
+    # Both heads trained in every step: each loss is averaged over the epoch.
+    history = pre.trained.history
+    assert history["retrieval_loss"][0] > 0 and history["next_item_loss"][0] > 0

@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfrec_p5.data.errors import DataError
-from tfrec_p5.data.interactions import ITEM, USER, Interactions
+from tfrec_p5.data.interactions import ITEM, RATING, RATING_MASK, USER, Interactions
 from tfrec_p5.data.vocabulary import HashedVocabulary, Vocabulary
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -262,17 +262,22 @@ def pointwise_dataset(table: Interactions, vocabs: Vocabularies, batch_size: int
 
 def retrieval_dataset(table: Interactions, vocabs: Vocabularies, batch_size: int = 8192,
                       shuffle: bool = False, seed: int | None = None,
-                      with_rating: bool = False, **distribution) -> tf.data.Dataset:
+                      with_rating: bool = False, rating_mask: np.ndarray | None = None,
+                      **distribution) -> tf.data.Dataset:
     """``{"user_id", "item_id"}`` positive-pair batches (in-batch negatives for retrieval).
 
-    With ``with_rating=True`` the features also carry ``"rating"`` (for multi-task models).
+    With ``with_rating=True`` the features also carry ``"rating"`` (for multi-task models),
+    and with ``rating_mask`` (bool ``[rows]``) a ``"rating_mask"``: which rows' ratings
+    the rating loss may see (pretraining with a share of the labels).
     ``distribution``: ``distributed=True`` or ``input_context=ctx`` (``batched_dataset``).
     """
     feats = {k: tf.constant(v) for k, v in vocabs.encode(table).items()}
     if with_rating:
         if table.rating is None:
             raise DataError("with_rating=True needs a 'rating' column", field="rating")
-        feats["rating"] = tf.constant(table.rating, dtype=tf.float32)
+        feats[RATING] = tf.constant(table.rating, dtype=tf.float32)
+        if rating_mask is not None:
+            feats[RATING_MASK] = tf.constant(np.asarray(rating_mask, np.float32))
     return batched_dataset(feats, batch_size, shuffle, seed, **distribution)
 
 

@@ -6,7 +6,7 @@ Here that is a ``UnifiedModel`` whose heads are the pair heads of ``UnifiedConfi
 items through the same ``ItemTower`` (the next-item head also scores the catalog with it:
 tied weights). Every training step feeds both kinds of batches at once: a batch of user
 histories (``length_bucketed_dataset``) merged with a batch of (user, item[, rating])
-pairs; an epoch is one pass over each (``_batches``). The loss is ``sum(weight[task] *
+pairs; an epoch is one pass over each (``joint_batches``). The loss is ``sum(weight[task] *
 head loss)``.
 
 Selection follows the field's leave-one-out protocol for every task at once: per user the
@@ -56,8 +56,8 @@ from tfrec_p5.models.unified import (
 from tfrec_p5.tasks.next_item import HISTORY, NEXT_ITEM, NextItemTask
 from tfrec_p5.training import best_epochs, fit, optimizer, search_then_refit
 
-__all__ = ["JOINT_PAIRS", "JOINT_TASKS", "JointConfig", "TrainedJoint", "recommend_choice",
-           "train_joint"]
+__all__ = ["JOINT_PAIRS", "JOINT_TASKS", "JointConfig", "TrainedJoint", "joint_batches",
+           "recommend_choice", "train_joint"]
 
 JOINT_TASKS = ("rating", "retrieval", "ranking", "next_item")
 PAIR_TASKS = ("rating", "retrieval", "ranking")
@@ -274,15 +274,15 @@ def _fit_joint(table: Interactions, validation: Interactions | None, config: Joi
                callbacks, catalog, history_batch: int | None = None
                ) -> tuple[TrainedJoint, dict | None]:
     """One fit on ``table`` (selection when ``validation`` is given, else the refit;
-    ``history_batch``: the histories per step, default ``_batches``' rule)."""
+    ``history_batch``: the histories per step, default ``joint_batches``' rule)."""
     started = time.perf_counter()
     tf.keras.utils.set_random_seed(seed)
     seq = config.sequential
     pairs = _pair_config(config, heads)
     pair_heads = [t for t in heads if t in PAIR_TASKS]
     vocabs = Vocabularies.build(table, pairs.min_count, pairs.hash_buckets, catalog=catalog)
-    data, pair_batch, history_batch = _batches(table, vocabs, pairs, seq, pair_heads,
-                                               "next_item" in heads, seed, history_batch)
+    data, pair_batch, history_batch = joint_batches(
+        table, vocabs, pairs, seq, pair_heads, "next_item" in heads, seed, history_batch)
     weights = {t: config.weights[t] / _loss_scale(t, pairs, pair_batch) for t in heads}
     model, tables = build_unified(table, vocabs, pairs, catalog=catalog,
                                   next_item=seq if "next_item" in heads else None,
@@ -347,36 +347,44 @@ def _loss_scale(task: str, pairs: UnifiedConfig, pair_batch: int) -> float:
         pairs.retrieval_loss == "softmax" else 1.0
 
 
-def _batches(table: Interactions, vocabs: Vocabularies, pairs: UnifiedConfig,
-             seq: SequentialConfig, pair_heads: Sequence[str], next_item: bool,
-             seed: int, history_batch: int | None = None
-             ) -> tuple[tf.data.Dataset, int, int]:
-    """One epoch of merged batches: one pass over the user histories (length-bucketed, at
-    most ``seq.batch_size`` per step) and one over the (user, item[, rating]) pairs (at
-    most ``pairs.batch_size`` per step). The stream with more batches sets the step count;
-    the other is cut into as many smaller batches, so an epoch costs what the two heads'
-    epochs would cost alone. ``history_batch`` sets the histories per step instead (the
-    refit replays the selection's). Returns the dataset, the pairs and the histories per
-    step."""
+def joint_batches(table: Interactions, vocabs: Vocabularies, pairs: UnifiedConfig,
+                  seq: SequentialConfig, pair_heads: Sequence[str], next_item: bool,
+                  seed: int, history_batch: int | None = None, *,
+                  rating_mask: np.ndarray | None = None, **distribution
+                  ) -> tuple[tf.data.Dataset, int, int]:
+    """One epoch of the joint model's merged batches (``train_joint`` and ``pretrain``).
+
+    One pass over the user histories (length-bucketed, at most ``seq.batch_size`` per
+    step) and one over the (user, item[, rating]) pairs (at most ``pairs.batch_size`` per
+    step). The stream with more batches sets the step count; the other is cut into as
+    many smaller batches, so an epoch costs what the two heads' epochs would cost alone.
+    ``history_batch`` sets the histories per step instead (the refit replays the
+    selection's). ``rating_mask``: which rows' ratings the rating head sees.
+    ``distribution`` (``distributed=`` / ``input_context=``, ``tfrec_p5.distribute``):
+    pair batches only. Returns the dataset, the pairs and the histories per step.
+    """
     with_rating = any(t in pair_heads for t in ("rating", "ranking"))
     if not next_item:
         return retrieval_dataset(table, vocabs, pairs.batch_size, shuffle=True, seed=seed,
-                                 with_rating=with_rating), pairs.batch_size, 0
+                                 with_rating=with_rating, rating_mask=rating_mask,
+                                 **distribution), pairs.batch_size, 0
+    if distribution:
+        raise ValueError("the next-item head trains in one process only (no tf.distribute)")
     examples = next_item_examples(table, vocabs, seq.max_len)
     users = len(examples["user_id"])
     if not users:
         raise ValueError("no training sequence has two or more items")
     examples = {HISTORY: examples[HISTORY], NEXT_ITEM: examples[NEXT_ITEM]}
     if not pair_heads:
-        return length_bucketed_dataset(examples, seq.batch_size, seed=seed), 0, \
-            seq.batch_size
+        history_batch = history_batch or seq.batch_size
+        return length_bucketed_dataset(examples, history_batch, seed=seed), 0, history_batch
     history_batch = history_batch or math.ceil(users / max(
         math.ceil(users / seq.batch_size), math.ceil(len(table) / pairs.batch_size)))
     histories = length_bucketed_dataset(examples, history_batch, seed=seed)
     steps = int(histories.cardinality().numpy())
     pair_batch = math.ceil(len(table) / steps)
     pair_batches = retrieval_dataset(table, vocabs, pair_batch, shuffle=True, seed=seed,
-                                     with_rating=with_rating)
+                                     with_rating=with_rating, rating_mask=rating_mask)
     # Rounding can leave the pairs a batch short; zip then ends with them, and the last
     # history batch is skipped this epoch (a different one each epoch: reshuffled).
     steps = min(steps, int(pair_batches.cardinality().numpy()))

@@ -137,6 +137,15 @@ class UnifiedModel(tfrs.Model):
             raise ValueError("a head reads the user tower, but user_tower is None")
         for head in self.heads.values():
             head.bind(user_tower, item_tower)
+        # Each head's loss, averaged over the epoch (``history["next_item_loss"]``, ...).
+        self.head_losses = {name: tf.keras.metrics.Mean(name=f"{name}_loss")
+                            for name in self.heads}
+        # The TFRS step reports ``loss`` / ``regularization_loss`` / ``total_loss`` of the
+        # last batch only: the epoch's history would then disagree with the progress bar
+        # and with the per-head losses (a small last batch drags it far off). Averaged
+        # over the epoch like them, ``loss`` is their weighted sum.
+        self.step_losses = {name: tf.keras.metrics.Mean(name=name)
+                            for name in ("loss", "regularization_loss", "total_loss")}
 
     @staticmethod
     def _features(inputs) -> dict[str, tf.Tensor]:
@@ -164,9 +173,19 @@ class UnifiedModel(tfrs.Model):
             features[KNOWN_USER] = tf.random.uniform(
                 tf.shape(features[USER])) >= self.user_id_dropout
         user_vec, item_vec = self.tower_outputs(features, training)
-        losses = [w * self.heads[name].compute_loss(features, user_vec, item_vec,
-                                                    training=training)
-                  for name, w in self.loss_weights.items()]
+        losses = []
+        for name, weight in self.loss_weights.items():
+            head = self.heads[name]
+            # Decided from the batch's keys when Keras traces the step (Python at trace
+            # time only), so the compiled step is the same graph every step.
+            if not all(key in features for key in head.inputs):
+                continue
+            loss = head.compute_loss(features, user_vec, item_vec, training=training)
+            self.head_losses[name].update_state(loss)
+            losses.append(weight * loss)
+        if not losses:
+            raise ValueError(f"the batch ({sorted(features)}) feeds none of the heads "
+                             f"{list(self.heads)}")
         return tf.add_n(losses) if len(losses) > 1 else losses[0]
 
     def score(self, features: Mapping[str, tf.Tensor], task: str | None = None) -> tf.Tensor:
@@ -181,7 +200,19 @@ class UnifiedModel(tfrs.Model):
         """Pair scores of the default head (lets Keras build / summarize the model)."""
         return self.score(features)
 
+    def _epoch_means(self, logs: dict) -> dict:
+        for name, tracker in self.step_losses.items():
+            tracker.update_state(logs[name])
+            logs[name] = tracker.result()
+        return logs
+
+    def test_step(self, inputs):
+        return self._epoch_means(super().test_step(inputs))
+
     def train_step(self, inputs):
+        return self._epoch_means(self._train_step(inputs))
+
+    def _train_step(self, inputs):
         """``tfrs.Model.train_step``; under a multi-replica strategy the regularization
         losses are divided by the replica count (each replica adds them, the optimizer
         sums the replicas' gradients). One replica: exactly the TFRS step."""
@@ -510,7 +541,8 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
                   fit_table: Interactions | None = None,
                   catalog: Interactions | None = None,
                   users: Interactions | None = None, next_item: Any = None,
-                  weights: Mapping[str, float] | None = None) -> tuple[UnifiedModel, dict]:
+                  weights: Mapping[str, float] | None = None,
+                  rating_mask: np.ndarray | None = None) -> tuple[UnifiedModel, dict]:
     """The model for ``config`` and the tables it was built from (side features, ...).
 
     ``fit_table`` (default ``train``) is what the model trains on: histories, item
@@ -519,6 +551,8 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
     (``train_unified``). ``next_item``: the options (a ``SequentialConfig``) of a
     next-item head on the same item tower, and ``weights`` the loss weight of every head
     (default ``config.weights``): the joint model (``tfrec_p5.models.joint``).
+    ``rating_mask``: the ``fit_table`` rows whose ratings training may see (pretraining
+    with a share of the labels); the rating head's global mean comes from those only.
     """
     fit_table = fit_table if fit_table is not None else train
     active = config.active()
@@ -548,7 +582,9 @@ def build_unified(train: Interactions, vocabs: Vocabularies, config: UnifiedConf
     splits, values = history_csr(fit_table, vocabs)
     probs = item_frequencies(fit_table, vocabs)
     has_ratings = fit_table.rating is not None
-    global_mean = float(np.mean(fit_table.rating)) if has_ratings else 0.0
+    visible = fit_table.rating if not has_ratings or rating_mask is None \
+        else fit_table.rating[np.asarray(rating_mask, bool)]
+    global_mean = float(np.mean(visible)) if has_ratings and len(visible) else 0.0
     rating_range = None
     if has_ratings:
         rating_range = train.rating_range or (float(np.min(train.rating)),

@@ -94,7 +94,7 @@ class _BackboneOptimizerStep:
 
     backbone_optimizer: tf.keras.optimizers.Optimizer | None = None
 
-    def train_step(self, inputs):
+    def _train_step(self, inputs):
         with tf.GradientTape() as tape:
             loss = self.compute_loss(inputs, training=True)
             regularization_loss = tf.reduce_sum([tf.reduce_sum(x) for x in self.losses])

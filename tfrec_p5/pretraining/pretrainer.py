@@ -18,14 +18,14 @@ mean over visible labels.
     pre.backbone.user_tower                         # the pretrained user tower
 
 *Next-item* (``tfrec_p5.tasks.next_item.NextItemTask``) is self-supervised too: each
-user's interactions in time order, every prefix predicting the item that followed. Its
-batches are per-user histories, not (user, item) pairs, so ``pretrain`` zips the pair
-batches with history batches (``length_bucketed_dataset``, repeated; by default sized so
-one epoch is one pass over both) into one batch dict, and ``PretrainModel.compute_loss``
-adds the weighted next-item loss to the others in the same step. The encoder reads items
-through the shared ``ItemTower``, so its gradients shape the item embeddings the
-backbone saves; the encoder itself is saved too (``Backbone.next_item_head``), so
-``finetune(..., task="next_item")`` starts from it.
+user's interactions in time order, every prefix predicting the item that followed.
+
+The model is the joint model of ``train --task all`` (``tfrec_p5.models.joint``) with the
+chosen task set: ``build_unified`` builds the same towers and heads, and
+``joint_batches`` merges the same pair and history batches step by step, so one step
+trains every head. The encoder reads items through the shared ``ItemTower``, so its
+gradients shape the item embeddings the backbone saves; the encoder itself is saved too
+(``Backbone.next_item_head``), so ``finetune(..., task="next_item")`` starts from it.
 
     pre = pretrain(train, tasks=["retrieval", "rating", "next_item"],
                    weights={"next_item": 100.0}, out="backbones/ml100k_seq")
@@ -35,7 +35,6 @@ backbone saves; the encoder itself is saved too (``Backbone.next_item_head``), s
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -47,84 +46,20 @@ import tensorflow as tf
 from tfrec_p5 import distribute
 from tfrec_p5.config import Config
 from tfrec_p5.data import load
-from tfrec_p5.data.interactions import ITEM, RATING, USER, Interactions
-from tfrec_p5.data.pipeline import Vocabularies, batched_dataset
+from tfrec_p5.data.interactions import Interactions
+from tfrec_p5.data.pipeline import Vocabularies, retrieval_dataset
+from tfrec_p5.models.joint import joint_batches
 from tfrec_p5.models.rating import RatingConfig
-from tfrec_p5.models.sequential import (
-    SequentialConfig,
-    length_bucketed_dataset,
-    next_item_examples,
-    ranking_metrics,
-    ranking_queries,
-)
-from tfrec_p5.models.unified import TrainedUnified, UnifiedConfig, UnifiedModel
+from tfrec_p5.models.sequential import SequentialConfig, ranking_metrics, ranking_queries
+from tfrec_p5.models.unified import TrainedUnified, UnifiedConfig, UnifiedModel, build_unified
 from tfrec_p5.pretraining.backbone import Backbone, save_backbone
-from tfrec_p5.tasks.next_item import HISTORY, NEXT_ITEM, NextItemTask
-from tfrec_p5.tasks.rating import RATING_MASK
-from tfrec_p5.tasks.registry import HeadContext, RetrievalOptions, build_heads
-from tfrec_p5.towers import ItemTower, SideFeatures, UserTower
+from tfrec_p5.tasks.next_item import NextItemTask
+from tfrec_p5.towers import SideFeatures
 from tfrec_p5.training import OPTIMIZERS, fit, optimizer
 
 log = logging.getLogger(__name__)
 PRETRAIN_TASKS = ("retrieval", "rating", "next_item")
 PAIR_TASKS = ("retrieval", "rating")  # heads reading (user, item) pair batches
-
-
-def _has_inputs(task: str, features: Mapping[str, tf.Tensor]) -> bool:
-    if task == "next_item":
-        return HISTORY in features and NEXT_ITEM in features
-    return USER in features and ITEM in features
-
-
-class PretrainModel(UnifiedModel):
-    """``UnifiedModel`` for mixed batches: a head runs only if its inputs are in the batch,
-    and each head's loss is tracked as a metric (``history["next_item_loss"]``, ...).
-
-    Why: a pretraining batch carries (user, item) pairs *and* user histories, but a
-    validation batch may carry only pairs. Which heads run is decided from the batch's
-    keys when Keras traces the step (Python at trace time only), so the compiled
-    training step is the same graph every step.
-    """
-
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.task_losses = [tf.keras.metrics.Mean(name=f"{t}_loss") for t in self.heads]
-        # The TFRS step reports ``loss`` / ``regularization_loss`` / ``total_loss`` of
-        # the last batch only: the epoch's history (and the summary built from it) then
-        # disagrees with the progress bar, and a small last batch drags it far from the
-        # per-task losses (the retrieval loss is a sum over the batch). Averaged over
-        # the epoch like the per-task losses, ``loss`` is their weighted sum.
-        self.step_losses = {name: tf.keras.metrics.Mean(name=name)
-                            for name in ("loss", "regularization_loss", "total_loss")}
-
-    def _epoch_means(self, logs: dict) -> dict:
-        for name, tracker in self.step_losses.items():
-            tracker.update_state(logs[name])
-            logs[name] = tracker.result()
-        return logs
-
-    def train_step(self, inputs):
-        return self._epoch_means(super().train_step(inputs))
-
-    def test_step(self, inputs):
-        return self._epoch_means(super().test_step(inputs))
-
-    def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
-        features = self._features(inputs)
-        user_vec, item_vec = self.tower_outputs(features, training)
-        losses = []
-        for (name, weight), tracker in zip(self.loss_weights.items(), self.task_losses,
-                                           strict=True):
-            if not _has_inputs(name, features):
-                continue
-            loss = self.heads[name].compute_loss(features, user_vec, item_vec,
-                                                 training=training)
-            tracker.update_state(loss)
-            losses.append(weight * loss)
-        if not losses:
-            raise ValueError(f"the batch ({sorted(features)}) feeds none of the heads "
-                             f"{list(self.heads)}")
-        return tf.add_n(losses)
 
 
 @dataclass
@@ -201,11 +136,21 @@ class PretrainConfig(Config):
     def weight(self, task: str) -> float:
         return float(self.weights.get(task, 1.0))
 
-    def retrieval_options(self) -> RetrievalOptions:
-        """The retrieval head: full-catalog softmax on the user tower, no history encoder."""
-        return RetrievalOptions(temperature=self.temperature, log_q=self.log_q,
-                                remove_accidental_hits=self.remove_accidental_hits,
-                                full_softmax=self.full_softmax)
+    def unified(self, tasks: Sequence[str]) -> UnifiedConfig:
+        """The towers and pair heads of ``tasks`` as the joint model's ``pairs`` config:
+        the retrieval head is the full-catalog softmax on the user tower (no history
+        encoder), so the collaborative signal lands in the towers the backbone saves."""
+        return UnifiedConfig(
+            weights={t: self.weight(t) for t in tasks if t in PAIR_TASKS},
+            embedding_dim=self.embedding_dim, tower_output_dim=self.tower_output_dim,
+            feature_dim=self.feature_dim, l2=self.l2,
+            use_side_features=self.use_side_features, user_features=self.user_features,
+            item_features=self.item_features, max_text_tokens=self.max_text_tokens,
+            history_len=self.history_len, rating=self.rating, retrieval_loss="softmax",
+            temperature=self.temperature, log_q=self.log_q,
+            remove_accidental_hits=self.remove_accidental_hits,
+            full_softmax=self.full_softmax, history=False, use_user_tower=True,
+            batch_size=self.batch_size)
 
 
 @dataclass
@@ -227,21 +172,46 @@ def fresh_backbone(train: Interactions, config: PretrainConfig | None = None, *,
     and side features): the "from scratch" arm of a transfer comparison."""
     config = config or PretrainConfig()
     vocabs = vocabs or Vocabularies.build(train)
-    side = SideFeatures()
-    if config.use_side_features and (train.user_features or train.item_features):
-        side = SideFeatures.build(train, vocabs, config.user_features, config.item_features,
-                                  max_tokens=config.max_text_tokens)
-    if config.history_len > 0:
-        # Who-rated-what needs no labels: every pretraining interaction feeds it, so a
-        # user with few visible ratings still has a full implicit history.
-        side = side.with_histories(train, vocabs, config.history_len)
-    kwargs = {"embedding_dim": config.embedding_dim, "output_dim": config.tower_output_dim,
-              "feature_dim": config.feature_dim, "l2": config.l2}
-    user_tower = UserTower.from_vocab(vocabs, side, **kwargs)
-    item_tower = ItemTower.from_vocab(vocabs, side, **kwargs)
-    for tower in (user_tower, item_tower):
+    model, tables, _ = _joint_model(train, config, _active(config, train), vocabs)
+    return _backbone(model, vocabs, tables, next_item=False)
+
+
+def _active(config: PretrainConfig, data: Interactions) -> list[str]:
+    """The tasks of ``config`` with a positive weight that ``data`` can feed."""
+    tasks = [t for t in config.tasks if config.weight(t) > 0]
+    if not tasks:
+        raise ValueError("every pretraining task is switched off (all weights are 0)")
+    if "rating" in tasks and data.rating is None:
+        log.warning("pretrain: no 'rating' column; dropping the rating task")
+        tasks = [t for t in tasks if t != "rating"]
+        if not tasks:
+            raise ValueError("the data have no ratings and rating was the only task")
+    return tasks
+
+
+def _joint_model(data: Interactions, config: PretrainConfig, tasks: Sequence[str],
+                 vocabs: Vocabularies, rating_mask: np.ndarray | None = None
+                 ) -> tuple[UnifiedModel, dict, PretrainConfig]:
+    """The joint model of ``tasks`` (``build_unified``, as ``train --task all`` builds
+    it) with its towers built; ``config`` with the next-item head's "auto" values
+    decided by ``data``."""
+    if "next_item" in tasks:
+        config = config.replace(sequential=config.sequential.for_data(
+            data, len(vocabs.item))[0])
+    model, tables = build_unified(
+        data, vocabs, config.unified(tasks),
+        next_item=config.sequential if "next_item" in tasks else None,
+        weights={t: config.weight(t) for t in tasks}, rating_mask=rating_mask)
+    for tower in (model.user_tower, model.item_tower):
         tower(tf.zeros((1,), tf.int64))
-    return Backbone(user_tower, item_tower, vocabs, side)
+    return model, tables, config
+
+
+def _backbone(model: UnifiedModel, vocabs: Vocabularies, tables: Mapping,
+              next_item: bool = True) -> Backbone:
+    return Backbone(model.user_tower, model.item_tower, vocabs,
+                    tables["side_features"] or SideFeatures(),
+                    next_item_head=model.heads.get("next_item") if next_item else None)
 
 
 def rating_range_of(table: Interactions) -> tuple[float, float] | None:
@@ -263,32 +233,6 @@ def _label_mask(table: Interactions, rating_mask: np.ndarray | None,
         return np.ones(len(table), dtype=bool)
     rng = np.random.default_rng(seed)
     return rng.random(len(table)) < float(label_fraction)
-
-
-def _with_histories(pairs: tf.data.Dataset | None, data: Interactions,
-                    vocabs: Vocabularies, config: PretrainConfig,
-                    seed: int) -> tf.data.Dataset:
-    """The training batches with next-item history rows merged in.
-
-    Pair batches (if any) set the epoch length; the history batches
-    (``length_bucketed_dataset``: one row per user, every prefix a target) are repeated
-    alongside and merged into the same dict, so one step trains every head. Their batch
-    size defaults to ``ceil(users / pair steps)``: one pass over the histories per epoch.
-    """
-    examples = next_item_examples(data, vocabs, config.sequential.max_len)
-    rows = len(examples[HISTORY])
-    if rows == 0:
-        raise ValueError("next_item pretraining needs users with two or more interactions")
-    examples = {HISTORY: examples[HISTORY], NEXT_ITEM: examples[NEXT_ITEM]}
-    if pairs is None:
-        return length_bucketed_dataset(examples, config.next_item_batch_size
-                                       or config.sequential.batch_size, seed=seed)
-    steps = int(pairs.cardinality().numpy())
-    batch = config.next_item_batch_size or math.ceil(rows / steps)
-    histories = length_bucketed_dataset(examples, batch, seed=seed).repeat()
-    merged = tf.data.Dataset.zip((pairs, histories)).map(lambda p, h: {**p, **h})
-    return merged.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(
-        tf.data.AUTOTUNE)
 
 
 def _next_item_validation(head: NextItemTask | None, data: Interactions,
@@ -359,96 +303,72 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
         config = config.replace(tasks=tuple(tasks))
     if weights is not None:
         config = config.replace(weights={**config.weights, **dict(weights)})
-    active = [t for t in config.tasks if config.weight(t) > 0]
-    if not active:
-        raise ValueError("every pretraining task is switched off (all weights are 0)")
-    if "rating" in active and data.rating is None:
-        log.warning("pretrain: no 'rating' column; dropping the rating task")
-        active = [t for t in active if t != "rating"]
-        if not active:
-            raise ValueError("the data has no ratings and rating was the only task")
-    started = time.perf_counter()
-    tf.keras.utils.set_random_seed(seed)
-    backbone = fresh_backbone(data, config, vocabs=vocabs)
-    vocabs = backbone.vocabs
-    mask = _label_mask(data, rating_mask, label_fraction, seed)
-    rating_range = rating_range_of(data)
-    global_mean = float(np.mean(data.rating[mask])) if "rating" in active and mask.any() \
-        else 0.0
+    active = _active(config, data)
+    if "next_item" in active and not distribute.is_default(strategy):
+        raise ValueError("next_item pretraining does not support tf.distribute yet")
     if "next_item" in active and data.timestamp is None:
         log.warning("pretrain: no timestamps; next_item reads each user's rows in table "
                     "order")
-    if "next_item" in active:  # "auto" max_len / loss from these histories
-        config = config.replace(sequential=config.sequential.for_data(data,
-                                                                      len(vocabs.item))[0])
-    options = {"retrieval": config.retrieval_options(), "rating": config.rating,
-               "next_item": config.sequential}
-    context = HeadContext.from_table(data, vocabs, user_dim=backbone.user_tower.dim,
-                                     global_mean=global_mean, rating_range=rating_range)
-    heads = build_heads({t: options[t] for t in PRETRAIN_TASKS if t in active}, context)
-    model = PretrainModel(backbone.user_tower, backbone.item_tower, heads,
-                          {t: config.weight(t) for t in heads})
+    started = time.perf_counter()
+    tf.keras.utils.set_random_seed(seed)
+    vocabs = vocabs or Vocabularies.build(data)
+    mask = _label_mask(data, rating_mask, label_fraction, seed) if "rating" in active \
+        else None
+    model, tables, config = _joint_model(data, config, active, vocabs, mask)
     model.compile(optimizer=optimizer(config.optimizer, config.learning_rate),
                   steps_per_execution=distribute.steps_per_execution(
                       strategy, config.steps_per_execution))
-    if not distribute.is_default(strategy) and "next_item" in heads:
-        raise ValueError("next_item pretraining does not support tf.distribute yet")
+    pairs = config.unified(active)
+    pair_tasks = [t for t in active if t in PAIR_TASKS]
 
-    def make(table: Interactions, row_mask: np.ndarray | None, shuffle: bool,
-             batch_size: int, **dist) -> tf.data.Dataset:
-        ids = vocabs.encode(table)
-        feats = {USER: tf.constant(ids[USER]), ITEM: tf.constant(ids[ITEM])}
-        if "rating" in active:
-            feats[RATING] = tf.constant(table.rating, tf.float32)
-            feats[RATING_MASK] = tf.constant(row_mask.astype(np.float32))
-        return batched_dataset(feats, batch_size, shuffle, seed, **dist)  # sized
+    def batches(**dist) -> tf.data.Dataset:
+        return joint_batches(data, vocabs, pairs, config.sequential, pair_tasks,
+                             "next_item" in active, seed, config.next_item_batch_size,
+                             rating_mask=mask, **dist)[0]
 
-    pair_tasks = [t for t in heads if t in PAIR_TASKS]
-    train_ds, steps = distribute.fit_input(strategy, lambda **kw: make(
-        data, mask, True, config.batch_size, **kw)) if pair_tasks else (None, None)
-    if "next_item" in heads:
-        train_ds = _with_histories(train_ds, data, vocabs, config, seed)
+    train_ds, steps = distribute.fit_input(strategy, batches)
     val_ds = val_steps = None
     if validation is not None and len(validation) and pair_tasks:
-        val_mask = np.ones(len(validation), bool) if validation.rating is not None else None
-        val_ds, val_steps = distribute.fit_input(strategy, lambda **kw: make(
-            validation, val_mask, False, max(config.batch_size, 4096), **kw))
+        # Pairs only: the next-item head is scored on its own (``_next_item_validation``).
+        with_rating = "rating" in active
+        val_mask = np.ones(len(validation), bool) if with_rating else None
+        val_ds, val_steps = distribute.fit_input(strategy, lambda **kw: retrieval_dataset(
+            validation, vocabs, max(config.batch_size, 4096), with_rating=with_rating,
+            rating_mask=val_mask, **kw))
     hist = fit(model, train_ds, epochs=config.epochs, validation_data=val_ds,
                steps_per_epoch=steps, validation_steps=val_steps,
                monitor="val_loss" if val_ds is not None and config.patience > 0 else None,
                patience=config.patience,
-               build_on=lambda: train_ds if distribute.is_default(strategy)
-               else make(data, mask, True, config.batch_size),
+               build_on=lambda: train_ds if distribute.is_default(strategy) else batches(),
                backup_dir=backup_dir, strategy=strategy, verbose=verbose, name="pretrain")
     history = {k: [float(x) for x in v] for k, v in hist.history.items()
                if k != "val_next_item_loss"}  # validation batches carry no histories
-    if "next_item" in heads:
-        backbone.next_item_head = heads["next_item"]
-    trained = TrainedUnified(model, vocabs, UnifiedConfig(weights={t: 1.0 for t in pair_tasks}),
-                             backbone.side_features, history, context.seen_splits,
-                             context.seen_values, context.item_probabilities, global_mean,
-                             rating_range)
+    backbone = _backbone(model, vocabs, tables)
+    trained = TrainedUnified(model, vocabs, pairs, tables["side_features"], history,
+                             tables["seen_splits"], tables["seen_values"],
+                             tables["item_probabilities"], tables["global_mean"],
+                             tables["rating_range"])
     seconds = time.perf_counter() - started
     metrics = {f"train_{k}": v[-1] for k, v in history.items() if not k.startswith("val_")}
     if validation is not None and len(validation):
         if pair_tasks:
             metrics.update({f"{held_out_name}_{k}": v for k, v in
                             trained.evaluate(validation, ks=(10,), factorized_ks=()).items()})
-        metrics.update(_next_item_validation(heads.get("next_item"), data, validation,
-                                             vocabs, held_out_name))
+        metrics.update(_next_item_validation(model.heads.get("next_item"), data,
+                                             validation, vocabs, held_out_name))
     pre = Pretrained(backbone, trained, config, metrics, None, seconds)
     if out is not None:
         manifest = {
             "data": data_spec or data.source or "<in-memory table>",
-            "rows": len(data), "tasks": list(heads),
-            "weights": {t: config.weight(t) for t in heads},
+            "rows": len(data), "tasks": list(active),
+            "weights": {t: config.weight(t) for t in active},
             "epochs": len(history.get("loss", [])),
             "label_fraction": float(mask.mean()) if mask is not None else None,
             "labels_visible": int(mask.sum()) if mask is not None else 0,
             "metrics": metrics, "history": history, "seconds": round(seconds, 2),
             "seed": seed,
-            "config": config.to_dict(), "rating_range": rating_range,
-            "global_mean": global_mean,
+            "config": config.to_dict(), "rating_range": tables["rating_range"],
+            "global_mean": tables["global_mean"],
         }
         save_backbone(backbone, out, manifest=manifest)
         pre.path = os.fspath(out)

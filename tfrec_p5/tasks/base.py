@@ -26,6 +26,8 @@ Contract of a head:
   ``item_vec = item_tower(item_id)`` (``None`` when the batch has no ``item_id``).
 * ``bind(user_tower, item_tower)`` is called once by the model; a head that must embed
   more items than ``item_id`` (a candidate list) keeps the towers it is given.
+* ``inputs``: the batch keys its loss reads. A batch without them skips the head (a
+  validation batch of pairs beside a next-item head trained on histories).
 * ``score(features, user_vec, item_vec)`` (optional) returns one score per (user, item)
   row; ``UnifiedModel.score`` and the ``rank`` serving signature use it.
 * Regularization losses (``add_loss``, activity regularizers) are collected by Keras and
@@ -42,6 +44,8 @@ from collections.abc import Mapping
 
 import tensorflow as tf
 
+from tfrec_p5.data.interactions import ITEM, USER
+
 KNOWN_USER = "user_known"
 """Batch key of the bool mask that marks training rows whose user is read as new (the
 user tower and the heads leave out the ID, the history and the bias there), so the user
@@ -56,6 +60,8 @@ class Head(tf.keras.layers.Layer):
     #: Whether ``compute_loss`` / ``score`` read ``user_vec`` (if no head does, the model
     #: never runs the user tower, so it gets no variables and no "no gradient" warnings).
     uses_user_tower: bool = True
+    #: The batch keys ``compute_loss`` reads; a batch without them skips this head.
+    inputs: tuple[str, ...] = (USER, ITEM)
 
     def bind(self, user_tower: tf.keras.layers.Layer, item_tower: tf.keras.layers.Layer) -> None:
         """Receive the shared towers; default: nothing to keep."""

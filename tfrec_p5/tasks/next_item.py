@@ -66,6 +66,7 @@ class NextItemTask(Head):
 
     task = "next_item"
     uses_user_tower = False  # a user is their history here, not an ID vector
+    inputs = (HISTORY, NEXT_ITEM)
 
     def __init__(self, max_len: int = 50, *, kind: str = "transformer", num_blocks: int = 2,
                  num_heads: int = 1, ffn_dim: int | None = None, dropout: float = 0.5,

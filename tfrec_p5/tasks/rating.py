@@ -19,11 +19,8 @@ from collections.abc import Mapping
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfrec_p5.data.interactions import ITEM, RATING, USER
+from tfrec_p5.data.interactions import ITEM, RATING, RATING_MASK, USER
 from tfrec_p5.tasks.base import KNOWN_USER, Head
-
-RATING_MASK = "rating_mask"
-"""Batch key of the 0/1 row mask: which rows' ratings the rating loss may see."""
 
 
 class RatingHead(Head):
