@@ -109,20 +109,26 @@ def _cli(args: list[str]) -> tuple[dict, list[str], float]:
     return json.loads(proc.stdout.strip().splitlines()[-1]), notes, time.time() - start
 
 
-def pretrain_finetune(name: str, spec: str, seed: int, quick: bool) -> dict:
+def pretrain_finetune(name: str, spec: str, seed: int, quick: bool,
+                      config: dict | None = None) -> dict:
     """The pretrain → finetune row: ``tfrec-p5 pretrain`` on the leave-one-out training
-    part, then ``tfrec-p5 finetune`` of that backbone once per task, each scored on the
-    test events; the row's ``seconds`` add up every command."""
+    part (``config``: its ``--config`` overrides), then ``tfrec-p5 finetune`` of that
+    backbone once per task, each scored on the test events; the row's ``seconds`` add up
+    every command."""
     tasks = PRETRAIN_TASKS[name]
     split = ["--data", spec, "--split", "leave-one-out", "--seed", str(seed)]
     epochs = ["--epochs", str(QUICK_EPOCHS)] if quick else []
     load = os.getloadavg()[0]
     row: dict = {"task": "pretrain", "seed": seed, "model": {}, "notes": [],
-                 "commands": [], "seconds_per_command": {}}
+                 "commands": [], "seconds_per_command": {}, "pretrain_config": config}
     with tempfile.TemporaryDirectory(prefix="tfrec_p5_pre_") as tmp:
         backbone = os.path.join(tmp, "backbone")
+        extra = []
+        if config:
+            extra = ["--config", os.path.join(tmp, "pretrain.json")]
+            Path(extra[1]).write_text(json.dumps(config))
         command = ["pretrain", *split, "--tasks", ",".join(tasks), "--weights",
-                   PRETRAIN_WEIGHTS, *epochs, "--out", backbone]
+                   PRETRAIN_WEIGHTS, *epochs, *extra, "--out", backbone]
         try:
             pre, notes, secs = _cli(command)
             row["pretrain_metrics"] = pre["metrics"]
@@ -158,7 +164,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         if "error" in r:
             continue
-        key = (r["dataset"], _row_name(r["task"]))
+        key = (r["dataset"], _row_name(r["task"]) + (
+            f" {json.dumps(r['pretrain_config'])}" if r.get("pretrain_config") else ""))
         groups.setdefault(key, []).append(row_metrics(r["task"], r))
         seconds.setdefault(key, []).append(r["seconds"])
         for ref, values in reference_metrics(r["task"], r).items():
@@ -193,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--tasks", nargs="+", help="only these runs (all, sequential, ...)")
     parser.add_argument("--quick", action="store_true", help="2 epochs (smoke run)")
+    parser.add_argument("--pretrain-config", type=json.loads, metavar="JSON",
+                        help="the pretrain row's PretrainConfig overrides")
     parser.add_argument("--out", default="benchmarks/results/p5_table.json")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -209,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             for kind in kinds:
                 if args.tasks and kind not in args.tasks or (name, kind, seed) in done:
                     continue
-                row = pretrain_finetune(name, spec, seed, args.quick) if kind == "pretrain" \
+                row = pretrain_finetune(name, spec, seed, args.quick, args.pretrain_config) \
+                    if kind == "pretrain" \
                     else run(kind, ["--data", spec, "--split", "leave-one-out"], seed,
                              args.quick)
                 row["dataset"] = name
