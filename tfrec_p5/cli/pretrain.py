@@ -247,9 +247,10 @@ def add_parsers(sub) -> None:
     that default to "the config's value" say so, with the value of the default config.
     """
     p = sub.add_parser("pretrain", help="pretrain shared towers on several tasks, save a "
-                       "backbone", description="Train the towers of a unified model on "
-                       "--tasks over the training part of --data and save a backbone "
-                       "(towers, vocabularies, side features, manifest.json) to --out.")
+                       "backbone", description="Train the joint model of 'train --task "
+                       "all' on --tasks over the training part of --data and save its "
+                       "backbone (towers, the next-item encoder, vocabularies, side "
+                       "features, manifest.json) to --out.")
     p.add_argument("--data", default="synthetic", metavar="SPEC", help="data spec: "
                    "synthetic, movielens:PATH, amazon:PATH, csv:PATH?..., parquet:PATH, "
                    "tfds:NAME")
