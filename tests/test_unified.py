@@ -116,3 +116,19 @@ def test_config_round_trip_and_unknown_keys():
         UnifiedConfig.from_dict({"embeding_dim": 3})
     with pytest.raises(ValueError, match="unknown task"):
         UnifiedConfig(weights={"click": 1.0})
+
+
+def test_a_head_missing_from_a_training_batch_is_an_error_and_skipped_when_held_out(split):
+    """A held-out batch may feed some heads only (pretraining's pair batches beside the
+    next-item head); a training batch that lacks a head's inputs must not train the other
+    heads alone without a word."""
+    vocabs = Vocabularies.build(split.train)
+    model, _ = build_unified(split.train, vocabs, UnifiedConfig(
+        weights={"retrieval": 1.0, "rating": 1.0}, embedding_dim=8))
+    pairs = next(iter(retrieval_dataset(split.train, vocabs, 64)))  # no "rating"
+    with pytest.raises(ValueError, match=r"lacks \['rating'\] for the rating head"):
+        model.compute_loss(pairs, training=True)
+    held_out = float(model.compute_loss(pairs, training=False))
+    retrieval_only = float(model.heads["retrieval"].compute_loss(
+        pairs, *model.tower_outputs(pairs)))
+    assert held_out == pytest.approx(retrieval_only, rel=1e-5)

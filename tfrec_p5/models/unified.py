@@ -177,8 +177,14 @@ class UnifiedModel(tfrs.Model):
         for name, weight in self.loss_weights.items():
             head = self.heads[name]
             # Decided from the batch's keys when Keras traces the step (Python at trace
-            # time only), so the compiled step is the same graph every step.
-            if not all(key in features for key in head.inputs):
+            # time only), so the compiled step is the same graph every step. A held-out
+            # batch may feed some heads only (pairs beside a next-item head); a training
+            # batch must feed them all, or a head would silently never train.
+            missing = [key for key in head.inputs if key not in features]
+            if missing and training:
+                raise ValueError(f"the training batch ({sorted(features)}) lacks "
+                                 f"{missing} for the {name} head")
+            if missing:
                 continue
             loss = head.compute_loss(features, user_vec, item_vec, training=training)
             self.head_losses[name].update_state(loss)

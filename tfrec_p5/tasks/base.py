@@ -26,8 +26,9 @@ Contract of a head:
   ``item_vec = item_tower(item_id)`` (``None`` when the batch has no ``item_id``).
 * ``bind(user_tower, item_tower)`` is called once by the model; a head that must embed
   more items than ``item_id`` (a candidate list) keeps the towers it is given.
-* ``inputs``: the batch keys its loss reads. A batch without them skips the head (a
-  validation batch of pairs beside a next-item head trained on histories).
+* ``inputs``: the batch keys its loss reads. A held-out batch without them skips the
+  head (a validation batch of pairs beside a next-item head trained on histories); a
+  training batch without them is an error.
 * ``score(features, user_vec, item_vec)`` (optional) returns one score per (user, item)
   row; ``UnifiedModel.score`` and the ``rank`` serving signature use it.
 * Regularization losses (``add_loss``, activity regularizers) are collected by Keras and
@@ -60,7 +61,8 @@ class Head(tf.keras.layers.Layer):
     #: Whether ``compute_loss`` / ``score`` read ``user_vec`` (if no head does, the model
     #: never runs the user tower, so it gets no variables and no "no gradient" warnings).
     uses_user_tower: bool = True
-    #: The batch keys ``compute_loss`` reads; a batch without them skips this head.
+    #: The batch keys ``compute_loss`` reads; a held-out batch without them skips this
+    #: head, a training batch without them is an error.
     inputs: tuple[str, ...] = (USER, ITEM)
 
     def bind(self, user_tower: tf.keras.layers.Layer, item_tower: tf.keras.layers.Layer) -> None:

@@ -49,6 +49,8 @@ class RankingHead(Head):
             raise ValueError(f"unknown listwise loss {listwise!r}; use one of "
                              f"{sorted(LISTWISE_LOSSES)} or None")
         self.listwise = listwise
+        self.inputs = (USER, ITEM, RATING) if listwise is None else \
+            (USER, CANDIDATES, CANDIDATE_LABELS)
         self.mlp = [tf.keras.layers.Dense(u, activation="relu", name=f"rank_hidden_{i}")
                     for i, u in enumerate(hidden_units)]
         self.out = tf.keras.layers.Dense(1, name="rank_out")

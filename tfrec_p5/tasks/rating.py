@@ -33,6 +33,7 @@ class RatingHead(Head):
     """
 
     task = "rating"
+    inputs = (USER, ITEM, RATING)
 
     def __init__(self, num_users: int, num_items: int, *,
                  hidden_units: tuple[int, ...] = (64, 32), dropout: float = 0.2,
