@@ -172,7 +172,7 @@ def fresh_backbone(train: Interactions, config: PretrainConfig | None = None, *,
     and side features): the "from scratch" arm of a transfer comparison."""
     config = config or PretrainConfig()
     vocabs = vocabs or Vocabularies.build(train)
-    model, tables, _ = _joint_model(train, config, _active(config, train), vocabs)
+    model, tables, _, _ = _joint_model(train, config, _active(config, train), vocabs)
     return _backbone(model, vocabs, tables, next_item=False)
 
 
@@ -191,20 +191,21 @@ def _active(config: PretrainConfig, data: Interactions) -> list[str]:
 
 def _joint_model(data: Interactions, config: PretrainConfig, tasks: Sequence[str],
                  vocabs: Vocabularies, rating_mask: np.ndarray | None = None
-                 ) -> tuple[UnifiedModel, dict, PretrainConfig]:
+                 ) -> tuple[UnifiedModel, dict, PretrainConfig, UnifiedConfig]:
     """The joint model of ``tasks`` (``build_unified``, as ``train --task all`` builds
-    it) with its towers built; ``config`` with the next-item head's "auto" values
-    decided by ``data``."""
+    it) with its towers built, its tables, ``config`` with the next-item head's "auto"
+    values decided by ``data``, and the pair heads' config."""
     if "next_item" in tasks:
         config = config.replace(sequential=config.sequential.for_data(
             data, len(vocabs.item))[0])
+    pairs = config.unified(tasks)
     model, tables = build_unified(
-        data, vocabs, config.unified(tasks),
+        data, vocabs, pairs,
         next_item=config.sequential if "next_item" in tasks else None,
         weights={t: config.weight(t) for t in tasks}, rating_mask=rating_mask)
     for tower in (model.user_tower, model.item_tower):
         tower(tf.zeros((1,), tf.int64))
-    return model, tables, config
+    return model, tables, config, pairs
 
 
 def _backbone(model: UnifiedModel, vocabs: Vocabularies, tables: Mapping,
@@ -314,11 +315,10 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
     vocabs = vocabs or Vocabularies.build(data)
     mask = _label_mask(data, rating_mask, label_fraction, seed) if "rating" in active \
         else None
-    model, tables, config = _joint_model(data, config, active, vocabs, mask)
+    model, tables, config, pairs = _joint_model(data, config, active, vocabs, mask)
     model.compile(optimizer=optimizer(config.optimizer, config.learning_rate),
                   steps_per_execution=distribute.steps_per_execution(
                       strategy, config.steps_per_execution))
-    pairs = config.unified(active)
     pair_tasks = [t for t in active if t in PAIR_TASKS]
 
     def batches(**dist) -> tf.data.Dataset:
