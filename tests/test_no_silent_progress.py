@@ -47,9 +47,11 @@ def line_starting(text: str, prefix: str) -> str:
 # ---------------------------------------------------------------------- train: split + refit
 @pytest.fixture(scope="module")
 def rating_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("progress") / "rating"
+    tmp = tmp_path_factory.mktemp("progress")
+    config = tmp / "ids_only.json"  # the lines do not depend on the model's features
+    config.write_text(json.dumps({"history_len": 0, "use_side_features": False}))
     status, stdout, stderr = run(["train", "--data", SMALL, "--epochs", "1", "--batch-size",
-                                  "256", "--out", str(out)])
+                                  "256", "--config", str(config), "--out", str(tmp / "rating")])
     assert status == 0, stderr
     return stdout
 
@@ -151,9 +153,14 @@ def test_harmless_filter_keeps_other_warnings_and_errors():
 
 # ---------------------------------------------------------------------- sequential
 def test_sequential_epoch_lines_report_per_epoch_seconds_and_the_refit(tmp_path):
+    # A small encoder (one block, short histories, IDs only): the lines are the point,
+    # and tracing the default two-block model with item features doubled the test's time.
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps({"num_blocks": 1, "max_len": 10, "embedding_dim": 16,
+                                  "use_item_features": False}))
     status, stdout, stderr = run(["train", "--task", "sequential", "--data", SEQ, "--split",
                                   "leave-one-out", "--epochs", "2", "--batch-size", "256",
-                                  "--out", str(tmp_path / "seq")])
+                                  "--config", str(config), "--out", str(tmp_path / "seq")])
     assert status == 0, stderr
     epoch_lines = [line for line in stdout.splitlines() if line.startswith("epoch=")]
     assert len(epoch_lines) == 4  # 2 search epochs, 2 refit epochs

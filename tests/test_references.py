@@ -21,6 +21,18 @@ from tfrec_p5.evaluation import served
 from tfrec_p5.evaluation.signatures import decode_strings
 
 
+# The rating model without its history and side features: these tests are about the
+# references beside it (fitted rows, the race, the export), and the full model's graph only
+# made each `train` slower to trace.
+IDS_ONLY = {"history_len": 0, "use_side_features": False}
+
+
+def _ids_only_config(tmp_path, **changes) -> str:
+    path = tmp_path / "ids_only.json"
+    path.write_text(json.dumps({**IDS_ONLY, **changes}))
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def table() -> data.Interactions:
     return data.load("synthetic?num_users=150&num_items=80&num_interactions=4000&seed=3")
@@ -90,6 +102,7 @@ def test_train_prints_references_fitted_without_the_test_rows(monkeypatch, tmp_p
 
     monkeypatch.setattr(served, "bias_baseline", spy)
     status, stdout, stderr = run(["train", "--data", SMALL, "--epochs", "2", "--json",
+                                  "--config", _ids_only_config(tmp_path),
                                   "--out", str(tmp_path / "m")])
     assert status == 0, stderr
     metrics = json.loads(stdout.strip().splitlines()[-1])
@@ -111,6 +124,7 @@ def test_train_prints_references_fitted_without_the_test_rows(monkeypatch, tmp_p
 
 def test_no_references_option(tmp_path):
     status, stdout, stderr = run(["train", "--data", SMALL, "--epochs", "1", "--json",
+                                  "--config", _ids_only_config(tmp_path),
                                   "--no-references", "--out", str(tmp_path / "m")])
     assert status == 0, stderr
     assert not [k for k in json.loads(stdout.strip().splitlines()[-1]) if "reference" in k]
@@ -130,9 +144,8 @@ def test_a_reference_that_wins_on_a_headline_metric_is_named():
 def test_the_bias_baseline_is_served_when_it_wins_on_validation(tmp_path):
     """A model that learns nothing (a learning rate of 1e-9) loses to the bias baseline on
     validation: train exports the baseline, says so, and reports the model's test row."""
-    config = tmp_path / "frozen.json"
-    config.write_text(json.dumps({"learning_rate": 1e-9}))
-    args = ["train", "--data", SMALL, "--epochs", "2", "--json", "--config", str(config)]
+    config = _ids_only_config(tmp_path, learning_rate=1e-9)
+    args = ["train", "--data", SMALL, "--epochs", "2", "--json", "--config", config]
     status, stdout, stderr = run([*args, "--out", str(tmp_path / "best")])
     assert status == 0, stderr
     metrics = json.loads(stdout.strip().splitlines()[-1])
