@@ -20,7 +20,6 @@ from tfrec_p5.cli.train import _beaten, _winner
 from tfrec_p5.evaluation import served
 from tfrec_p5.evaluation.signatures import decode_strings
 
-
 # The rating model without its history and side features: these tests are about the
 # references beside it (fitted rows, the race, the export), and the full model's graph only
 # made each `train` slower to trace.
