@@ -110,19 +110,22 @@ def _cli(args: list[str]) -> tuple[dict, list[str], float]:
 
 
 def pretrain_finetune(name: str, spec: str, seed: int, quick: bool,
-                      config: dict | None = None) -> dict:
+                      config: dict | None = None, backbone: str | None = None) -> dict:
     """The pretrain → finetune row: ``tfrec-p5 pretrain`` on the leave-one-out training
     part (``config``: its ``--config`` overrides), then ``tfrec-p5 finetune`` of that
     backbone once per task, each scored on the test events; the row's ``seconds`` add up
-    every command."""
+    every command. ``backbone``: a folder the same ``pretrain`` command wrote before
+    (same data, seed, tasks, weights and config); it is fine-tuned instead, and its
+    manifest's seconds count as the pretrain command's."""
     tasks = PRETRAIN_TASKS[name]
     split = ["--data", spec, "--split", "leave-one-out", "--seed", str(seed)]
     epochs = ["--epochs", str(QUICK_EPOCHS)] if quick else []
     load = os.getloadavg()[0]
     row: dict = {"task": "pretrain", "seed": seed, "model": {}, "notes": [],
                  "commands": [], "seconds_per_command": {}, "pretrain_config": config}
+    reused = backbone
     with tempfile.TemporaryDirectory(prefix="tfrec_p5_pre_") as tmp:
-        backbone = os.path.join(tmp, "backbone")
+        backbone = reused or os.path.join(tmp, "backbone")
         extra = []
         if config:
             extra = ["--config", os.path.join(tmp, "pretrain.json")]
@@ -130,7 +133,12 @@ def pretrain_finetune(name: str, spec: str, seed: int, quick: bool,
         command = ["pretrain", *split, "--tasks", ",".join(tasks), "--weights",
                    PRETRAIN_WEIGHTS, *epochs, *extra, "--out", backbone]
         try:
-            pre, notes, secs = _cli(command)
+            if reused:
+                manifest = json.loads((Path(reused) / "manifest.json").read_text())
+                pre, notes, secs = manifest, [f"note: backbone reused from {reused}"], \
+                    manifest["seconds"]
+            else:
+                pre, notes, secs = _cli(command)
             row["pretrain_metrics"] = pre["metrics"]
             row["commands"].append("tfrec-p5 " + " ".join(command))
             row["seconds_per_command"]["pretrain"] = round(secs, 1)
@@ -202,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 epochs (smoke run)")
     parser.add_argument("--pretrain-config", type=json.loads, metavar="JSON",
                         help="the pretrain row's PretrainConfig overrides")
+    parser.add_argument("--backbone", metavar="DIR", help="the pretrain row fine-tunes this "
+                        "backbone (written by the row's own pretrain command) instead of "
+                        "pretraining again; one dataset and seed only")
     parser.add_argument("--out", default="benchmarks/results/p5_table.json")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -218,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
             for kind in kinds:
                 if args.tasks and kind not in args.tasks or (name, kind, seed) in done:
                     continue
-                row = pretrain_finetune(name, spec, seed, args.quick, args.pretrain_config) \
+                row = pretrain_finetune(name, spec, seed, args.quick, args.pretrain_config,
+                                        args.backbone) \
                     if kind == "pretrain" \
                     else run(kind, ["--data", spec, "--split", "leave-one-out"], seed,
                              args.quick)

@@ -225,6 +225,8 @@ def test_auto_freeze_and_bias_prior(split):
     assert resolve_freeze(auto, rows) == "towers"
     assert resolve_freeze(auto.replace(auto_labels_per_user=per_user), rows) == "lower_lr"
     assert resolve_freeze(FinetuneConfig(freeze="none"), rows) == "none"
+    # next_item's labels are the events themselves: auto trains everything at any count
+    assert resolve_freeze(auto.replace(task="next_item"), rows) == "none"
     head = RatingHead(10, 5)
     _add_bias_prior(head, 3.0, 1500)                   # lambda = prior / rows
     head.user_bias(tf.constant([1, 2], tf.int64))

@@ -176,3 +176,17 @@ def test_pretrain_trains_the_joint_model_with_the_chosen_tasks(split, monkeypatc
     # Both heads trained in every step: each loss is averaged over the epoch.
     history = pre.trained.history
     assert history["retrieval_loss"][0] > 0 and history["next_item_loss"][0] > 0
+
+
+def test_pretrain_early_stops_on_the_next_item_heads_validation_ndcg(split):
+    """With ``patience`` and one validation event per user, pretraining that trains the
+    next-item head stops on that head's full-ranking ``val_ndcg@10`` (the pair loss can
+    bottom out long before the head does) and keeps the best epoch's weights."""
+    pre = pretrain(split.train, tasks=["retrieval", "next_item"],
+                   config=CONFIG.replace(epochs=4, patience=1), validation=split.validation,
+                   seed=0, verbose=0)
+    ndcg = pre.trained.history["val_ndcg@10"]
+    assert len(ndcg) == len(pre.trained.history["loss"]) >= 2
+    # the weights that end in the backbone are the best epoch's, scored again afterwards
+    assert pre.metrics["validation_next_item_ndcg@10"] == pytest.approx(max(ndcg), abs=1e-6)
+    assert max(ndcg) > 0.1  # the ring is learnable

@@ -300,7 +300,7 @@ def add_parsers(sub) -> None:
                    help="what to freeze (default: the config's, auto; towers: only the new "
                    "head trains; lower_lr: everything trains, the backbone at "
                    "--backbone-lr-scale x the LR; auto: towers with few labels per user, "
-                   "lower_lr with many)")
+                   "lower_lr with many, none for next_item)")
     p.add_argument("--backbone-lr-scale", type=float, metavar="X", help="--freeze lower_lr: "
                    "the backbone's learning rate as a multiple of the head's (default: the "
                    "config's, 0.1)")

@@ -12,7 +12,8 @@ data the new task has.
   the pretrained structure is adapted, not overwritten.
 * ``"none"``: everything trains at one learning rate (what training from scratch does).
 * ``"auto"``: ``"towers"`` below ``auto_labels_per_user`` labels per user, else
-  ``"lower_lr"`` (``resolve_freeze``), so one setting serves few and many labels.
+  ``"lower_lr"`` (``resolve_freeze``), so one setting serves few and many labels; for
+  ``task="next_item"`` (whose labels are the events themselves) ``"none"``.
 
 ``bias_prior`` gives the fresh rating head's user / item biases a ridge prior worth that
 many labels (``_add_bias_prior``): a user with two labels gets a shrunk offset, not the
@@ -236,12 +237,19 @@ def resolve_freeze(config: FinetuneConfig, data: Interactions) -> str:
     user's handful of labels could overfit moves); with plenty, the towers profit from
     adapting at a lower rate (``"lower_lr"``). On the ML-100K validation slice the switch
     lies between 25 % of the labels (~21 per user) and 100 % (~85), hence the default
-    ``auto_labels_per_user=40``.
+    ``auto_labels_per_user=40``. ``task="next_item"`` trains everything (``"none"``):
+    every event of the log is one of its labels, and on the validation events of ML-100K
+    and Amazon Beauty a frozen or slowed backbone fine-tuned worse.
 
         resolve_freeze(FinetuneConfig(freeze="auto"), labelled)   # "towers" or "lower_lr"
     """
     if config.freeze != "auto":
         return config.freeze
+    if config.task == "next_item":
+        # Every event is a next-item label, so label scarcity does not arise; on the
+        # validation events freezing lost (RESULTS.md, "pretrain -> finetune").
+        log.info("finetune: freeze auto -> none (next_item learns from every event)")
+        return "none"
     users = len(np.unique(data.user_id)) if len(data) else 1
     per_user = len(data) / max(users, 1)
     mode = "lower_lr" if per_user >= config.auto_labels_per_user else "towers"
