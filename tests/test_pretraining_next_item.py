@@ -190,3 +190,18 @@ def test_pretrain_early_stops_on_the_next_item_heads_validation_ndcg(split):
     # the weights that end in the backbone are the best epoch's, scored again afterwards
     assert pre.metrics["validation_next_item_ndcg@10"] == pytest.approx(max(ndcg), abs=1e-6)
     assert max(ndcg) > 0.1  # the ring is learnable
+
+
+def test_finetune_next_item_refits_on_the_training_and_validation_events(saved, split,
+                                                                          capsys):
+    """With a split's own validation part, ``finetune`` selects the epochs on it and then
+    refits on training + validation events, as ``train --task sequential`` does: the
+    test events follow the validation events, so a model that never trained on them
+    would predict one step behind."""
+    cfg = FinetuneConfig(epochs=2, patience=1, sequential={"batch_size": 64, **SEQ})
+    tuned = finetune(saved, split.train, task="next_item", config=cfg,
+                     validation=split.validation, seed=1, verbose=1)
+    rows = len(split.train) + len(split.validation)
+    assert f"refit: retraining on all {rows:,} training rows" in capsys.readouterr().out
+    assert any(r.get("refit") for r in tuned.history)
+    assert tuned.best_metrics["hr@10"] > 0  # the selection's validation metrics are kept

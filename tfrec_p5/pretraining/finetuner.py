@@ -303,7 +303,9 @@ def finetune(backbone: Backbone | str | os.PathLike, data: Interactions | str, *
     * ``validation=None``: ``config.validation_fraction`` of ``data`` is carved off for
       early stopping (val RMSE / val Recall@10; next_item: each user's last item, val
       NDCG@10), then (``refit``) the run repeats on all of ``data`` from the same
-      backbone for the best epoch count.
+      backbone for the best epoch count. A ``validation`` part handed in (a split's
+      own) selects the epochs the same way, and the refit trains on ``data`` +
+      ``validation``.
     * ``backup_dir``: a rerun of the same call after a kill resumes from the last
       finished epoch, or the refit without searching again (``tfrec_p5.training``).
     """
@@ -344,8 +346,13 @@ def finetune(backbone: Backbone | str | os.PathLike, data: Interactions | str, *
         tuned.seconds = time.perf_counter() - started
         return tuned, record
 
+    # The refit trains on every row the selection saw: ``data``, plus a validation part
+    # the caller handed in (a split's own, as ``train --task sequential`` refits).
+    held_out = validation is not None and len(validation) > 0 and not carved
+    refit_data = Interactions.concat(data, validation) if held_out else data
+
     def refit(record: dict, refit_dir: str | None) -> Finetuned | FinetunedSequential:
-        out = finetune(grown, data, config=config.replace(
+        out = finetune(grown, refit_data, config=config.replace(
             validation_fraction=0.0, refit=False, epochs=record["best_epochs"]),
             seed=seed, verbose=verbose, callbacks=callbacks, backup_dir=refit_dir)
         if config.task == "next_item":
@@ -355,8 +362,9 @@ def finetune(backbone: Backbone | str | os.PathLike, data: Interactions | str, *
         out.backbone, out.seconds = backbone, time.perf_counter() - started
         return out
 
-    if config.refit and carved:
-        return search_then_refit(backup_dir, search, refit, rows=len(data), verbose=verbose)
+    if config.refit and (carved or held_out):
+        return search_then_refit(backup_dir, search, refit, rows=len(refit_data),
+                                 verbose=verbose)
     return search()[0]
 
 
