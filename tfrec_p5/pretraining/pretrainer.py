@@ -243,16 +243,25 @@ def _label_mask(table: Interactions, rating_mask: np.ndarray | None,
     return rng.random(len(table)) < float(label_fraction)
 
 
+def _next_item_queries(head: NextItemTask | None, data: Interactions,
+                       validation: Interactions | None, vocabs: Vocabularies):
+    """The next-item head's ranking queries for ``validation`` when it holds one next
+    item per user (a leave-one-out split); else ``None``."""
+    if head is None or validation is None or not len(validation) or \
+            len(np.unique(validation.user_id)) != len(validation):
+        return None
+    queries = ranking_queries(data, validation, vocabs, head.max_len)
+    return queries if len(queries) else None
+
+
 def _next_item_validation(head: NextItemTask | None, data: Interactions,
                           validation: Interactions, vocabs: Vocabularies,
                           prefix: str = "validation") -> dict[str, float]:
     """Full-ranking HR/NDCG@10 of the pretrained next-item head on ``validation`` when it
     holds one next item per user (a leave-one-out split); else nothing. Keys are
     ``{prefix}_next_item_hr@10``, ...."""
-    if head is None or len(np.unique(validation.user_id)) != len(validation):
-        return {}
-    queries = ranking_queries(data, validation, vocabs, head.max_len)
-    if not len(queries):
+    queries = _next_item_queries(head, data, validation, vocabs)
+    if queries is None:
         return {}
     return {f"{prefix}_next_item_{k}": v
             for k, v in ranking_metrics(head, queries, ks=(10,)).items()}
@@ -267,11 +276,8 @@ def _next_item_validator(head: NextItemTask | None, data: Interactions,
     Why not the validation loss: on Amazon Beauty the pair validation loss was lowest
     after epoch 2 while the next-item head kept improving (validation HR@10 0.048 there,
     0.085 after 20 epochs; ``benchmarks/RESULTS.md``)."""
-    if head is None or validation is None or not len(validation) or \
-            len(np.unique(validation.user_id)) != len(validation):
-        return []
-    queries = ranking_queries(data, validation, vocabs, head.max_len)
-    if not len(queries):
+    queries = _next_item_queries(head, data, validation, vocabs)
+    if queries is None:
         return []
     return [NextItemValidation(head, queries, config.sequential.eval_batch_size)]
 
