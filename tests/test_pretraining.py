@@ -179,6 +179,8 @@ def test_freeze_modes(saved, split):
     for mode in ("towers", "embeddings", "lower_lr"):
         tuned = finetune(backbone, rows, task="rating", freeze=mode, config=cfg, verbose=0)
         changes[mode] = _change(backbone, tuned)
+        # both optimizers' slots (lower_lr) existed before fit: one trace of the step
+        assert tuned.model.train_tf_function.experimental_get_tracing_count() == 1, mode
     # fine-tuning never mutates the backbone it was given
     for side, weights in backbone.tower_weights().items():
         for a, b in zip(before[side], weights, strict=True):

@@ -169,7 +169,8 @@ def test_pretrain_trains_the_joint_model_with_the_chosen_tasks(split, monkeypatc
                    config=CONFIG.replace(epochs=1), seed=0, verbose=0)
     model = pre.trained.model
     assert type(model) is UnifiedModel and list(model.heads) == ["retrieval", "next_item"]
-    assert len(calls["build_unified"]) == 1 and len(calls["joint_batches"]) == 1
+    # one dataset to train on, one fresh copy to build the variables on
+    assert len(calls["build_unified"]) == 1 and len(calls["joint_batches"]) == 2
     assert calls["joint_batches"][0][5] is True  # the pair batches merged with histories
     assert pre.backbone.item_tower is model.item_tower
     assert pre.backbone.next_item_head is model.heads["next_item"]

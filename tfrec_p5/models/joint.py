@@ -307,7 +307,11 @@ def _fit_joint(table: Interactions, validation: Interactions | None, config: Joi
                   steps_per_epoch=int(data.cardinality().numpy()), monitor=monitor,
                   patience=seq.patience, min_epochs=seq.min_epochs, validators=validators,
                   backup_dir=backup_dir, log_dir=log_dir, max_minutes=seq.max_minutes,
-                  build_on=lambda: data, callbacks=callbacks,
+                  # As pretrain: with a backup, build on data itself (one shuffle draw).
+                  build_on=(lambda: data) if backup_dir is not None else lambda: joint_batches(
+                      table, vocabs, pairs, seq, pair_heads, "next_item" in heads, seed,
+                      history_batch)[0],
+                  callbacks=callbacks,
                   verbose=0 if report is not None else verbose, name="train_joint")
     logs = history.history
     best = best_epochs(logs, monitor, history.epoch) if monitor in logs else 0

@@ -405,6 +405,9 @@ def fit_next_item(model: UnifiedModel, vocabs: Vocabularies, train: Interactions
                   patience=config.patience, min_epochs=config.min_epochs,
                   validators=[report], backup_dir=backup_dir, log_dir=log_dir,
                   max_minutes=config.max_minutes, callbacks=callbacks, verbose=0,
+                  build_on=lambda: length_bucketed_dataset(  # its own draws, not dataset's
+                      {k: v[:config.batch_size] for k, v in examples.items()},
+                      config.batch_size, seed=seed),
                   name="train_sequential")
     records = report.records
     best = best_epochs(history.history, "val_ndcg@10", history.epoch) \

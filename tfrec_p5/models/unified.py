@@ -218,6 +218,13 @@ class UnifiedModel(tfrs.Model):
     def train_step(self, inputs):
         return self._epoch_means(self._train_step(inputs))
 
+    def build_optimizer(self) -> None:
+        """Create the optimizer's slot variables for every trainable variable now.
+
+        Why: Keras would create them in the first train step, and a ``tf.function`` that
+        creates variables is traced twice (``tfrec_p5.training.fit`` calls this)."""
+        self.optimizer.build(self.trainable_variables)
+
     def _train_step(self, inputs):
         """``tfrs.Model.train_step``; under a multi-replica strategy the regularization
         losses are divided by the replica count (each replica adds them, the optimizer

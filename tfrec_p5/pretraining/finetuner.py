@@ -106,9 +106,7 @@ class _BackboneOptimizerStep:
         if self.backbone_optimizer is None:
             self.optimizer.apply_gradients(pairs)
         else:
-            towers = [t for t in (getattr(self, "user_tower", None), self.item_tower)
-                      if t is not None]
-            tower_ids = {id(v) for t in towers for v in t.trainable_variables}
+            tower_ids = self._tower_variable_ids()
             backbone = [(g, v) for g, v in pairs if id(v) in tower_ids]
             head = [(g, v) for g, v in pairs if id(v) not in tower_ids]
             if head:
@@ -119,6 +117,21 @@ class _BackboneOptimizerStep:
         metrics.update(loss=loss, regularization_loss=regularization_loss,
                        total_loss=total_loss)
         return metrics
+
+    def _tower_variable_ids(self) -> set[int]:
+        towers = [t for t in (getattr(self, "user_tower", None), self.item_tower)
+                  if t is not None]
+        return {id(v) for t in towers for v in t.trainable_variables}
+
+    def build_optimizer(self) -> None:
+        """Each optimizer's slots for the variables it updates (see ``_train_step``)."""
+        if self.backbone_optimizer is None:
+            self.optimizer.build(self.trainable_variables)
+            return
+        tower_ids = self._tower_variable_ids()
+        self.optimizer.build([v for v in self.trainable_variables if id(v) not in tower_ids])
+        self.backbone_optimizer.build(
+            [v for v in self.trainable_variables if id(v) in tower_ids])
 
 
 class FinetuneModel(_BackboneOptimizerStep, UnifiedModel):

@@ -173,8 +173,10 @@ def fit(model: tf.keras.Model, data: Any, *, epochs: int, validation_data: Any =
 
     Args:
       model: compiled. ``build_on()``: a dataset whose first batch builds the variables
-        of a subclassed model (``build_variables``) before ``BackupAndRestore`` restores
-        into them or a parameter-server coordinator creates them (only then).
+        of a subclassed model (``build_variables``) and its optimizer's slots
+        (``model.build_optimizer()``), so that Keras traces the train step once,
+        ``BackupAndRestore`` restores into them and a parameter-server coordinator finds
+        them.
       data, validation_data, steps_per_epoch, validation_steps, epochs, verbose: as
         ``model.fit`` (``tfrec_p5.distribute.fit_input`` makes them for a strategy).
       monitor, patience, min_epochs: early stopping after ``patience`` epochs without a
@@ -209,9 +211,12 @@ def fit(model: tf.keras.Model, data: Any, *, epochs: int, validation_data: Any =
                               "'tensorboard' package: pip install tensorboard") from err
     if not distribute.is_default(strategy):
         distribute.make_losses_distributable(model)
-    if build_on is not None and (backup_dir is not None
-                                 or distribute.is_parameter_server(strategy)):
+    if build_on is not None:
+        # Also the optimizer's slots: a tf.function whose first call creates variables is
+        # traced twice, so Keras would trace the train step twice per fit.
         build_variables(model, build_on(), strategy)
+        with distribute.scope(strategy):
+            model.build_optimizer()
     before = []
     if backup_dir is not None:
         before.append(tf.keras.callbacks.BackupAndRestore(os.fspath(backup_dir)))
