@@ -99,6 +99,13 @@ chosen on three such carves); test Recall@10 0.1785 ± 0.0007 over seeds 42-44 a
 "#20 retrieval: the validation race")."""
 
 
+class _StepCache:
+    """A model's traced train step, in an object Keras does not track: checkpoints and
+    SavedModels of the model leave it out."""
+
+    fn = None
+
+
 class UnifiedModel(tfrs.Model):
     """Shared ``user_tower`` / ``item_tower`` + ``heads`` weighted by ``loss_weights``.
 
@@ -146,6 +153,7 @@ class UnifiedModel(tfrs.Model):
         # over the epoch like them, ``loss`` is their weighted sum.
         self.step_losses = {name: tf.keras.metrics.Mean(name=name)
                             for name in ("loss", "regularization_loss", "total_loss")}
+        self._step_cache = _StepCache()
 
     @staticmethod
     def _features(inputs) -> dict[str, tf.Tensor]:
@@ -215,8 +223,23 @@ class UnifiedModel(tfrs.Model):
     def test_step(self, inputs):
         return self._epoch_means(super().test_step(inputs))
 
+    def compile(self, *args, **kwargs) -> None:
+        super().compile(*args, **kwargs)
+        self._step_cache = _StepCache()  # a traced step holds the former optimizer
+
     def train_step(self, inputs):
-        return self._epoch_means(self._train_step(inputs))
+        """The step (``_train_step``) as a ``tf.function`` of its own.
+
+        Why: Keras runs ``steps_per_execution > 1`` steps as a loop that autograph traces
+        twice (once to learn what the loop returns); the second trace reuses this
+        function's graph, so tracing a step costs half. Not under a distribution
+        strategy: its gradient all-reduce cannot run inside a nested ``tf.function``."""
+        if tf.distribute.has_strategy():
+            return self._epoch_means(self._train_step(inputs))
+        if self._step_cache.fn is None:
+            self._step_cache.fn = tf.function(
+                lambda batch: self._epoch_means(self._train_step(batch)))
+        return self._step_cache.fn(inputs)
 
     def build_optimizer(self) -> None:
         """Create the optimizer's slot variables for every trainable variable now.
