@@ -219,6 +219,9 @@ def compile_rating_model(model: tf.keras.Model, config: RatingConfig) -> tf.kera
                   metrics=[tf.keras.metrics.RootMeanSquaredError(name="rmse"),
                            tf.keras.metrics.MeanAbsoluteError(name="mae")],
                   steps_per_execution=config.steps_per_execution)
+    # The optimizer's slots now rather than in Keras's first step: a tf.function whose
+    # first call creates variables is traced twice.
+    model.optimizer.build(model.trainable_variables)
     return model
 
 
