@@ -247,6 +247,8 @@ def test_training_beats_most_popular(trained):
     assert got["hr@10"] > 0.6 > ref["hr@10"] + 0.3
     assert model.best_epoch >= 1 and model.history[0]["epoch"] == 1
     assert got == pytest.approx(model.best_metrics)  # best weights restored
+    # fit(build_on=...) made the variables and the slots: one trace of the step, not two
+    assert model.model.train_tf_function.experimental_get_tracing_count() == 1
 
 
 def test_refit_adds_the_validation_items_and_keeps_the_selection_metrics():

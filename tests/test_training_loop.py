@@ -125,25 +125,3 @@ def test_auto_optimizer_is_lazy_adam_from_lazy_adam_rows():
     assert '"optimizer": "auto"' in optimizer_note("Adam", large)
     assert optimizer_note("adagrad", large) is None
 
-
-def test_the_trainers_trace_their_train_step_once_per_fit():
-    """The model's variables and the optimizer's slots exist before Keras's first step
-    (``fit(build_on=...)``, ``compile_rating_model``): a ``tf.function`` whose first call
-    creates variables is traced twice, and a trace costs more than a small data set's
-    whole epoch."""
-    from tfrec_p5.data import leave_one_out, load
-    from tfrec_p5.models.rating import RatingConfig, train_rating
-    from tfrec_p5.models.sequential import SequentialConfig, train_sequential
-    from tfrec_p5.models.unified import UnifiedConfig, train_unified
-
-    table = load("synthetic?num_users=80&num_items=50&num_interactions=1200")
-    rating = train_rating(table, None, RatingConfig(embedding_dim=8, epochs=2, refit=False),
-                          verbose=0)
-    unified = train_unified(table, None, UnifiedConfig(
-        weights={"retrieval": 1.0, "rating": 1.0}, embedding_dim=8, epochs=2,
-        history_len=0), verbose=0)
-    split = leave_one_out(table)
-    sequential = train_sequential(split.train, split.validation, SequentialConfig(
-        embedding_dim=8, max_len=5, num_blocks=1, epochs=1), verbose=0)
-    for trained in (rating, unified, sequential):  # sequential: its refit's model
-        assert trained.model.train_tf_function.experimental_get_tracing_count() == 1

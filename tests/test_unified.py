@@ -67,6 +67,8 @@ def test_joint_training_reports_each_task(split):
     assert {"rating_rmse", "retrieval_recall@10", "retrieval_factorized_top_100"} <= set(
         metrics)
     assert metrics["rating_rmse"] < 1.5
+    # fit(build_on=...) made the variables and the slots: one trace of the step, not two
+    assert out.model.train_tf_function.experimental_get_tracing_count() == 1
 
 
 @pytest.mark.parametrize("loss", ["softmax", "listmle"])
