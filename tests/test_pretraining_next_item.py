@@ -125,8 +125,9 @@ def test_backbone_round_trip_growth_and_damage(split, tmp_path):
 def test_finetune_next_item_starts_from_the_pretrained_encoder(saved, split):
     """One fine-tuning epoch from the backbone ranks far better than one from untrained
     towers of the same shape: the encoder and item tower carry what pretraining learned."""
+    # refit off: the comparison reads the selection runs' validation metrics
     cfg = FinetuneConfig(epochs=1, patience=1, freeze="towers", validation_fraction=0.0,
-                         sequential={"batch_size": 64, **SEQ})
+                         refit=False, sequential={"batch_size": 64, **SEQ})
     tuned = finetune(saved, split.train, task="next_item", config=cfg,
                      validation=split.validation, seed=1, verbose=0)
     scratch = finetune(fresh_backbone(split.train, CONFIG), split.train, task="next_item",
