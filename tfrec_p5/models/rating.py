@@ -212,7 +212,8 @@ def unknown_user_gate(config: RatingConfig, fit_table: Interactions, vocabs: Voc
 
 
 def compile_rating_model(model: tf.keras.Model, config: RatingConfig) -> tf.keras.Model:
-    """MSE loss, RMSE / MAE metrics, the configured optimizer and ``steps_per_execution``."""
+    """MSE loss, RMSE / MAE metrics, the configured optimizer (its slots built) and
+    ``steps_per_execution``."""
     model.compile(optimizer=optimizer(config.optimizer, config.learning_rate,
                                       config.weight_decay, model=model),
                   loss=tf.keras.losses.MeanSquaredError(),

@@ -377,8 +377,8 @@ def pretrain(data: Interactions | str, tasks: Sequence[str] | None = None,
                patience=config.patience, validators=validators,
                # Building on train_ds itself spends its first shuffle draw: runs that back
                # up (the CLI's) always have; the others build on a copy, keeping theirs.
-               build_on=lambda: train_ds if distribute.is_default(strategy)
-               and backup_dir is not None else batches(),
+               build_on=lambda: (train_ds if distribute.is_default(strategy)
+                                 and backup_dir is not None else batches()),
                backup_dir=backup_dir, strategy=strategy, verbose=verbose, name="pretrain")
     history = {k: [float(x) for x in v] for k, v in hist.history.items()
                if k != "val_next_item_loss"}  # validation batches carry no histories
