@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import tfrec_p5  # noqa: F401  (conftest.py imported it before TensorFlow)
 from tfrec_p5.data.pipeline import batched_dataset
-from tfrec_p5.training import fit
+from tfrec_p5.training import fit, trace_steps_once
 
 
 def _model_and_data():
@@ -125,3 +125,35 @@ def test_auto_optimizer_is_lazy_adam_from_lazy_adam_rows():
     assert '"optimizer": "auto"' in optimizer_note("Adam", large)
     assert optimizer_note("adagrad", large) is None
 
+
+
+@pytest.mark.parametrize("wrapped", [True, False])
+def test_trace_steps_once_traces_each_step_once_per_compile(monkeypatch, wrapped):
+    calls = {"train_step": 0, "test_step": 0}
+    for name in calls:
+        real = getattr(tf.keras.Model, name)
+
+        def counting(self, data, real=real, name=name):
+            calls[name] += 1
+            return real(self, data)
+
+        monkeypatch.setattr(tf.keras.Model, name, counting)
+    model, data = _model_and_data()
+    model.compile(optimizer=tf.keras.optimizers.Adam(0.05), loss="mse", steps_per_execution=4)
+    model.optimizer.build(model.trainable_variables)  # or its slots would add a trace
+    if wrapped:
+        trace_steps_once(model)
+    model.fit(data, validation_data=data, epochs=2, verbose=0)
+    # Keras' steps_per_execution loop traces its body twice; the wrapped step once
+    assert calls == ({"train_step": 1, "test_step": 1} if wrapped
+                     else {"train_step": 2, "test_step": 2})
+    if wrapped:  # a new compile (a new optimizer) traces a new step that uses it
+        model.compile(optimizer=tf.keras.optimizers.SGD(0.0), loss="mse",
+                      steps_per_execution=4)
+        model.optimizer.build(model.trainable_variables)
+        trace_steps_once(model)
+        before = model.get_weights()
+        model.fit(data, epochs=1, verbose=0)
+        assert calls["train_step"] == 2
+        for old, new in zip(before, model.get_weights(), strict=True):
+            np.testing.assert_array_equal(old, new)  # SGD at rate 0 ran, not the old Adam

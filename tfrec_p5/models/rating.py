@@ -55,6 +55,7 @@ from tfrec_p5.training import (
     refitted,
     search_record,
     search_then_refit,
+    trace_steps_once,
     train_with_refit,
 )
 from tfrec_p5.training import validation_plan as describe_plan
@@ -223,6 +224,7 @@ def compile_rating_model(model: tf.keras.Model, config: RatingConfig) -> tf.kera
     # The optimizer's slots now rather than in Keras's first step: a tf.function whose
     # first call creates variables is traced twice.
     model.optimizer.build(model.trainable_variables)
+    trace_steps_once(model)
     return model
 
 

@@ -80,6 +80,7 @@ from tfrec_p5.training import (
     optimizer,
     plural,
     search_record,
+    trace_steps_once,
     train_with_refit,
 )
 from tfrec_p5.training import validation_plan as describe_plan
@@ -97,13 +98,6 @@ on. On the ML-100K TFRS split the search picks 6-9 epochs (the fixed default, 9,
 chosen on three such carves); test Recall@10 0.1785 ± 0.0007 over seeds 42-44 against
 0.1787 ± 0.0005 for 9 epochs, at about twice the training time (``benchmarks/RESULTS.md``,
 "#20 retrieval: the validation race")."""
-
-
-class _StepCache:
-    """A model's traced train step, in an object Keras does not track: checkpoints and
-    SavedModels of the model leave it out."""
-
-    fn = None
 
 
 class UnifiedModel(tfrs.Model):
@@ -153,7 +147,6 @@ class UnifiedModel(tfrs.Model):
         # over the epoch like them, ``loss`` is their weighted sum.
         self.step_losses = {name: tf.keras.metrics.Mean(name=name)
                             for name in ("loss", "regularization_loss", "total_loss")}
-        self._step_cache = _StepCache()
 
     @staticmethod
     def _features(inputs) -> dict[str, tf.Tensor]:
@@ -225,21 +218,10 @@ class UnifiedModel(tfrs.Model):
 
     def compile(self, *args, **kwargs) -> None:
         super().compile(*args, **kwargs)
-        self._step_cache = _StepCache()  # a traced step holds the former optimizer
+        trace_steps_once(self)
 
     def train_step(self, inputs):
-        """The step (``_train_step``) as a ``tf.function`` of its own.
-
-        Why: Keras runs ``steps_per_execution > 1`` steps as a loop that autograph traces
-        twice (once to learn what the loop returns); the second trace reuses this
-        function's graph, so tracing a step costs half. Not under a distribution
-        strategy: its gradient all-reduce cannot run inside a nested ``tf.function``."""
-        if tf.distribute.has_strategy():
-            return self._epoch_means(self._train_step(inputs))
-        if self._step_cache.fn is None:
-            self._step_cache.fn = tf.function(
-                lambda batch: self._epoch_means(self._train_step(batch)))
-        return self._step_cache.fn(inputs)
+        return self._epoch_means(self._train_step(inputs))
 
     def build_optimizer(self) -> None:
         """Create the optimizer's slot variables for every trainable variable now.

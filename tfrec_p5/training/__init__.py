@@ -59,6 +59,7 @@ from tfrec_p5.training.refit import (
     train_with_refit,
     with_search_history,
 )
+from tfrec_p5.training.steps import trace_steps_once
 
 __all__ = [
     "AUTO", "LAZY_ADAM_ROWS", "LOCK_FILE", "OPTIMIZERS", "OPTIMIZER_NAMES", "RECORD_FILE",
@@ -67,5 +68,5 @@ __all__ = [
     "check_training_data", "command_line", "data_fingerprint", "embedding_rows", "fit",
     "has_progress", "load_search", "lower_is_better", "optimizer", "optimizer_note",
     "plural", "refit_backup_dir", "refit_config", "refitted", "resume_message",
-    "save_search", "search_record",
-    "search_then_refit", "train_with_refit", "validation_plan", "with_search_history"]
+    "save_search", "search_record", "search_then_refit", "trace_steps_once",
+    "train_with_refit", "validation_plan", "with_search_history"]
