@@ -6,9 +6,8 @@ import contextlib
 import io
 import json
 import os
-import subprocess
-import sys
 
+import _forked as forked
 import numpy as np
 
 from tfrec_p5 import cli
@@ -26,10 +25,10 @@ def run(argv: list[str]) -> tuple[int, str, str]:
 
 def run_tf_only(script: str, *args: str) -> dict:
     """Run ``script`` (which imports only TensorFlow) in a child process without our
-    ``PYTHONPATH``; return the JSON object its last output line prints."""
+    ``PYTHONPATH`` (forked from a TensorFlow-only server, ``_forked``); return the JSON
+    object its last output line prints."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-c", script, *map(str, args)],
-                         capture_output=True, text=True, env=env, timeout=300, check=False)
+    out = forked.run(["-c", script, *map(str, args)], kind="tensorflow", env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -12,10 +12,10 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
+import _forked as forked
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -38,7 +38,6 @@ from tfrec_p5.export import (
 )
 from tfrec_p5.export import saved_model as saved_model_lib
 
-BIN = Path(sys.executable).parent
 SMALL = {"num_users": 200, "num_items": 100, "num_interactions": 5000}
 # Unknown IDs on purpose: they must hit the OOV rows and still give a number.
 QUERY_USERS = ["u1", "u2", "u3", "nobody", "u7", "u0"]
@@ -222,9 +221,8 @@ def test_fresh_tensorflow_only_process_gives_same_predictions(exported, tmp_path
         print(json.dumps({"out": out, "leaked": leaked,
                           "legacy": __import__("os").environ.get("TF_USE_LEGACY_KERAS")}))
     """)
-    proc = subprocess.run([sys.executable, "-c", script, str(exported["path"]), str(query)],
-                          capture_output=True, text=True, env=_tf_only_env(), timeout=120,
-                          cwd=tmp_path)
+    proc = forked.run(["-c", script, str(exported["path"]), str(query)], kind="tensorflow",
+                      env=_tf_only_env(), timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["leaked"] == [] and result["legacy"] is None
@@ -236,11 +234,23 @@ def test_fresh_tensorflow_only_process_gives_same_predictions(exported, tmp_path
     np.testing.assert_allclose(in_memory, _expected(exported, users, items), atol=1e-5)
 
 
+# TensorFlow's ``saved_model_cli`` console script, verbatim, in a TensorFlow-only child.
+SAVED_MODEL_CLI = """
+import sys
+from tensorflow.python.tools.saved_model_cli import main
+sys.argv[0] = "saved_model_cli"
+sys.exit(main())
+"""
+
+
+def _saved_model_cli(*args: str) -> subprocess.CompletedProcess:
+    return forked.run(["-c", SAVED_MODEL_CLI, *args], kind="tensorflow", env=_tf_only_env(),
+                      timeout=120)
+
+
 def test_saved_model_cli_shows_and_runs_signatures(exported):
     path = str(exported["path"])
-    env = _tf_only_env()
-    show = subprocess.run([str(BIN / "saved_model_cli"), "show", "--dir", path, "--all"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    show = _saved_model_cli("show", "--dir", path, "--all")
     assert show.returncode == 0, show.stderr[-2000:]
     for name in ("predict_rating", "serving_default"):
         block = show.stdout.split(f"signature_def['{name}']:")[1].split("signature_def[")[0]
@@ -252,11 +262,9 @@ def test_saved_model_cli_shows_and_runs_signatures(exported):
         # export/boundary.py); the output is [batch].
         assert block.count("shape: unknown_rank") == 2 and block.count("shape: (-1)") == 1
 
-    run = subprocess.run(
-        [str(BIN / "saved_model_cli"), "run", "--dir", path, "--tag_set", "serve",
-         "--signature_def", "predict_rating",
-         "--input_exprs", 'user_id=["u1","nobody"];item_id=["i2","i3"]'],
-        capture_output=True, text=True, env=env, timeout=120)
+    run = _saved_model_cli("run", "--dir", path, "--tag_set", "serve", "--signature_def",
+                           "predict_rating", "--input_exprs",
+                           'user_id=["u1","nobody"];item_id=["i2","i3"]')
     assert run.returncode == 0, run.stderr[-2000:]
     tail = run.stdout.split("Result for output key rating:")[1]
     values = np.array([float(v) for v in re.findall(r"[-+]?\d+\.\d*(?:e[-+]?\d+)?", tail)])

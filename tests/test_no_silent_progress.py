@@ -18,10 +18,9 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+import _forked as forked
 import pytest
 from _cli import run
 
@@ -107,7 +106,7 @@ def test_refit_is_announced_before_its_epochs(rating_run):
 
 @pytest.fixture(scope="module")
 def all_run(tmp_path_factory):
-    """``--task all`` with a refit, in a subprocess (TensorFlow's warnings go to the
+    """``--task all`` with a refit, in a child process (TensorFlow's warnings go to the
     process's real stderr)."""
     tmp = tmp_path_factory.mktemp("all")
     config = tmp / "c.json"
@@ -115,11 +114,10 @@ def all_run(tmp_path_factory):
                                   "patience": 1}))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("TFREC_P5_DEBUG", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "tfrec_p5", "train", "--task", "all", "--data", SMALL,
-         "--epochs", "1", "--batch-size", "256", "--config", str(config),
-         "--out", str(tmp / "all")], capture_output=True, text=True, env=env, cwd=tmp,
-        timeout=600)
+    proc = forked.run(
+        ["-m", "tfrec_p5", "train", "--task", "all", "--data", SMALL, "--epochs", "1",
+         "--batch-size", "256", "--config", str(config), "--out", str(tmp / "all")],
+        env=env, cwd=tmp, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return proc
 

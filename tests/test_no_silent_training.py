@@ -26,10 +26,10 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
+import _forked as forked
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -271,9 +271,7 @@ def test_two_processes_into_one_out(tmp_path, tiny_config):
             tiny_config, "--epochs", "4", "--json", "--out", str(out)]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     log = tmp_path / "first.log"
-    with open(log, "w") as err:
-        first = subprocess.Popen([sys.executable, "-m", "tfrec_p5", *argv],
-                                 stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+    first = forked.popen(["-m", "tfrec_p5", *argv], env=env, stderr=log)
     try:
         deadline = time.monotonic() + 300
         # the lock (or, without one, the first epoch's backup) shows it is training

@@ -19,6 +19,8 @@ from tfrec_p5.models import (
 FAST = {"epochs": 12, "batch_size": 256, "patience": 3, "embedding_dim": 16,
         "hidden_units": (32,), "steps_per_execution": 4, "history_len": 16,
         "refit": False}
+# For tests of the training machinery (resume, logs): the features' graph only costs time.
+IDS_ONLY = {"history_len": 0, "use_side_features": False}
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +84,7 @@ class _Interrupt(tf.keras.callbacks.Callback):
 
 def test_backup_and_restore_resumes(split, tmp_path):
     small = split.train.take(np.arange(4000))
-    cfg = RatingConfig(**{**FAST, "epochs": 4, "patience": 0})
+    cfg = RatingConfig(**{**FAST, **IDS_ONLY, "epochs": 4, "patience": 0})
     with pytest.raises(KeyboardInterrupt):
         train_rating(small, None, cfg, verbose=0, backup_dir=tmp_path / "bk",
                      callbacks=[_Interrupt()])
@@ -93,7 +95,7 @@ def test_backup_and_restore_resumes(split, tmp_path):
 def test_tensorboard_logs(split, tmp_path):
     pytest.importorskip("tensorboard", reason="TensorBoard callback needs tensorboard")
     small = split.train.take(np.arange(2000))
-    train_rating(small, None, RatingConfig(**{**FAST, "epochs": 1}), verbose=0,
+    train_rating(small, None, RatingConfig(**{**FAST, **IDS_ONLY, "epochs": 1}), verbose=0,
                  log_dir=tmp_path / "tb")
     assert any((tmp_path / "tb").rglob("events.out.tfevents.*"))
 

@@ -1,7 +1,8 @@
 """Interrupted training resumes; the same seed gives the same numbers.
 
-All runs are real ``tfrec-p5`` processes on small synthetic data, started together (they
-are independent) to keep the wall time down:
+All runs are real ``tfrec-p5`` processes on small synthetic data (forked from a server
+that imported TensorFlow once, ``_forked``), started together (they are independent) to
+keep the wall time down:
 
 * ``train --task rating`` and ``pretrain`` are SIGKILLed mid-epoch: as soon as the
   ``BackupAndRestore`` checkpoint of epoch 1 appears, plus 50 ms (the checkpoint still says
@@ -22,11 +23,10 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+import _forked as forked
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -47,15 +47,14 @@ def _env() -> dict[str, str]:
 
 
 def _cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tfrec_p5", *args]
+    return ["-m", "tfrec_p5", *args]
 
 
-def _start(cmd: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "w"),  # noqa: SIM115
-                            text=True, env=_env())
+def _start(cmd: list[str], log: Path) -> forked.Forked:
+    return forked.popen(cmd, env=_env(), stdout=log.with_suffix(".out"), stderr=log)
 
 
-def _finish(proc: subprocess.Popen, log: Path) -> dict:
+def _finish(proc: forked.Forked, log: Path) -> dict:
     out, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, log.read_text()[-3000:]
     return json.loads(out.strip().splitlines()[-1])
@@ -69,7 +68,7 @@ def _saved_epochs(backup: Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _kill_after_first_epoch(proc: subprocess.Popen, backup: Path) -> int:
+def _kill_after_first_epoch(proc: forked.Forked, backup: Path) -> int:
     """SIGKILL ``proc`` 50 ms after its epoch-1 backup appears; return the saved epochs."""
     deadline = time.monotonic() + 600
     while _saved_epochs(backup) is None:

@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
+import _forked as forked
 import numpy as np
 import pytest
 from _sequences import cyclic_interactions  # tests/ is on sys.path
@@ -139,8 +138,8 @@ def answers(exports):
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     args = {**{k: str(v) if k in ("all", "seq") else v for k, v in exports.items()},
             "max_len": MAX_LEN}
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(SCRIPT), json.dumps(args)],
-                          capture_output=True, text=True, env=env, timeout=300, cwd="/")
+    proc = forked.run(["-c", textwrap.dedent(SCRIPT), json.dumps(args)], kind="tensorflow",
+                      env=env, timeout=300, cwd="/")
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

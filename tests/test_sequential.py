@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
+import _forked as forked
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -328,8 +327,8 @@ def test_next_items_signature(trained, tmp_path):
     """)
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"  # a plain TensorFlow user's environment
-    res = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
-                         timeout=120, env=env, cwd=tmp_path)
+    res = forked.run(["-c", script, str(path)], kind="tensorflow", timeout=120, env=env,
+                     cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     first, k, bad = json.loads(res.stdout.strip().splitlines()[-1])
     assert first == "i2" and k == 5 and bad == []

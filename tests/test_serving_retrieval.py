@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
+import _forked as forked
 import numpy as np
 import pytest
 
@@ -37,8 +36,8 @@ def exported(tmp_path_factory):
 def _run_tf_only(script: str, *args: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args],
-                          capture_output=True, text=True, env=env, timeout=120, cwd="/")
+    proc = forked.run(["-c", textwrap.dedent(script), *args], kind="tensorflow", env=env,
+                      timeout=120, cwd="/")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
