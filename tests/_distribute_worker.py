@@ -3,9 +3,8 @@
 Run as ``python tests/_distribute_worker.py MODE OUT_DIR`` with ``TF_CONFIG`` set:
 
 * ``multi_worker``: a MultiWorkerMirroredStrategy worker. Runs ``tfrec-p5 train --task
-  rating --strategy multi_worker`` first (the chief exports to ``OUT_DIR/cli``), the same
-  with ``--stream`` on a Parquet copy of the data (``OUT_DIR/stream``), then, on
-  the same strategy, trains the rating model
+  rating --strategy multi_worker --stream`` first, on a Parquet copy of the data (the
+  chief exports to ``OUT_DIR/stream``), then, on the same strategy, trains the rating model
   (``train_rating``) and the retrieval model (``train_unified``) on the shared synthetic
   data, writes its weights and metrics to ``OUT_DIR/worker<i>.npz`` / ``.json`` and exports
   both as ``tfrec-p5 train`` does (``write_dir``: the chief into ``OUT_DIR/export``, the
@@ -74,15 +73,8 @@ def _multi_worker(out_dir: str) -> None:
 
     started = time.perf_counter()
     # First, in this fresh process, the command line: `tfrec-p5 train --strategy
-    # multi_worker` (one epoch of the rating task; the chief exports to OUT_DIR/cli).
+    # multi_worker --stream` (the chief exports to OUT_DIR/stream).
     index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-    config = os.path.join(out_dir, f"cli_config{index}.json")
-    with open(config, "w", encoding="utf-8") as f:
-        f.write(rating_config().replace(epochs=1).to_json())
-    spec = "synthetic?" + "&".join(f"{k}={v}" for k, v in DATA.items())
-    cli_status = cli.main(["train", "--task", "rating", "--strategy", "multi_worker",
-                           "--data", spec, "--config", config, "--quiet",
-                           "--out", os.path.join(out_dir, "cli")])
     stream_status = cli.main(["train", "--task", "rating", "--strategy", "multi_worker",
                               "--data", f"parquet:{_parquet_log(out_dir, index)}", "--stream",
                               "--config", _stream_config(out_dir, index), "--quiet",
@@ -95,7 +87,7 @@ def _multi_worker(out_dir: str) -> None:
     arrays.update({f"retrieval_{i}": w for i, w in enumerate(weights_of(retrieval.model))})
     np.savez(os.path.join(out_dir, f"worker{index}.npz"), **arrays)
     report = {"replicas": strategy.num_replicas_in_sync, "chief": distribute.is_chief(strategy),
-              "cli_status": cli_status, "stream_status": stream_status,
+              "stream_status": stream_status,
               **metrics_of(rating, retrieval, parts)}
     # As `tfrec-p5 train` does: every worker saves, only the chief into the real folder.
     with distribute.write_dir(os.path.join(out_dir, "export"), strategy) as target:

@@ -144,23 +144,17 @@ def test_multi_worker_matches_single_process(clusters):
         assert got["retrieval"][key] == pytest.approx(want, abs=tolerance), key
 
 
-def test_multi_worker_cli_runs_on_every_worker_and_the_chief_exports(clusters):
-    assert [r["cli_status"] for r in clusters["reports"]] == [0, 0]
-    out = clusters["mw_dir"] / "cli"
+def test_multi_worker_cli_streams_a_parquet_log_and_the_chief_exports(clusters):
+    """``tfrec-p5 train --stream`` under ``multi_worker``: it runs on every worker, each
+    reads the files (no table in memory), the chief exports once, and the export's test
+    RMSE is reproduced by evaluate."""
+    assert [r["stream_status"] for r in clusters["reports"]] == [0, 0]
+    out = clusters["mw_dir"] / "stream"
     assert sorted(os.listdir(out)) == ["1"]  # no backup folder left, no second version
     loaded, _, meta = load_export(out)
     assert sorted(loaded.signatures) == ["predict_rating", "serving_default"]
     assert meta["strategy"] == "multi_worker" and meta["tasks"] == ["rating"]
-
-
-def test_multi_worker_streams_a_parquet_log(clusters):
-    """``--stream`` under ``multi_worker``: every worker reads the files (no table in
-    memory), the chief exports, and the export's test RMSE is reproduced by evaluate."""
-    assert [r["stream_status"] for r in clusters["reports"]] == [0, 0]
-    out = clusters["mw_dir"] / "stream"
-    assert sorted(os.listdir(out)) == ["1"]
-    _, _, meta = load_export(out)
-    assert meta["strategy"] == "multi_worker" and meta["stream"]["test"] == 0.2
+    assert meta["stream"]["test"] == 0.2
     status, stdout, _ = run(["evaluate", "--model", str(out), "--json"])
     assert status == 0
     assert json.loads(stdout)["test_rmse"] == pytest.approx(meta["metrics"]["test_rmse"],

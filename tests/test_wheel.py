@@ -75,7 +75,8 @@ def test_the_installed_command_trains_and_predicts(wheel_venv):
     cli = wheel_venv / "bin" / "tfrec-p5"
     out = wheel_venv.parent / "model"
     work = wheel_venv.parent
-    _run([str(cli), "train", "--task", "rating", "--data", "synthetic", "--epochs", "1",
+    _run([str(cli), "train", "--task", "rating", "--data",
+          "synthetic?num_users=200&num_items=100&num_interactions=5000", "--epochs", "1",
           "--quiet", "--out", str(out)], cwd=work, env=_env())
     proc = _run([str(cli), "predict", "--model", str(out), "--user", "u1", "--item", "i1",
                  "--json"], cwd=work, env=_env())
