@@ -21,6 +21,7 @@ import os
 import random
 import signal
 import sys
+import tempfile
 import time
 
 # isort: off
@@ -57,13 +58,20 @@ def _child(base: str, ready_fd: int, go_fd: int | None = None, pause: bytes = b"
            hold_fd: int | None = None) -> None:
     """Build a model, say so on ``ready_fd`` (and wait for a byte on ``go_fd``), export.
 
-    Progress bytes: ``s`` export starts, ``p`` SavedModel written, ``m`` metadata written,
-    ``d<version>`` done. ``pause`` (``p`` or ``m``) parks the child at that point (reading
-    ``hold_fd``, which never gets a byte) so the parent's kill lands exactly there.
+    Progress bytes: ``s`` export starts, ``t`` its temporary folder exists, ``p`` SavedModel
+    written, ``m`` metadata written, ``d<version>`` done. ``pause`` (``p`` or ``m``) parks
+    the child at that point (reading ``hold_fd``, which never gets a byte) so the parent's
+    kill lands exactly there.
     """
     try:
         model = _tiny_model()
         real_save, real_write = tf.saved_model.save, sm._write_json
+        real_mkdtemp = tempfile.mkdtemp
+
+        def mkdtemp(*args, **kwargs):  # the export's temporary folder exists
+            path = real_mkdtemp(*args, **kwargs)
+            _checkpoint(b"t")
+            return path
 
         def save(*args, **kwargs):  # SavedModel files written; checksums, metadata next
             real_save(*args, **kwargs)
@@ -80,6 +88,7 @@ def _child(base: str, ready_fd: int, go_fd: int | None = None, pause: bytes = b"
                 os.read(hold_fd, 1)  # parked here until the parent's SIGKILL
 
         tf.saved_model.save = save  # this forked process only
+        tempfile.mkdtemp = mkdtemp
         sm._write_json = write_json
         if go_fd is not None:
             os.write(ready_fd, b"r")
@@ -149,15 +158,28 @@ def _pending(r: int) -> bytes:
 MODES = ("random", "after tf.saved_model.save", "random", "metadata written, before rename")
 
 
+def _read_until(r: int, tag: bytes) -> None:
+    seen = b""
+    while tag not in seen:
+        chunk = _read(r, 1)
+        if not chunk:
+            raise RuntimeError(f"child died before {tag!r}")
+        seen += chunk
+
+
 def kill_exports(base: str, tries: int, seed: int, parallel: int = 2) -> dict:
     """SIGKILL ``tries`` exporting processes: half at a uniformly random moment of the
-    export, a quarter parked right after ``tf.saved_model.save`` returned (checksums,
-    metadata and rename still to do), a quarter parked after ``metadata.json`` was written
-    (only the rename left)."""
+    export's writing (from its temporary folder on), a quarter parked right after
+    ``tf.saved_model.save`` returned (checksums, metadata and rename still to do), a
+    quarter parked after ``metadata.json`` was written (only the rename left).
+
+    Why from the temporary folder: before it, the export traces its signatures, whose
+    share of the time varies with the machine's load, and a kill there has nothing on
+    disk to leave behind."""
     rng = random.Random(seed)
-    # One export run to the end, to learn how long an export takes on this machine.
+    # One export run to the end, to learn how long its writing takes on this machine.
     pid, r, _ = _spawn(base)
-    assert _read(r, 1) == b"s"
+    _read_until(r, b"t")
     started = time.perf_counter()
     done = b""
     while not done.endswith(b"\n") and b"d" not in done:
@@ -185,26 +207,26 @@ def kill_exports(base: str, tries: int, seed: int, parallel: int = 2) -> dict:
                 raise RuntimeError("child failed before exporting")
         if pause:
             for pid, r, _ in kids:  # wait until each child is parked at its point
-                seen = b""
-                while pause not in seen:
-                    chunk = _read(r, 1)
-                    if not chunk:
-                        raise RuntimeError(f"child died before {pause!r}")
-                    seen += chunk
+                _read_until(r, pause)
                 plan.append((0.0, pid, r))
             for _, pid, _ in plan:
                 os.kill(pid, signal.SIGKILL)
         else:
-            # A random point of the export: uniform over [0, 0.9 x the measured export].
-            t0 = time.perf_counter()
-            plan = sorted((rng.uniform(0.0, 0.9 * duration), pid, r) for pid, r, _ in kids)
-            for delay, pid, _ in plan:
-                time.sleep(max(0.0, delay - (time.perf_counter() - t0)))
+            # A random point of the writing: uniform over [0, 0.9 x the measured writing],
+            # from the moment each child's temporary folder exists.
+            deadlines = []
+            for pid, r, _ in kids:
+                _read_until(r, b"t")
+                delay = rng.uniform(0.0, 0.9 * duration)
+                deadlines.append((time.perf_counter() + delay, delay, pid, r))
+            for deadline, delay, pid, r in sorted(deadlines):
+                time.sleep(max(0.0, deadline - time.perf_counter()))
                 os.kill(pid, signal.SIGKILL)
+                plan.append((delay, pid, r))
         reaped = {}
         for delay, pid, r in plan:
             status = _reap(pid)
-            reaped[pid] = (delay, status, _pending(r).lstrip(b"pm"))
+            reaped[pid] = (delay, status, _pending(r).lstrip(b"tpm"))
             os.close(r)
         after = _state(base)
         claimed = {int(m[1:]) for _, _, m in reaped.values() if m.startswith(b"d")}

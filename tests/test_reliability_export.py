@@ -1,8 +1,8 @@
 """Exports and backbones under faults: killed writers, racing writers, broken files, paths.
 
 * 20 exporting processes are SIGKILLed (``tests/_reliability_child.py``: half at a random
-  moment of the export, a quarter right after ``tf.saved_model.save``, a quarter after
-  ``metadata.json`` with only the rename left). No all-digit (TF Serving) folder is ever
+  moment of the export's writing, a quarter right after ``tf.saved_model.save``, a quarter
+  after ``metadata.json`` with only the rename left). No all-digit (TF Serving) folder is ever
   incomplete; the leftovers are hidden temporary folders the next export removes.
 * Two processes exporting to one name at the same moment get distinct versions.
 * A truncated, tampered or partly deleted export or backbone fails ``load_export`` /
