@@ -123,7 +123,7 @@ def test_train_prints_references_fitted_without_the_test_rows(monkeypatch, tmp_p
 
 def test_no_references_option(tmp_path):
     status, stdout, stderr = run(["train", "--data", SMALL, "--epochs", "1", "--json",
-                                  "--config", _ids_only_config(tmp_path),
+                                  "--config", _ids_only_config(tmp_path, refit=False),
                                   "--no-references", "--out", str(tmp_path / "m")])
     assert status == 0, stderr
     assert not [k for k in json.loads(stdout.strip().splitlines()[-1]) if "reference" in k]
