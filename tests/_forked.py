@@ -11,6 +11,7 @@ guard) start real interpreters instead.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -38,6 +39,19 @@ def _server(kind: str) -> subprocess.Popen:
     return server
 
 
+@atexit.register
+def _stop_servers() -> None:
+    for server in _SERVERS.values():  # end of input: the server kills what still runs
+        server.stdin.close()
+        server.wait(timeout=30)
+
+
+def _temp_file() -> Path:
+    fd, path = tempfile.mkstemp()
+    os.close(fd)
+    return Path(path)
+
+
 def _ask(kind: str, request: dict) -> dict:
     server = _server(kind)
     server.stdin.write(json.dumps(request) + "\n")
@@ -55,8 +69,8 @@ class Forked:
                  cwd: str | os.PathLike | None, stdout: str | os.PathLike | None,
                  stderr: str | os.PathLike | None) -> None:
         self.kind = kind
-        self.stdout_path = Path(stdout) if stdout else Path(tempfile.mkstemp()[1])
-        self.stderr_path = Path(stderr) if stderr else Path(tempfile.mkstemp()[1])
+        self.stdout_path = Path(stdout) if stdout else _temp_file()
+        self.stderr_path = Path(stderr) if stderr else _temp_file()
         self.returncode: int | None = None
         self.pid = _ask(kind, {"op": "start", "argv": list(map(str, argv)),
                                "env": dict(os.environ if env is None else env),

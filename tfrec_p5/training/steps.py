@@ -8,7 +8,7 @@ the first one made.
 
     model.compile(optimizer="adam", loss="mse", steps_per_execution=16)
     trace_steps_once(model)        # after every compile
-    model.fit(dataset, epochs=3)   # model.train_tf_function traced once
+    model.fit(dataset, epochs=3)   # each step traced once
 """
 
 from __future__ import annotations
