@@ -11,8 +11,9 @@ working directory and standard streams, ended by a real signal when a test kills
 
 Requests on stdin, one JSON object per line; one JSON reply per line on stdout:
 
-* ``{"op": "start", "argv": ["-m", "tfrec_p5", ...] or ["-c", CODE, ...], "env": {...},
-  "cwd": DIR, "stdout": FILE, "stderr": FILE}`` → ``{"pid": PID}``
+* ``{"op": "start", "argv": ["-m", "tfrec_p5", ...], ["-c", CODE, ...] or [SCRIPT, ...],
+  "env": {...}, "cwd": DIR, "stdout": FILE, "stderr": FILE}`` → ``{"pid": PID}``
+  (``stderr`` equal to ``stdout``: one stream, as ``stderr=subprocess.STDOUT``)
 * ``{"op": "poll", "pid": PID}`` → ``{"returncode": None or as ``subprocess``'s}``
 """
 
@@ -51,14 +52,21 @@ def _child(request: dict) -> None:
             os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         for fd, path in ((1, request["stdout"]), (2, request["stderr"])):
-            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
-        flag, target, *args = request["argv"]
-        if flag == "-m":
-            sys.argv = [target, *args]
-            runpy.run_module(target, run_name="__main__", alter_sys=True)
+            if fd == 2 and path == request["stdout"]:
+                os.dup2(1, 2)
+            else:
+                os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+        argv = request["argv"]
+        if argv[0] == "-m":
+            sys.argv = argv[1:]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        elif argv[0] == "-c":
+            sys.argv = ["-c", *argv[2:]]
+            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102
         else:
-            sys.argv = ["-c", *args]
-            exec(compile(target, "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102
+            sys.argv = list(argv)
+            sys.path.insert(0, os.path.dirname(os.path.abspath(argv[0])))
+            runpy.run_path(argv[0], run_name="__main__")
         code = 0
     except SystemExit as stop:
         if stop.code is None or isinstance(stop.code, int):

@@ -107,7 +107,8 @@ class Forked:
 def popen(argv: list[str], *, kind: str = "tfrec_p5", env: dict[str, str] | None = None,
           cwd: str | os.PathLike | None = None, stdout: str | os.PathLike | None = None,
           stderr: str | os.PathLike | None = None) -> Forked:
-    """Start ``python ARGV`` (``-m MODULE ...`` or ``-c CODE ...``) as a forked child."""
+    """Start ``python ARGV`` (``-m MODULE ...``, ``-c CODE ...`` or ``SCRIPT ...``) as a
+    forked child; ``stderr`` the same file as ``stdout``: one stream for both."""
     return Forked(argv, kind=kind, env=env, cwd=cwd, stdout=stdout, stderr=stderr)
 
 

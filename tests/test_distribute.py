@@ -1,6 +1,7 @@
 """tf.distribute for real: two MultiWorkerMirrored workers and a parameter-server cluster.
 
-Both clusters run on 127.0.0.1 in subprocesses (``tests/_distribute_worker.py``), started
+Both clusters run on 127.0.0.1 in child processes (``tests/_distribute_worker.py``, forked
+from a server that imported TensorFlow but ran no op, ``_forked``), started
 together by one module fixture while this process trains the single-process reference
 with the same data, configs and global batch:
 
@@ -18,11 +19,11 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import _distribute_worker as W  # tests/ is on sys.path (pytest rootdir conftest)
+import _forked as forked
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -59,12 +60,11 @@ def _env(cluster: dict, kind: str, index: int) -> dict[str, str]:
     return env
 
 
-def _start(args: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, *args], env=env, cwd=REPO,
-                            stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
+def _start(args: list[str], env: dict, log: Path) -> forked.Forked:
+    return forked.popen(args, env=env, cwd=REPO, stdout=log, stderr=log)
 
 
-def _wait(proc: subprocess.Popen, log: Path, deadline: float) -> None:
+def _wait(proc: forked.Forked, log: Path, deadline: float) -> None:
     try:
         code = proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
