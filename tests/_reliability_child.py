@@ -193,11 +193,16 @@ def kill_exports(base: str, tries: int, seed: int, parallel: int = 2) -> dict:
     assert b"d" in done, done
     outcomes = []
     rounds = 0
-    while sum(o["killed"] for o in outcomes) < tries and rounds < 3 * tries:
+    mode = MODES[0]
+    # Until ``tries`` kills, ending on a parked round: each export removes the dead ones'
+    # temporary folders, so the leftovers are the last round's, and a parked kill leaves
+    # a complete SavedModel there (what TF Serving must ignore).
+    while (sum(o["killed"] for o in outcomes) < tries or mode.startswith("random")) \
+            and rounds < 3 * tries:
         mode = MODES[rounds % len(MODES)]
         rounds += 1
         before = _state(base)
-        n = min(parallel, tries - sum(o["killed"] for o in outcomes))
+        n = min(parallel, max(1, tries - sum(o["killed"] for o in outcomes)))
         pause = {"after tf.saved_model.save": b"p",
                  "metadata written, before rename": b"m"}.get(mode, b"")
         kids = [_spawn(base, pause=pause) for _ in range(n)]
