@@ -104,6 +104,14 @@ class Forked:
         return self.stdout_path.read_text(), self.stderr_path.read_text()
 
 
+def tf_only_env() -> dict[str, str]:
+    """A plain TensorFlow user's environment: this one without the legacy-Keras switch
+    ``tfrec_p5`` set, TensorFlow's C++ log quiet."""
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    return env
+
+
 def popen(argv: list[str], *, kind: str = "tfrec_p5", env: dict[str, str] | None = None,
           cwd: str | os.PathLike | None = None, stdout: str | os.PathLike | None = None,
           stderr: str | os.PathLike | None = None) -> Forked:

@@ -44,13 +44,6 @@ QUERY_USERS = ["u1", "u2", "u3", "nobody", "u7", "u0"]
 QUERY_ITEMS = ["i2", "i5", "never-seen", "i1", "i9", "i3"]
 
 
-def _tf_only_env() -> dict[str, str]:
-    """The environment of a plain TensorFlow user: no legacy-Keras switch."""
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return env
-
-
 def _tiny_model(vocabs: Vocabularies, bias: float = 3.5) -> tf.keras.Model:
     """A stand-in rating model on vocabulary indices: dot of embeddings + bias, [B, 1]."""
     user = tf.keras.Input((), dtype=tf.int64, name="user_id")
@@ -222,7 +215,7 @@ def test_fresh_tensorflow_only_process_gives_same_predictions(exported, tmp_path
                           "legacy": __import__("os").environ.get("TF_USE_LEGACY_KERAS")}))
     """)
     proc = forked.run(["-c", script, str(exported["path"]), str(query)], kind="tensorflow",
-                      env=_tf_only_env(), timeout=120, cwd=tmp_path)
+                      env=forked.tf_only_env(), timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["leaked"] == [] and result["legacy"] is None
@@ -244,7 +237,7 @@ sys.exit(main())
 
 
 def _saved_model_cli(*args: str) -> subprocess.CompletedProcess:
-    return forked.run(["-c", SAVED_MODEL_CLI, *args], kind="tensorflow", env=_tf_only_env(),
+    return forked.run(["-c", SAVED_MODEL_CLI, *args], kind="tensorflow", env=forked.tf_only_env(),
                       timeout=120)
 
 

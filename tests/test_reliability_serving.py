@@ -22,7 +22,6 @@ by value:
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 
 import _forked as forked
@@ -134,8 +133,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def answers(exports):
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env = forked.tf_only_env()
     args = {**{k: str(v) if k in ("all", "seq") else v for k, v in exports.items()},
             "max_len": MAX_LEN}
     proc = forked.run(["-c", textwrap.dedent(SCRIPT), json.dumps(args)], kind="tensorflow",

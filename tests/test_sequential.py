@@ -7,7 +7,6 @@ Small hand-made data throughout: in ``_cyclic`` every user walks a ring of items
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 
 import _forked as forked
@@ -325,10 +324,8 @@ def test_next_items_signature(trained, tmp_path):
         print(json.dumps([out["item_ids"].numpy()[0, 0].decode(), out["item_ids"].shape[1],
                           bad]))
     """)
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"  # a plain TensorFlow user's environment
-    res = forked.run(["-c", script, str(path)], kind="tensorflow", timeout=120, env=env,
-                     cwd=tmp_path)
+    res = forked.run(["-c", script, str(path)], kind="tensorflow", timeout=120,
+                     env=forked.tf_only_env(), cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     first, k, bad = json.loads(res.stdout.strip().splitlines()[-1])
     assert first == "i2" and k == 5 and bad == []

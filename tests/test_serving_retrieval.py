@@ -4,7 +4,6 @@ CLI ``train --task all`` → ``recommend`` round trip."""
 from __future__ import annotations
 
 import json
-import os
 import textwrap
 
 import _forked as forked
@@ -34,10 +33,8 @@ def exported(tmp_path_factory):
 
 
 def _run_tf_only(script: str, *args: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    proc = forked.run(["-c", textwrap.dedent(script), *args], kind="tensorflow", env=env,
-                      timeout=120, cwd="/")
+    proc = forked.run(["-c", textwrap.dedent(script), *args], kind="tensorflow",
+                      env=forked.tf_only_env(), timeout=120, cwd="/")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
