@@ -466,7 +466,7 @@ def evaluate_rating_stream(model: tf.keras.Model, log: ParquetLog, scan: LogScan
     """RMSE and MAE of ``model`` on the streamed rows of ``parts`` (default: the test
     part of ``scan``'s split), summed batch by batch (``RatingErrors``)."""
     errors = RatingErrors()
-    predict = tf.function(lambda x: model(x, training=False))
+    predict = tf.function(lambda x: model(x, training=False), autograph=False)
     for features, ratings in log.dataset(scan, parts, batch_size):
         errors.add(predict(features).numpy(), ratings.numpy())
     return errors.result()

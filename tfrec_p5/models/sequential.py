@@ -269,7 +269,7 @@ def rank_batch_fn(head: NextItemTask):
     ``rank = 1 + #{non-excluded j != t : s_j >= s_t}``), the in-graph twin of
     ``evaluation.ranks_of_targets`` for per-epoch validation."""
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)
     def ranks(history, target, exclude):
         scores = head.score_history(history)
         n = tf.shape(scores)[1]

@@ -42,6 +42,16 @@ from tfrec_p5.tasks.squared import SquaredRetrieval
 RETRIEVAL_LOSSES = ("softmax", "squared")
 
 
+class _Retrieval(tfrs.tasks.Retrieval):
+    """``tfrs.tasks.Retrieval``, its ``call`` converted by autograph ahead of time.
+
+    Why: training steps are traced without autograph (``training.trace_steps_once``), and
+    TFRS's ``call`` asks ``len(tf.shape(x))``, which only autograph answers in a graph.
+    """
+
+    call = tf.autograph.to_graph(tfrs.tasks.Retrieval.call)
+
+
 def item_frequencies(train: Interactions, vocabs: Vocabularies) -> np.ndarray:
     """Share of training interactions per item index (``[len(vocabs.item)]``, sums to 1).
 
@@ -214,7 +224,7 @@ class RetrievalHead(Head):
         self.item_bias = tf.keras.layers.Embedding(
             self.num_items, 1, embeddings_initializer="zeros", name="retrieval_item_bias") \
             if self.use_item_bias else None
-        self.retrieval = tfrs.tasks.Retrieval(
+        self.retrieval = _Retrieval(
             metrics=metrics, temperature=temperature, num_hard_negatives=num_hard_negatives,
             remove_accidental_hits=remove_accidental_hits)
         self._item_tower = None
