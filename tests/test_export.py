@@ -108,6 +108,20 @@ def test_export_writes_version_1_with_metadata_and_no_leftovers(exported):
     assert metrics == {"test_rmse": 1.25}
 
 
+def test_export_holds_the_signatures_not_keras_layer_traces(exported):
+    """The SavedModel carries our signatures' graphs only: Keras's per-layer call traces
+    (``call_and_return_conditional_losses``, its ``_default_save_signature``) are left
+    out, as ``model.save(..., save_traces=False)`` does."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((exported["path"] / "saved_model.pb").read_bytes())
+    names = [f.signature.name for f in proto.meta_graphs[0].graph_def.library.function]
+    assert names and not [n for n in names if "conditional_losses" in n
+                          or "default_save_signature" in n]
+    assert "predict_rating" in proto.meta_graphs[0].signature_def
+
+
 def test_next_export_gets_next_version_and_never_touches_existing(exported, tmp_path):
     base = tmp_path / "m"
     model = _tiny_model(exported["trained"].vocabs)

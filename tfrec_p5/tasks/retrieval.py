@@ -28,6 +28,7 @@ default of ``UnifiedConfig`` since it was the best model on ML-100K validation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,13 +44,24 @@ RETRIEVAL_LOSSES = ("softmax", "squared")
 
 
 class _Retrieval(tfrs.tasks.Retrieval):
-    """``tfrs.tasks.Retrieval``, its ``call`` converted by autograph ahead of time.
+    """``tfrs.tasks.Retrieval``, its ``call`` converted by autograph on first use.
 
     Why: training steps are traced without autograph (``training.trace_steps_once``), and
     TFRS's ``call`` asks ``len(tf.shape(x))``, which only autograph answers in a graph.
     """
 
-    call = tf.autograph.to_graph(tfrs.tasks.Retrieval.call)
+    def call(self, query_embeddings, candidate_embeddings, sample_weight=None,
+             candidate_sampling_probability=None, candidate_ids=None, compute_metrics=True,
+             compute_batch_metrics=True, score_mask=None):
+        return _converted_retrieval_call()(
+            self, query_embeddings, candidate_embeddings, sample_weight,
+            candidate_sampling_probability, candidate_ids, compute_metrics,
+            compute_batch_metrics, score_mask)
+
+
+@functools.cache
+def _converted_retrieval_call():
+    return tf.autograph.to_graph(tfrs.tasks.Retrieval.call)
 
 
 def item_frequencies(train: Interactions, vocabs: Vocabularies) -> np.ndarray:
@@ -225,8 +237,8 @@ class RetrievalHead(Head):
             self.num_items, 1, embeddings_initializer="zeros", name="retrieval_item_bias") \
             if self.use_item_bias else None
         self.retrieval = _Retrieval(
-            metrics=metrics, temperature=temperature, num_hard_negatives=num_hard_negatives,
-            remove_accidental_hits=remove_accidental_hits)
+            name="retrieval", metrics=metrics, temperature=temperature,
+            num_hard_negatives=num_hard_negatives, remove_accidental_hits=remove_accidental_hits)
         self._item_tower = None
 
     def bind(self, user_tower, item_tower) -> None:
