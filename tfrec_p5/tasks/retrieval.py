@@ -61,7 +61,7 @@ class _Retrieval(tfrs.tasks.Retrieval):
 
 @functools.cache
 def _converted_retrieval_call():
-    return tf.autograph.to_graph(tfrs.tasks.Retrieval.call)
+    return tf.autograph.to_graph(tfrs.tasks.Retrieval.call, recursive=False)
 
 
 def item_frequencies(train: Interactions, vocabs: Vocabularies) -> np.ndarray:
