@@ -38,7 +38,6 @@ RATING = "rating"
 TIMESTAMP = "timestamp"
 RATING_MASK = "rating_mask"
 """Batch key of the 0/1 row mask: which rows' ratings the rating loss may see."""
-CORE_COLUMNS = (USER, ITEM, RATING, TIMESTAMP)
 FEATURE_KINDS = ("categorical", "multi_categorical", "text", "numeric")
 
 

@@ -47,7 +47,6 @@ from tfrec_p5.data.vocabulary import Vocabulary
 
 _PUNCT = re.compile(r"[^\w\s]")
 DEFAULT_MAX_TOKENS = 16
-INT_KINDS = ("categorical", "multi_categorical", "text")
 HISTORY_FEATURES = ("rated_items", "rated_by")  # derived from IDs only (with_histories)
 
 
