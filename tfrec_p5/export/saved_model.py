@@ -442,7 +442,7 @@ def export(model: ServingModule | tf.keras.Model, base_dir: str | os.PathLike, *
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)
         # Signatures only: Keras would also trace and store every layer's call function
-        # (a Keras reload path nobody takes here), about half of a small export's time.
+        # (a Keras reload path nobody takes here): about half of a small export's time.
         # The scope is what tf-keras's own model.save(save_traces=False) enters; it has no
         # public name (same module in tf-keras 2.20 and 2.21).
         with keras_option_scope(save_traces=False):

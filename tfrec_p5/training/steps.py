@@ -6,8 +6,8 @@ autograph traces the loop body twice (once to learn what the loop returns). The 
 most of the graph, so tracing, the largest cost of a short ``fit``, nearly doubled. Here
 each step is a ``tf.function`` of its own: the second trace of the loop calls the graph
 the first one made. The step is traced with ``autograph=False``: autograph rewrites the
-source of every function and layer a step calls (about 4.5 s of a 15 s ``train --task
-all`` on 5,000 rows), and the steps here branch on Python values only, never on tensors.
+source of every function and layer a step calls (29 of the 40 conversions in a short
+``train --task all``), and the steps here branch on Python values only, never on tensors.
 
     model.compile(optimizer="adam", loss="mse", steps_per_execution=16)
     trace_steps_once(model)        # after every compile
