@@ -31,8 +31,12 @@ from tfrec_p5.models.sequential import query_ranks, ranking_queries
 
 BEAUTY = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "amazon",
                       "Beauty.txt")
-#: variant -> ``JointConfig`` fields over the defaults (``pairs`` merged over
-#: ``JOINT_PAIRS``); "base" is the joint model before session 14
+#: The next-item schedule of the joint model before session 20 (``JOINT_SEQUENTIAL`` now
+#: averages the weights and sets dropout 0.3): every variant starts from it.
+SESSION_14 = {"ema_momentum": None, "dropout": 0.2}
+#: variant -> ``JointConfig`` fields over the session-14 joint model (``pairs`` merged over
+#: ``JOINT_PAIRS``, ``sequential`` over ``SESSION_14``): "leave_target_out" is that model,
+#: "base" the one before it, "ema_0.999_dropout_0.3" today's default.
 VARIANTS = {
     "base": {"pairs": {"leave_target_out": False}},
     "leave_target_out": {},
@@ -40,6 +44,22 @@ VARIANTS = {
     "retrieval_x0.5": {"weights": {"retrieval": 0.5, "next_item": 1.0}},
     "temperature_0.1": {"pairs": {"temperature": 0.1}},
     "temperature_1": {"pairs": {"temperature": 1.0}},
+    "dim_128": {"pairs": {"embedding_dim": 128}, "sequential": {"embedding_dim": 128}},
+    "heads_2": {"sequential": {"num_heads": 2}},
+    "ffn_256": {"sequential": {"ffn_dim": 256}},
+    "blocks_1": {"sequential": {"num_blocks": 1}},
+    "blocks_3": {"sequential": {"num_blocks": 3}},
+    "dropout_0.1": {"sequential": {"dropout": 0.1}},
+    "dropout_0.3": {"sequential": {"dropout": 0.3}},
+    "weight_decay_0.1": {"sequential": {"weight_decay": 0.1}},
+    "ema_0.99": {"sequential": {"ema_momentum": 0.99}},
+    "ema_0.999": {"sequential": {"ema_momentum": 0.999}},
+    "ema_0.999_blocks_1": {"sequential": {"ema_momentum": 0.999, "num_blocks": 1}},
+    "ema_0.999_dropout_0.3": {"sequential": {"ema_momentum": 0.999, "dropout": 0.3}},
+    "ema_0.999_blocks_1_dropout_0.3": {"sequential": {"ema_momentum": 0.999,
+                                                      "num_blocks": 1, "dropout": 0.3}},
+    "ema_0.999_dropout_0.3_ffn_256": {"sequential": {"ema_momentum": 0.999, "dropout": 0.3,
+                                                     "ffn_dim": 256}},
 }
 
 
@@ -53,6 +73,7 @@ def run(part: str, variant: str, seed: int, epochs: int, history_batch: int) -> 
     items = load_catalog(spec).items
     change = VARIANTS[variant]
     config = joint.JointConfig(pairs={**joint.JOINT_PAIRS, **change.get("pairs", {})},
+                               sequential={**SESSION_14, **change.get("sequential", {})},
                                **({"weights": change["weights"]} if "weights" in change
                                   else {}))
     sequential, _ = config.sequential.for_data(

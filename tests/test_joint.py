@@ -51,6 +51,43 @@ def test_config_refuses_what_the_joint_model_does_not_read():
         JointConfig.from_dict({"pairs": {"no_such_field": 1}})
 
 
+def test_the_joint_schedule_ends_on_the_weights_moving_average(monkeypatch):
+    # The joint default averages the weights (JOINT_SEQUENTIAL); a --config's "sequential"
+    # merges over it, and the loop is asked for exactly that average.
+    from tfrec_p5.models import joint as joint_module
+    from tfrec_p5.pretraining.finetuner import FinetuneConfig
+    from tfrec_p5.pretraining.pretrainer import PretrainConfig
+
+    assert (JointConfig().sequential.ema_momentum, JointConfig().sequential.dropout) \
+        == (0.999, 0.3)
+    assert JointConfig(sequential={"max_len": 20}).sequential.ema_momentum == 0.999
+    assert JointConfig(sequential={"ema_momentum": None}).sequential.ema_momentum is None
+    assert SequentialConfig().ema_momentum is None  # the next-item specialist's default
+    with pytest.raises(ValueError, match="ema_momentum"):
+        SequentialConfig(ema_momentum=1.0)
+    for owner in (PretrainConfig, FinetuneConfig):  # their own schedules train the head
+        with pytest.raises(ValueError, match="sequential.ema_momentum does nothing"):
+            owner(sequential={"ema_momentum": 0.99})
+
+    class Stop(Exception):
+        pass
+
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["ema_momentum"])
+        raise Stop
+    monkeypatch.setattr(joint_module, "fit", spy)
+    table = data.load(SPEC)
+    for momentum in (0.99, None):
+        config = JointConfig(weights={"retrieval": 1.0, "next_item": 1.0},
+                             pairs=UnifiedConfig(embedding_dim=16, batch_size=256),
+                             sequential={**FAST, "ema_momentum": momentum})
+        with pytest.raises(Stop):
+            train_joint(table, config, seed=0)
+    assert asked == [0.99, None]
+
+
 def test_validation_is_each_users_last_training_event():
     table = data.load(SPEC)
     fit_rows, validation = data.hold_out_last(table)

@@ -47,6 +47,28 @@ def trained():
     return split, train_sequential(split.train, split.validation, config, seed=1)
 
 
+def test_ema_momentum_reaches_the_training_loop(monkeypatch):
+    # An option the trainer dropped would train the last iterate under a config that says
+    # otherwise; the loop (training.loop.fit, tested with WeightAverage) must be asked.
+    from tfrec_p5.models import sequential as sequential_module
+
+    class Stop(Exception):
+        pass
+
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs["ema_momentum"])
+        raise Stop
+    monkeypatch.setattr(sequential_module, "fit", spy)
+    split = data.leave_one_out(_cyclic())
+    for momentum in (0.9, None):
+        with pytest.raises(Stop):
+            train_sequential(split.train, split.validation,
+                             SequentialConfig(epochs=1, ema_momentum=momentum, **SMALL))
+    assert asked == [0.9, None]
+
+
 # ---------------------------------------------------------------------- encoder
 @pytest.mark.parametrize("kind", ["transformer", "gru"])
 def test_encoder_is_causal(kind):

@@ -90,6 +90,8 @@ class SequentialConfig(Config):
     num_negatives: int = 1000         # for loss="sampled"
     learning_rate: float = 2e-3
     weight_decay: float = 0.0         # AdamW when > 0
+    ema_momentum: float | None = None  # validate, stop and end on the weights' moving
+                                       # average (training.averaging; None: last iterate)
     batch_size: int = 256
     epochs: int = 200                 # upper bound; early stopping ends sooner
     patience: int = 5                 # epochs without validation NDCG@10 gain
@@ -104,6 +106,9 @@ class SequentialConfig(Config):
         if isinstance(self.max_len, str) and self.max_len != AUTO:
             raise ValueError(f"SequentialConfig.max_len must be a length or 'auto', got "
                              f"{self.max_len!r}")
+        if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
+            raise ValueError(f"SequentialConfig.ema_momentum must be in (0, 1) or None, got "
+                             f"{self.ema_momentum!r}")
         if self.loss not in (*LOSSES, AUTO):
             raise ValueError(f"SequentialConfig.loss must be one of {[*LOSSES, AUTO]}, got "
                              f"{self.loss!r}")
@@ -404,7 +409,8 @@ def fit_next_item(model: UnifiedModel, vocabs: Vocabularies, train: Interactions
                   monitor="val_ndcg@10" if queries is not None and len(queries) else None,
                   patience=config.patience, min_epochs=config.min_epochs,
                   validators=[report], backup_dir=backup_dir, log_dir=log_dir,
-                  max_minutes=config.max_minutes, callbacks=callbacks, verbose=0,
+                  max_minutes=config.max_minutes, ema_momentum=config.ema_momentum,
+                  callbacks=callbacks, verbose=0,
                   build_on=lambda: length_bucketed_dataset(  # its own draws, not dataset's
                       {k: v[:config.batch_size] for k, v in examples.items()},
                       config.batch_size, seed=seed),

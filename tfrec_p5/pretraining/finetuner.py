@@ -195,6 +195,9 @@ class FinetuneConfig(Config):
                              f"{list(FREEZE_MODES)}")
         if self.optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
+        if self.sequential.ema_momentum is not None:
+            raise ValueError("FinetuneConfig.sequential.ema_momentum does nothing: the next-item "
+                             "head trains on this config's own schedule")
         super().__post_init__()
 
 

@@ -138,6 +138,9 @@ class PretrainConfig(Config):
             raise ValueError("pretraining needs at least one task")
         if self.optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
+        if self.sequential.ema_momentum is not None:
+            raise ValueError("PretrainConfig.sequential.ema_momentum does nothing: the next-item "
+                             "head trains on this config's own schedule")
         super().__post_init__()
 
     def weight(self, task: str) -> float:
