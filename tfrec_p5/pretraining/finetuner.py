@@ -168,7 +168,8 @@ class FinetuneConfig(Config):
     bias_prior: float = 3.0
     rating: RatingConfig = field(default_factory=lambda: RatingConfig(use_dot=False))
     # task="next_item": the head's shape when the backbone has no pretrained encoder,
-    # and batch_size (histories per step), min_epochs, max_minutes, eval_batch_size
+    # and batch_size (histories per step), min_epochs, max_minutes, eval_batch_size,
+    # ema_momentum
     sequential: SequentialConfig = field(default_factory=SequentialConfig)
     temperature: float | None = 0.2
     log_q: bool = True
@@ -195,9 +196,6 @@ class FinetuneConfig(Config):
                              f"{list(FREEZE_MODES)}")
         if self.optimizer.lower() not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {self.optimizer!r}")
-        if self.sequential.ema_momentum is not None:
-            raise ValueError("FinetuneConfig.sequential.ema_momentum does nothing: the next-item "
-                             "head trains on this config's own schedule")
         super().__post_init__()
 
 
