@@ -13,6 +13,7 @@ import _forked as forked
 import numpy as np
 import pytest
 import tensorflow as tf
+from _loop_spy import FitCalled, fit_calls
 from _sequences import cyclic_interactions  # tests/ is on sys.path
 
 from tfrec_p5 import data
@@ -52,21 +53,13 @@ def test_ema_momentum_reaches_the_training_loop(monkeypatch):
     # otherwise; the loop (training.loop.fit, tested with WeightAverage) must be asked.
     from tfrec_p5.models import sequential as sequential_module
 
-    class Stop(Exception):
-        pass
-
-    asked = []
-
-    def spy(*args, **kwargs):
-        asked.append(kwargs["ema_momentum"])
-        raise Stop
-    monkeypatch.setattr(sequential_module, "fit", spy)
+    asked = fit_calls(monkeypatch, sequential_module)
     split = data.leave_one_out(_cyclic())
     for momentum in (0.9, None):
-        with pytest.raises(Stop):
+        with pytest.raises(FitCalled):
             train_sequential(split.train, split.validation,
                              SequentialConfig(epochs=1, ema_momentum=momentum, **SMALL))
-    assert asked == [0.9, None]
+    assert [a["ema_momentum"] for a in asked] == [0.9, None]
 
 
 # ---------------------------------------------------------------------- encoder
