@@ -64,8 +64,9 @@ def test_the_joint_schedule_ends_on_the_weights_moving_average(monkeypatch):
     assert JointConfig(sequential={"max_len": 20}).sequential.ema_momentum == 0.999
     assert JointConfig(sequential={"ema_momentum": None}).sequential.ema_momentum is None
     assert SequentialConfig().ema_momentum is None  # the next-item specialist's default
-    with pytest.raises(ValueError, match="ema_momentum"):
-        SequentialConfig(ema_momentum=1.0)
+    for momentum in (0.0, 1.0):  # a share strictly between 0 and 1
+        with pytest.raises(ValueError, match="SequentialConfig.ema_momentum"):
+            SequentialConfig(ema_momentum=momentum)
     with pytest.raises(ValueError, match="sequential.ema_momentum does nothing"):
         PretrainConfig(sequential={"ema_momentum": 0.99})  # its own schedule trains the head
     # a next-item fine-tune trains through fit_next_item, as train_sequential does

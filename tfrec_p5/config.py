@@ -58,14 +58,14 @@ POSITIVE = frozenset({
     "next_item_batch_size", "epochs", "min_epochs", "steps_per_execution", "learning_rate",
     "max_len", "num_blocks", "num_heads", "num_negatives", "num_hard_negatives", "top_k",
     "list_size", "lists_per_user", "min_count", "max_minutes", "temperature",
-    "text_min_count",
+    "text_min_count", "ema_momentum",
 })
 #: Fields that must be >= 0 (a mapping's every value, likewise).
 NON_NEGATIVE = frozenset({
     "dropout", "history_dropout", "weight_decay", "l2", "bias_l2", "retrieval_l2",
     "patience", "history_len", "unobserved_weight", "popularity_weight",
     "validation_fraction", "backbone_lr_scale", "auto_labels_per_user", "bias_prior",
-    "ema_momentum", "weights", "item_id_dropout", "user_id_dropout",
+    "weights", "item_id_dropout", "user_id_dropout",
 })
 #: Shares that must be < 1.
 BELOW_ONE = frozenset({"dropout", "history_dropout", "validation_fraction", "ema_momentum",

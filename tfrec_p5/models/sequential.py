@@ -106,9 +106,6 @@ class SequentialConfig(Config):
         if isinstance(self.max_len, str) and self.max_len != AUTO:
             raise ValueError(f"SequentialConfig.max_len must be a length or 'auto', got "
                              f"{self.max_len!r}")
-        if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
-            raise ValueError(f"SequentialConfig.ema_momentum must be in (0, 1) or None, got "
-                             f"{self.ema_momentum!r}")
         if self.loss not in (*LOSSES, AUTO):
             raise ValueError(f"SequentialConfig.loss must be one of {[*LOSSES, AUTO]}, got "
                              f"{self.loss!r}")

@@ -352,9 +352,6 @@ class UnifiedConfig(Config):
         if self.retrieval_loss not in RETRIEVAL_LOSSES:
             raise ValueError(f"retrieval_loss {self.retrieval_loss!r}; expected one of "
                              f"{RETRIEVAL_LOSSES}")
-        if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
-            raise ValueError(f"ema_momentum must be in (0, 1) or None, got "
-                             f"{self.ema_momentum}")
         super().__post_init__()
         if self.cold_user_tower and self.use_user_tower:
             raise ValueError("use_user_tower adds the user tower to every retrieval query, "
