@@ -30,6 +30,9 @@ def test_defaults_are_valid_and_round_trip(cls):
     (RatingConfig, {"use_biases": "yes"}, "use_biases must be true or false"),
     (RatingConfig, {"dropout": 1.0}, "dropout must be below 1"),
     (RatingConfig, {"hidden_units": [64, 0]}, "hidden_units must be >= 1"),
+    # An integer 0 given to a float field: the bound named is the field's, not the value's.
+    (RatingConfig, {"learning_rate": 0}, "RatingConfig.learning_rate must be > 0, got 0"),
+    (SequentialConfig, {"ema_momentum": 0}, "ema_momentum must be > 0, got 0"),
     (UnifiedConfig, {"weights": {"rating": -1}}, "weights must be >= 0"),
     (UnifiedConfig, {"rating": {"batch_size": 0}}, "RatingConfig.batch_size must be >= 1"),
     (SequentialConfig, {"max_len": 0}, "max_len must be >= 1"),

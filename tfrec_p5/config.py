@@ -124,6 +124,12 @@ def _check_type(owner: str, name: str, value: Any, kind: Any) -> None:
         raise ValueError(f"{owner}.{name} must be finite, got {value!r}")
 
 
+def _admits_float(kind: Any) -> bool:
+    """Whether annotation ``kind`` takes a float anywhere (``float``, ``float | None``,
+    ``tuple[float, ...]``): such a field's lower bound reads "> 0", an integer's ">= 1"."""
+    return kind is float or kind is Any or any(_admits_float(k) for k in typing.get_args(kind))
+
+
 def _numbers(value: Any) -> list[float]:
     if isinstance(value, Mapping):
         value = list(value.values())
@@ -166,7 +172,7 @@ class Config:
             _check_type(owner, f.name, value, hints.get(f.name, Any))
             for number in _numbers(value):
                 if f.name in POSITIVE and number <= 0:
-                    bound = ">= 1" if isinstance(number, int) else "> 0"
+                    bound = "> 0" if _admits_float(hints.get(f.name, Any)) else ">= 1"
                     raise ValueError(f"{owner}.{f.name} must be {bound}, got {value!r}")
                 if f.name in NON_NEGATIVE and number < 0:
                     raise ValueError(f"{owner}.{f.name} must be >= 0, got {value!r}")
