@@ -124,3 +124,23 @@ def test_users_without_training_rows_get_the_item_bias_answer():
                              trained.vocabs) is None
     with pytest.raises(ValueError, match="unknown_users must be 'bias' or 'model'"):
         RatingConfig(unknown_users="mean")
+
+
+def test_the_seed_model_round_trips_through_the_keras_format(split, tmp_path):
+    """``model.save("m.keras")`` and ``tf.keras.models.load_model`` work on the seed model
+    with every part it can have (side features, history features, the unknown-user gate):
+    a Keras user's first way to keep a model. Unknown users (row 0) answer as before."""
+    from tfrec_p5.models.rating import unknown_user_gate
+    from tfrec_p5.towers.side_features import side_features_for
+
+    config = RatingConfig(**FAST)
+    vocabs = data.Vocabularies.build(split.train)
+    side = side_features_for(config, split.train, vocabs, split.train)
+    model = build_rating_model(vocabs, side, config, global_mean=3.5, rating_range=(1, 5),
+                               unknown_users=unknown_user_gate(config, split.train, vocabs))
+    assert side is not None and "unknown_users" in [layer.name for layer in model.layers]
+    model.save(tmp_path / "m.keras")
+    loaded = tf.keras.models.load_model(tmp_path / "m.keras")
+    batch = {"user_id": tf.constant([0, 1, 2, 3], tf.int64),
+             "item_id": tf.constant([5, 0, 7, 9], tf.int64)}
+    np.testing.assert_allclose(loaded(batch), model(batch), rtol=1e-6)

@@ -120,6 +120,7 @@ def select_bias_fit(table: Interactions, vocabs: Vocabularies, *, seed: int = 42
                        user_biases=user_biases), scores
 
 
+@tf.keras.utils.register_keras_serializable(package="tfrec_p5")
 class UnknownUserRating(tf.keras.layers.Layer):
     """A rating model's answer for users it has no training rows of: ``mean + b_item`` of
     an item-only ``BiasFit`` (``user_biases=False``), in place of the model's output.
@@ -132,21 +133,33 @@ class UnknownUserRating(tf.keras.layers.Layer):
     split, where 85 % of the test rows are new users, the model's own answer for them was
     4.2 % worse in RMSE.
 
-        gate = UnknownUserRating(fit, trained_users)   # bool [num_users]
+        gate = UnknownUserRating.from_fit(fit, trained_users)   # bool [num_users]
         out = gate([user_ids, item_ids, model_output])
+
+    The constructor takes sizes only, so the layer round-trips through ``get_config``
+    (``model.save("m.keras")``); the biases and the trained-user flags are its weights.
     """
 
-    def __init__(self, fit: BiasFit, trained_users: np.ndarray, **kwargs) -> None:
+    def __init__(self, mean: float, num_users: int, num_items: int, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.mean = float(fit.mean)
-        self.item_bias = self.add_weight(
-            name="item_bias", shape=(len(fit.item_bias),), trainable=False,
-            initializer=tf.keras.initializers.Constant(
-                np.asarray(fit.item_bias, np.float32)))
-        self.trained = self.add_weight(
-            name="trained_users", shape=(len(trained_users),), trainable=False,
-            initializer=tf.keras.initializers.Constant(
-                np.asarray(trained_users, np.float32)))
+        self.mean = float(mean)
+        self.item_bias = self.add_weight(name="item_bias", shape=(int(num_items),),
+                                         trainable=False, initializer="zeros")
+        self.trained = self.add_weight(name="trained_users", shape=(int(num_users),),
+                                       trainable=False, initializer="zeros")
+
+    @classmethod
+    def from_fit(cls, fit: BiasFit, trained_users: np.ndarray, **kwargs) -> UnknownUserRating:
+        """The layer answering ``fit``'s ``mean + b_item`` where ``trained_users`` is false."""
+        layer = cls(fit.mean, len(trained_users), len(fit.item_bias), **kwargs)
+        layer.item_bias.assign(np.asarray(fit.item_bias, np.float32))
+        layer.trained.assign(np.asarray(trained_users, np.float32))
+        return layer
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mean": self.mean,
+                "num_users": int(self.trained.shape[0]),
+                "num_items": int(self.item_bias.shape[0])}
 
     def call(self, inputs: list[tf.Tensor]) -> tf.Tensor:
         users, items, out = inputs

@@ -209,7 +209,7 @@ def unknown_user_gate(config: RatingConfig, fit_table: Interactions, vocabs: Voc
     fit, _ = select_bias_fit(fit_table, vocabs, seed=seed, user_biases=False)
     trained = np.bincount(vocabs.user.lookup(fit_table.user_id), minlength=len(vocabs.user))
     trained[0] = 0
-    return UnknownUserRating(fit, trained > 0, name="unknown_users")
+    return UnknownUserRating.from_fit(fit, trained > 0, name="unknown_users")
 
 
 def compile_rating_model(model: tf.keras.Model, config: RatingConfig) -> tf.keras.Model:

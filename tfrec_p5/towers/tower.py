@@ -260,6 +260,13 @@ class Tower(tf.keras.Model):
     def from_config(cls, config: dict) -> Tower:
         return cls(**config)
 
+    def build_from_config(self, config: dict) -> None:
+        """Build by a call on one ID, as ``tf.keras.models.load_model("m.keras")`` needs
+        (Keras's default builds a subclassed model on float inputs, which an embedding
+        lookup refuses)."""
+        if not self.built:
+            self(tf.zeros([1], tf.int64))
+
     @classmethod
     def from_tables(cls, num_ids: int, tables: Mapping[str, FeatureTable] | None = None,
                     **kwargs) -> Tower:
