@@ -256,12 +256,15 @@ def parse_sizes(specs: list[str] | None, quick: bool) -> dict[str, tuple[int, ..
     return out
 
 
-def run_child(task: str, rows: int, args) -> dict:
+def run_child(task: str, rows: int, args, overrides: list[str] | None = None) -> dict:
+    """One (task, size) run in a fresh process; ``overrides``: its ``--set`` (default:
+    the command's own)."""
+    overrides = args.set if overrides is None else overrides
     cmd = [sys.executable, os.path.abspath(__file__), "--role", "run", "--task", task,
            "--rows", str(rows), "--epochs", str(args.epochs),
            "--window-seconds", str(args.window_seconds), "--windows", str(args.windows),
            "--max-epoch-seconds", str(args.max_epoch_seconds),
-           *(["--set", *args.set] if args.set else [])]
+           *(["--set", *overrides] if overrides else [])]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
     load_before = os.getloadavg()
@@ -278,9 +281,10 @@ def run_child(task: str, rows: int, args) -> dict:
 
 
 def add_growth(runs: list[dict]) -> None:
-    """``relative_row_cost``: (epoch seconds / row) over that of the task's smallest run."""
-    for task in TASKS:
-        mine = [r for r in runs if r["task"] == task]
+    """``relative_row_cost``: (epoch seconds / row) over that of the task's smallest run
+    (of the same kind: the default or the ``--reference`` runs)."""
+    for task, reference in ((t, ref) for t in TASKS for ref in (False, True)):
+        mine = [r for r in runs if r["task"] == task and r.get("reference", False) == reference]
         if not mine:
             continue
         base = min(mine, key=lambda r: r["rows"])
@@ -333,6 +337,9 @@ def main(argv=None) -> dict | None:
     p.add_argument("--set", nargs="+", metavar="TASK:KEY=VALUE",
                    help="change a config field of a task's default, e.g. rating:optimizer="
                    "adagrad (a diagnosis; the table's rows are the defaults)")
+    p.add_argument("--reference", nargs="+", metavar="TASK:KEY=VALUE",
+                   help="also run each size of TASK with these fields changed, right after "
+                   "its default run: a reference row timed by the same command")
     p.add_argument("--out", default=os.path.join(RESULTS, "cost_curves.json"))
     p.add_argument("--role", choices=["run"], help=argparse.SUPPRESS)
     p.add_argument("--task", choices=TASKS, help=argparse.SUPPRESS)
@@ -357,7 +364,8 @@ def main(argv=None) -> dict | None:
         "machine": {"nproc": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "tensorflow": tf.__version__,
                     "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
-        "settings": {"overrides": parse_overrides(args.set), "epochs": args.epochs,
+        "settings": {"overrides": parse_overrides(args.set),
+                     "reference": parse_overrides(args.reference), "epochs": args.epochs,
                      "window_seconds": args.window_seconds,
                      "windows": args.windows, "max_epoch_seconds": args.max_epoch_seconds,
                      "rows_per_user": ROWS_PER_USER, "rows_per_item": ROWS_PER_ITEM},
@@ -365,15 +373,21 @@ def main(argv=None) -> dict | None:
         "elsewhere": [] if args.quick or args.sizes else [
             {"task": t, "rows": n, "where": "benchmarks/streaming.py"}
             for t, ns in STREAM_SIZES.items() for n in ns]}
+    references = list(args.reference or ())
     for task in TASKS:
+        mine = [spec for spec in references if spec.partition(":")[0] == task]
         for rows in sizes.get(task, ()):
-            print(f"{task} at {rows:,} rows ...", flush=True)
-            r = run_child(task, rows, args)
-            result["runs"].append(r)
-            print(f"  {r['examples_per_sec']:,.0f} examples/s, {r['epoch_seconds']:,.1f} s "
-                  f"/ epoch{' (extrapolated)' if r['extrapolated'] else ''}, peak "
-                  f"{r['peak_rss_mib']:,} MiB, load {r['load_before']} → {r['load_after']}",
-                  flush=True)
+            for overrides in [None] + ([mine] if mine else []):
+                print(f"{task} at {rows:,} rows{' with ' + ' '.join(mine) if overrides else ''}"
+                      " ...", flush=True)
+                r = run_child(task, rows, args,
+                              None if overrides is None else [*(args.set or ()), *mine])
+                r["reference"] = overrides is not None
+                result["runs"].append(r)
+                print(f"  {r['examples_per_sec']:,.0f} examples/s, {r['epoch_seconds']:,.1f} "
+                      f"s / epoch{' (extrapolated)' if r['extrapolated'] else ''}, peak "
+                      f"{r['peak_rss_mib']:,} MiB, load {r['load_before']} → "
+                      f"{r['load_after']}", flush=True)
     add_growth(result["runs"])
     result["wall_seconds"] = round(time.time() - started, 1)
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -94,6 +94,46 @@ def test_squared_loss_is_the_full_matrix_loss():
         SquaredRetrieval(unobserved_weight=-1.0)
 
 
+def test_a_sampled_catalog_estimates_the_squared_loss_without_bias():
+    """``catalog_sample``: each training step reads a uniform sample of the catalog with
+    the unobserved term and the L2 scaled up; over many steps that averages to the exact
+    loss (what the validation loss and a small catalog use)."""
+    num_items, dim = 61, 4
+    splits, values = np.array([0, 3, 5, 9]), np.array([1, 7, 9, 2, 30, 4, 5, 40, 60])
+    tf.keras.utils.set_random_seed(1)
+    item_tower = tf.keras.layers.Embedding(   # vectors large enough that scores matter
+        num_items, dim, embeddings_initializer=tf.keras.initializers.RandomNormal(0.0, 0.5))
+
+    history = HistoryEncoder(splits, values, num_items, dim, dropout=0.0,
+                             leave_target_out=False)
+    history.embedding.embeddings_initializer = tf.keras.initializers.RandomNormal(0.0, 0.5)
+
+    def head(sample):
+        head = RetrievalHead(num_items, loss="squared", history=history, l2=0.05,
+                             use_user_tower=False, catalog_sample=sample,
+                             user_counts=np.diff(splits))
+        head.bind(None, item_tower)
+        return head
+
+    features = {"user_id": tf.constant([0, 1, 2, 2]), "item_id": tf.constant([7, 4, 40, 60])}
+    items = item_tower(features["item_id"])
+    sampled, whole = head(16), head(None)
+    exact = float(whole.compute_loss(features, None, items, training=True))
+    assert float(sampled.compute_loss(features, None, items, training=False)) == \
+        pytest.approx(exact, rel=1e-6)  # validation: the whole catalog
+    step = tf.function(lambda: sampled.compute_loss(features, None, items, training=True))
+    draws = np.array([float(step()) for _ in range(3000)])
+    assert draws.std() > 0.01 * abs(exact)  # it does sample ...
+    assert draws.mean() == pytest.approx(exact, rel=0.02)  # ... and is right on average
+    # A catalog no larger than the sample is used whole, every step.
+    assert head(60).catalog_sample is None and sampled.catalog_sample == 16
+    with pytest.raises(ValueError, match="catalog_sample does nothing with "
+                                         "retrieval_loss='softmax'"):
+        UnifiedConfig(retrieval_loss="softmax", catalog_sample=100)
+    with pytest.raises(ValueError, match="catalog_sample must be >= 1"):
+        UnifiedConfig(catalog_sample=0)
+
+
 def test_bad_retrieval_loss_and_ema_are_refused():
     with pytest.raises(ValueError, match="retrieval_loss 'hinge'"):
         UnifiedConfig(retrieval_loss="hinge")

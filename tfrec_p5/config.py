@@ -58,7 +58,7 @@ POSITIVE = frozenset({
     "next_item_batch_size", "epochs", "min_epochs", "steps_per_execution", "learning_rate",
     "max_len", "num_blocks", "num_heads", "num_negatives", "num_hard_negatives", "top_k",
     "list_size", "lists_per_user", "min_count", "max_minutes", "temperature",
-    "text_min_count", "ema_momentum",
+    "text_min_count", "ema_momentum", "catalog_sample",
 })
 #: Fields that must be >= 0 (a mapping's every value, likewise).
 NON_NEGATIVE = frozenset({

@@ -267,7 +267,7 @@ class UnifiedConfig(Config):
             "temperature", "log_q", "remove_accidental_hits", "num_hard_negatives",
             "full_softmax")},
         **{name: ("retrieval_loss", ("squared",)) for name in (
-            "unobserved_weight", "retrieval_l2")},
+            "unobserved_weight", "retrieval_l2", "catalog_sample")},
         **{name: ("history", (True,)) for name in ("history_dropout", "leave_target_out",
                                                    "cold_user_tower")},
         **{name: ("listwise", tuple(LISTWISE_LOSSES)) for name in (
@@ -298,6 +298,9 @@ class UnifiedConfig(Config):
     retrieval_loss: str = "squared"
     unobserved_weight: float = 1.0
     retrieval_l2: float = 0.01      # squared loss: per-user L2 (EASE-style lambda)
+    # squared loss: a larger catalog is sampled, this many items a step (RetrievalHead):
+    # faster steps on a large catalog at some accuracy; None: the whole catalog
+    catalog_sample: int | None = None
     temperature: float | None = 0.3
     log_q: bool = True
     remove_accidental_hits: bool = True
@@ -385,9 +388,9 @@ class UnifiedConfig(Config):
             remove_accidental_hits=self.remove_accidental_hits,
             num_hard_negatives=self.num_hard_negatives, full_softmax=self.full_softmax,
             unobserved_weight=self.unobserved_weight, l2=self.retrieval_l2,
-            history=self.history, history_dropout=self.history_dropout,
-            leave_target_out=self.leave_target_out, use_user_tower=self.use_user_tower,
-            cold_user_tower=self.cold_user_tower,
+            catalog_sample=self.catalog_sample, history=self.history,
+            history_dropout=self.history_dropout, leave_target_out=self.leave_target_out,
+            use_user_tower=self.use_user_tower, cold_user_tower=self.cold_user_tower,
             item_bias=self.item_bias)
 
     def active(self) -> list[str]:

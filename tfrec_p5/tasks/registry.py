@@ -90,11 +90,11 @@ class HeadContext:
 class RetrievalOptions:
     """A retrieval head's options (``RetrievalHead`` documents each one).
 
-    ``loss="squared"`` reads ``unobserved_weight`` and ``l2``; ``loss="softmax"`` reads
-    ``temperature``, ``log_q``, ``remove_accidental_hits``, ``num_hard_negatives`` and
-    ``full_softmax``. ``history`` adds the history encoder (``history_dropout``,
-    ``leave_target_out``) to the query; ``cold_user_tower`` makes the user tower the query
-    of new users only.
+    ``loss="squared"`` reads ``unobserved_weight``, ``l2`` and ``catalog_sample``;
+    ``loss="softmax"`` reads ``temperature``, ``log_q``, ``remove_accidental_hits``,
+    ``num_hard_negatives`` and ``full_softmax``. ``history`` adds the history encoder
+    (``history_dropout``, ``leave_target_out``) to the query; ``cold_user_tower`` makes the
+    user tower the query of new users only.
     """
 
     loss: str = "softmax"
@@ -105,6 +105,7 @@ class RetrievalOptions:
     full_softmax: bool = False
     unobserved_weight: float = 1.0
     l2: float = 0.0
+    catalog_sample: int | None = None
     history: bool = False
     history_dropout: float = 0.5
     leave_target_out: bool = True
@@ -165,6 +166,7 @@ def _retrieval(options: RetrievalOptions, context: HeadContext) -> RetrievalHead
         history=history, use_user_tower=options.use_user_tower,
         use_item_bias=options.item_bias, loss=options.loss,
         unobserved_weight=options.unobserved_weight, l2=options.l2,
+        catalog_sample=options.catalog_sample,
         user_counts=np.diff(context.seen_splits) if options.loss == "squared" else None,
         untrained_items=context.untrained_items, cold_user_tower=options.cold_user_tower,
         new_users_from=context.new_users_from)

@@ -171,6 +171,14 @@ class RetrievalHead(Head):
       l2: squared loss only: L2 penalty on the history table and the catalog's item
         vectors, per user (as EASE's lambda: scaled by users / interactions, so the same
         value means the same on a larger data set).
+      catalog_sample: squared loss only: while training, a catalog of more items than
+        this is replaced in each step by this many items drawn uniformly (with
+        replacement), and the "every item → 0" term and the L2 are scaled by
+        ``catalog / sample``: an unbiased estimate of the same loss (Krichene et al.
+        2019). Why: the exact term costs a pass over the whole catalog every step (its
+        Gramian and, through its gradient, the optimizer's update of every item row), so
+        a step's cost grew with the catalog. ``None``: always the whole catalog. The
+        validation loss always uses the whole catalog.
       user_counts: ``[num_users]`` training interactions per user index: each user's
         unobserved term counts once (weight ``1 / n_u``) and ``l2`` is scaled by them;
         ``None``: every row weighs 1 and ``l2`` is used as is.
@@ -198,7 +206,7 @@ class RetrievalHead(Head):
                  history: HistoryEncoder | None = None, use_user_tower: bool = True,
                  use_item_bias: bool = False, metrics: Sequence | None = None,
                  loss: str = "softmax", unobserved_weight: float = 1.0, l2: float = 0.0,
-                 user_counts: np.ndarray | None = None,
+                 catalog_sample: int | None = None, user_counts: np.ndarray | None = None,
                  untrained_items: np.ndarray | None = None, cold_user_tower: bool = False,
                  new_users_from: int | None = None, **kwargs) -> None:
         kwargs.setdefault("name", "retrieval_head")
@@ -221,6 +229,12 @@ class RetrievalHead(Head):
                                    np.asarray(untrained_items, np.int64)).astype(np.int64)
         self.trained_items = None if trained is None else tf.Variable(
             trained, trainable=False, name="trained_items")
+        catalog_size = self.num_items - 1 if trained is None else len(trained)
+        self.catalog_sample = None
+        if self.squared is not None and catalog_sample is not None \
+                and catalog_size > int(catalog_sample):
+            self.catalog_sample = int(catalog_sample)
+            self.catalog_scale = catalog_size / self.catalog_sample
         self.full_softmax = bool(full_softmax)
         self.history = history
         self.cold_user_tower = bool(cold_user_tower)
@@ -313,23 +327,37 @@ class RetrievalHead(Head):
         return self.retrieval(query, cand, candidate_ids=ids, compute_metrics=not training,
                               **kwargs)
 
-    def _catalog(self, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
-        """Every real item users could choose (index 1..n-1 but the ``untrained_items``) and
-        its candidate vector, through the item tower."""
-        all_ids = tf.range(1, self.num_items, dtype=tf.int64) if self.trained_items is None \
+    def _catalog_ids(self) -> tf.Tensor:
+        """Every real item users could choose: index 1..n-1 but the ``untrained_items``."""
+        return tf.range(1, self.num_items, dtype=tf.int64) if self.trained_items is None \
             else tf.identity(self.trained_items)
+
+    def _catalog(self, training: bool) -> tuple[tf.Tensor, tf.Tensor]:
+        """The catalog's item IDs and their candidate vectors, through the item tower."""
+        all_ids = self._catalog_ids()
         return all_ids, self.candidates(all_ids, self._item_tower()(all_ids, training=training))
 
     def _squared_loss(self, user_ids, query, cand, training):
-        _, catalog = self._catalog(training)
         weights = 1.0 if self.row_weight is None else tf.gather(
             self.row_weight, tf.cast(user_ids, tf.int64))
-        loss = self.squared(query, cand, catalog, weights)
+        scale = 1.0
+        if training and self.catalog_sample is not None:
+            all_ids = self._catalog_ids()
+            picks = tf.random.uniform([self.catalog_sample], 0, tf.size(all_ids, tf.int64),
+                                      dtype=tf.int64)
+            ids = tf.gather(all_ids, picks)
+            catalog = self.candidates(ids, self._item_tower()(ids, training=training))
+            scale = self.catalog_scale
+        else:
+            ids, catalog = self._catalog(training)
+        loss = self.squared(query, cand, catalog, weights * scale)
         if self.l2 > 0:
-            tables = [catalog] + ([self.history.embedding.embeddings]
-                                  if self.history is not None else [])
-            norm = tf.add_n([tf.reduce_sum(tf.square(t)) for t in tables])
-            loss += self.l2 * (self.l2_scale or 1.0) * norm
+            norm = tf.reduce_sum(tf.square(catalog))
+            if self.history is not None:
+                table = self.history.embedding.embeddings
+                norm += tf.reduce_sum(tf.square(table)) if scale == 1.0 else \
+                    tf.reduce_sum(tf.square(tf.gather(table, ids)))
+            loss += self.l2 * (self.l2_scale or 1.0) * scale * norm
         if not training and self.retrieval.factorized_metrics:
             self.retrieval(query, cand, compute_metrics=True)  # metrics only
         return loss
