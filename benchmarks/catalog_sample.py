@@ -3,16 +3,16 @@
     PYTHONPATH=. .venv/bin/python benchmarks/catalog_sample.py                 # ML-100K, ML-1M
     PYTHONPATH=. .venv/bin/python benchmarks/catalog_sample.py --samples ml100k=128,512 ml1m=2048
 
-``UnifiedConfig.catalog_sample`` (``RetrievalHead``): a catalog larger than the sample is
-replaced in each training step by that many uniformly drawn items, the unobserved term
-and the L2 scaled up (an unbiased estimate). The default sample, 16,384 items, is larger
-than every catalog of the published benchmarks, so they use the whole catalog as before;
-this checks what a *smaller* sample costs on real data, as a harsh stand-in for a large
-catalog (the estimate's noise shrinks with the sample, not with the catalog): the
-retrieval default of ``tfrec-p5 train --task retrieval`` (``UnifiedConfig()`` +
-``RETRIEVAL_SELECTION``: early stopping on a 10 % carve, refit on every row), once per
-catalog sample, test Recall@10 / @100 and NDCG@10 (training items excluded), wall
-seconds, beside most-popular and EASE (``retrieval_references``).
+``UnifiedConfig.catalog_sample`` (``RetrievalHead``, off by default): a catalog larger
+than the sample is replaced in each training step by that many uniformly drawn items, the
+unobserved term and the L2 scaled up (an unbiased estimate of the same loss). Its point is
+speed on a large catalog (``cost_curves.py --set retrieval:catalog_sample=16384``); this
+measures its accuracy cost on real data with samples much smaller than the catalog (the
+estimate's noise shrinks with the sample size): the retrieval default of ``tfrec-p5 train
+--task retrieval`` (``UnifiedConfig()`` + ``RETRIEVAL_SELECTION``: early stopping on a
+10 % carve, refit on every row), once per catalog sample, test Recall@10 / @100 and
+NDCG@10 (training items excluded) and wall seconds, beside most-popular and EASE
+(``retrieval_references``).
 
 Data: ML-100K on the TFRS 80/20 split (every rating a positive), ML-1M implicit on its
 LightGCN split (train + valid fitted), the splits ``benchmarks/peers.py`` uses.
