@@ -157,7 +157,9 @@ def test_padding_and_scores_follow_brute_force_on_a_tiny_catalog():
     ids = exact["item_ids"].numpy()
     assert (ids == b"").any()                                   # some rows are padded
     assert (approx["item_ids"].numpy() == ids).all()
-    np.testing.assert_array_equal(approx["scores"].numpy(), exact["scores"].numpy())
+    # Same dot products by other kernels: equal to float32 rounding, not bit for bit.
+    np.testing.assert_allclose(approx["scores"].numpy(), exact["scores"].numpy(),
+                               rtol=1e-5, atol=1e-8)
 
 
 def test_build_module_refuses_scann_without_a_retrieval_head():
