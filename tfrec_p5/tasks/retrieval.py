@@ -340,23 +340,19 @@ class RetrievalHead(Head):
     def _squared_loss(self, user_ids, query, cand, training):
         weights = 1.0 if self.row_weight is None else tf.gather(
             self.row_weight, tf.cast(user_ids, tf.int64))
-        scale = 1.0
-        if training and self.catalog_sample is not None:
-            all_ids = self._catalog_ids()
-            picks = tf.random.uniform([self.catalog_sample], 0, tf.size(all_ids, tf.int64),
-                                      dtype=tf.int64)
-            ids = tf.gather(all_ids, picks)
-            catalog = self.candidates(ids, self._item_tower()(ids, training=training))
+        ids, scale = self._catalog_ids(), 1.0
+        sampled = training and self.catalog_sample is not None
+        if sampled:
+            ids = tf.gather(ids, tf.random.uniform([self.catalog_sample], 0,
+                                                   tf.size(ids, tf.int64), dtype=tf.int64))
             scale = self.catalog_scale
-        else:
-            ids, catalog = self._catalog(training)
+        catalog = self.candidates(ids, self._item_tower()(ids, training=training))
         loss = self.squared(query, cand, catalog, weights * scale)
         if self.l2 > 0:
             norm = tf.reduce_sum(tf.square(catalog))
             if self.history is not None:
                 table = self.history.embedding.embeddings
-                norm += tf.reduce_sum(tf.square(table)) if scale == 1.0 else \
-                    tf.reduce_sum(tf.square(tf.gather(table, ids)))
+                norm += tf.reduce_sum(tf.square(tf.gather(table, ids) if sampled else table))
             loss += self.l2 * (self.l2_scale or 1.0) * scale * norm
         if not training and self.retrieval.factorized_metrics:
             self.retrieval(query, cand, compute_metrics=True)  # metrics only
